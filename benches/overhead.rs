@@ -1,0 +1,131 @@
+//! Routing overhead: a Converse round trip through the router versus the same call made
+//! directly with the SDK to the same simulator (zero simulated latency), so the difference is
+//! what the router adds. Also the pure decision (validate + classify + policy) on its own.
+#![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
+
+use std::{hint::black_box, time::Duration};
+
+use aws_sdk_bedrockruntime::{
+    Client,
+    config::{BehaviorVersion, Credentials, Region, retry::RetryConfig},
+    types::{ContentBlock, ConversationRole, Message},
+};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use prompt_router::{
+    config::Config,
+    pb::{self, prompt_router_client::PromptRouterClient},
+    request::{ChatRequest, Limits},
+    server::{self, Options},
+    setup,
+};
+
+const PROMPT: &str = "Summarise the main trade-offs between optimistic and pessimistic locking \
+                      in a relational database, with one example of each.";
+
+fn request() -> pb::ConverseRequest {
+    pb::ConverseRequest {
+        messages: vec![pb::Message {
+            role: pb::Role::User as i32,
+            content: vec![pb::ContentBlock {
+                block: Some(pb::content_block::Block::Text(PROMPT.to_owned())),
+            }],
+        }],
+        // A short answer keeps the simulator's share of the time small and equal on both paths.
+        inference_config: Some(pb::InferenceConfig {
+            max_tokens: Some(16),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn round_trip(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.metrics_listen = "127.0.0.1:0".parse().unwrap();
+    let running = rt
+        .block_on(server::start(config, Options { simulate: true }))
+        .unwrap();
+    let endpoint = running.simulator.as_ref().unwrap().endpoint_url();
+    let mut router = rt
+        .block_on(PromptRouterClient::connect(format!(
+            "http://{}",
+            running.grpc_addr
+        )))
+        .unwrap();
+    let decided = rt
+        .block_on(router.route(request()))
+        .unwrap()
+        .into_inner()
+        .decision
+        .unwrap();
+
+    let direct = Client::from_conf(
+        aws_sdk_bedrockruntime::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(endpoint)
+            .credentials_provider(Credentials::new("x", "x", None, None, "bench"))
+            .retry_config(RetryConfig::disabled())
+            .build(),
+    );
+    let message = Message::builder()
+        .role(ConversationRole::User)
+        .content(ContentBlock::Text(PROMPT.to_owned()))
+        .build()
+        .unwrap();
+
+    let mut group = c.benchmark_group("converse_round_trip");
+    group.throughput(Throughput::Elements(1));
+    // Round trips are ~0.1–1 ms; more samples than the default tighten the median's interval.
+    group.sample_size(200);
+    group.measurement_time(Duration::from_secs(10));
+    group.bench_function("direct_sdk", |b| {
+        b.iter(|| {
+            rt.block_on(
+                direct
+                    .converse()
+                    .model_id(&decided.model_id)
+                    .messages(message.clone())
+                    .inference_config(
+                        aws_sdk_bedrockruntime::types::InferenceConfiguration::builder()
+                            .max_tokens(16)
+                            .build(),
+                    )
+                    .send(),
+            )
+            .unwrap()
+        });
+    });
+    group.bench_function("through_router", |b| {
+        b.iter(|| rt.block_on(router.converse(request())).unwrap());
+    });
+    group.finish();
+    rt.block_on(running.shutdown()).unwrap();
+}
+
+fn decision(c: &mut Criterion) {
+    let decider = setup::decider(&Config::default(), None, None).unwrap();
+    let limits = Limits::default();
+    let mut group = c.benchmark_group("decide");
+    group.throughput(Throughput::Bytes(PROMPT.len() as u64));
+    group.bench_function("validate_classify_policy", |b| {
+        // Building the protobuf request is the caller's work, so it stays out of the timing.
+        b.iter_batched(
+            request,
+            |req| {
+                let chat = ChatRequest::from_pb(req, &limits).unwrap();
+                black_box(decider.decide(&chat).unwrap().choice)
+            },
+            criterion::BatchSize::SmallInput,
+        );
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decision, round_trip);
+criterion_main!(benches);

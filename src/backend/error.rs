@@ -1,0 +1,220 @@
+//! Every way a Bedrock call can fail, sorted once, here, into [`BackendError`].
+
+use aws_sdk_bedrockruntime::{
+    error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
+    operation::{converse::ConverseError, converse_stream::ConverseStreamError},
+    types::error::ConverseStreamOutputError,
+};
+
+/// A failed Bedrock call, by cause. `message` is Bedrock's text where it sent one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// ThrottlingException: over a quota.
+    #[error("ThrottlingException: {message}")]
+    Throttled {
+        /// Bedrock's message.
+        message: String,
+    },
+    /// ModelNotReadyException: the model is loading.
+    #[error("ModelNotReadyException: {message}")]
+    ModelNotReady {
+        /// Bedrock's message.
+        message: String,
+    },
+    /// ServiceUnavailableException.
+    #[error("ServiceUnavailableException: {message}")]
+    ServiceUnavailable {
+        /// Bedrock's message.
+        message: String,
+    },
+    /// InternalServerException.
+    #[error("InternalServerException: {message}")]
+    InternalServer {
+        /// Bedrock's message.
+        message: String,
+    },
+    /// ModelTimeoutException: the model took too long.
+    #[error("ModelTimeoutException: {message}")]
+    ModelTimeout {
+        /// Bedrock's message.
+        message: String,
+    },
+    /// ValidationException: Bedrock refused the request's content or parameters.
+    #[error("ValidationException: {message}")]
+    Validation {
+        /// Bedrock's message.
+        message: String,
+    },
+    /// AccessDeniedException: the router's credentials may not call this model.
+    #[error("AccessDeniedException: {message}")]
+    AccessDenied {
+        /// Bedrock's message.
+        message: String,
+    },
+    /// ResourceNotFoundException: the model or profile does not exist here.
+    #[error("ResourceNotFoundException: {message}")]
+    NotFound {
+        /// Bedrock's message.
+        message: String,
+    },
+    /// ModelErrorException: the model failed on this input.
+    #[error("ModelErrorException: {message}")]
+    ModelError {
+        /// Bedrock's message.
+        message: String,
+    },
+    /// ModelStreamErrorException: the model failed mid-stream.
+    #[error("ModelStreamErrorException: {message}")]
+    ModelStreamError {
+        /// Bedrock's message.
+        message: String,
+    },
+    /// No answer in time (connect, or the SDK's own timeouts).
+    #[error("timed out: {message}")]
+    Timeout {
+        /// What timed out.
+        message: String,
+    },
+    /// The connection failed or dropped.
+    #[error("connection failed: {message}")]
+    Connection {
+        /// The transport's description.
+        message: String,
+    },
+    /// An answer that could not be understood.
+    #[error("unreadable response: {message}")]
+    BadResponse {
+        /// What was wrong.
+        message: String,
+    },
+    /// The request could not be built (a bug: validation should have refused it).
+    #[error("request could not be built: {message}")]
+    Build {
+        /// The builder's complaint.
+        message: String,
+    },
+    /// An error Bedrock's model does not describe.
+    #[error("unexpected error {code}: {message}")]
+    Unknown {
+        /// The error code, or "none".
+        code: String,
+        /// Its message.
+        message: String,
+    },
+}
+
+impl BackendError {
+    /// A bounded label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Throttled { .. } => "throttling",
+            Self::ModelNotReady { .. } => "model_not_ready",
+            Self::ServiceUnavailable { .. } => "service_unavailable",
+            Self::InternalServer { .. } => "internal_server",
+            Self::ModelTimeout { .. } => "model_timeout",
+            Self::Validation { .. } => "validation",
+            Self::AccessDenied { .. } => "access_denied",
+            Self::NotFound { .. } => "not_found",
+            Self::ModelError { .. } => "model_error",
+            Self::ModelStreamError { .. } => "model_stream_error",
+            Self::Timeout { .. } => "timeout",
+            Self::Connection { .. } => "connection",
+            Self::BadResponse { .. } => "bad_response",
+            Self::Build { .. } => "build",
+            Self::Unknown { .. } => "unknown",
+        }
+    }
+}
+
+/// Sorts any SDK error of the three Bedrock error shapes the router sees.
+pub fn sort<E: ServiceFailure, R: std::fmt::Debug>(err: SdkError<E, R>) -> BackendError {
+    let message = match &err {
+        SdkError::ServiceError(_) => String::new(),
+        other => DisplayErrorContext(other).to_string(),
+    };
+    match err {
+        SdkError::ServiceError(service) => service.into_err().sort(),
+        SdkError::TimeoutError(_) => BackendError::Timeout { message },
+        SdkError::DispatchFailure(failure) if failure.is_timeout() => {
+            BackendError::Timeout { message }
+        }
+        SdkError::DispatchFailure(_) => BackendError::Connection { message },
+        SdkError::ResponseError(_) => BackendError::BadResponse { message },
+        SdkError::ConstructionFailure(_) => BackendError::Build { message },
+        _ => BackendError::Unknown {
+            code: "none".to_owned(),
+            message,
+        },
+    }
+}
+
+/// A modelled Bedrock error of one operation, sorted by its variant.
+pub trait ServiceFailure: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static {
+    /// The sorted error.
+    fn sort(self) -> BackendError;
+}
+
+fn message_of(err: &impl ProvideErrorMetadata) -> String {
+    err.message().unwrap_or_default().to_owned()
+}
+
+fn unknown(err: &impl ProvideErrorMetadata) -> BackendError {
+    BackendError::Unknown {
+        code: err.code().unwrap_or("none").to_owned(),
+        message: message_of(err),
+    }
+}
+
+// The SDK's error enums are #[non_exhaustive], so each needs a catch-all arm; ours has none.
+impl ServiceFailure for ConverseError {
+    fn sort(self) -> BackendError {
+        let message = message_of(&self);
+        match self {
+            Self::ThrottlingException(_) => BackendError::Throttled { message },
+            Self::ModelNotReadyException(_) => BackendError::ModelNotReady { message },
+            Self::ServiceUnavailableException(_) => BackendError::ServiceUnavailable { message },
+            Self::InternalServerException(_) => BackendError::InternalServer { message },
+            Self::ModelTimeoutException(_) => BackendError::ModelTimeout { message },
+            Self::ValidationException(_) => BackendError::Validation { message },
+            Self::AccessDeniedException(_) => BackendError::AccessDenied { message },
+            Self::ResourceNotFoundException(_) => BackendError::NotFound { message },
+            Self::ModelErrorException(_) => BackendError::ModelError { message },
+            other => unknown(&other),
+        }
+    }
+}
+
+impl ServiceFailure for ConverseStreamError {
+    fn sort(self) -> BackendError {
+        let message = message_of(&self);
+        match self {
+            Self::ThrottlingException(_) => BackendError::Throttled { message },
+            Self::ModelNotReadyException(_) => BackendError::ModelNotReady { message },
+            Self::ServiceUnavailableException(_) => BackendError::ServiceUnavailable { message },
+            Self::InternalServerException(_) => BackendError::InternalServer { message },
+            Self::ModelTimeoutException(_) => BackendError::ModelTimeout { message },
+            Self::ValidationException(_) => BackendError::Validation { message },
+            Self::AccessDeniedException(_) => BackendError::AccessDenied { message },
+            Self::ResourceNotFoundException(_) => BackendError::NotFound { message },
+            Self::ModelErrorException(_) => BackendError::ModelError { message },
+            Self::ModelStreamErrorException(_) => BackendError::ModelStreamError { message },
+            other => unknown(&other),
+        }
+    }
+}
+
+// Mid-stream exceptions arrive as typed variants whose `code()` is None, so the variant is the
+// only reliable signal here.
+impl ServiceFailure for ConverseStreamOutputError {
+    fn sort(self) -> BackendError {
+        let message = message_of(&self);
+        match self {
+            Self::ThrottlingException(_) => BackendError::Throttled { message },
+            Self::ServiceUnavailableException(_) => BackendError::ServiceUnavailable { message },
+            Self::InternalServerException(_) => BackendError::InternalServer { message },
+            Self::ValidationException(_) => BackendError::Validation { message },
+            Self::ModelStreamErrorException(_) => BackendError::ModelStreamError { message },
+            other => unknown(&other),
+        }
+    }
+}

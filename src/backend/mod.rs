@@ -1,0 +1,311 @@
+//! The Bedrock boundary: the real `aws-sdk-bedrockruntime` client, its construction, the two
+//! calls the router makes and the translation of their answers. Nothing above this module
+//! touches SDK types.
+
+mod convert;
+mod error;
+
+use std::time::Duration;
+
+use aws_sdk_bedrockruntime::{
+    Client,
+    config::{
+        BehaviorVersion, Credentials, ProvideCredentials, Region, retry::RetryConfig,
+        timeout::TimeoutConfig,
+    },
+    primitives::event_stream::EventReceiver,
+    types::{self as bt, error::ConverseStreamOutputError},
+};
+use serde_json::Value;
+
+pub use self::error::BackendError;
+use self::{convert::ConverseParts, error::sort};
+use crate::{config::BedrockConfig, cost::Usage, request::ChatRequest};
+
+/// The Bedrock Runtime client the router calls models with.
+#[derive(Debug, Clone)]
+pub struct Bedrock {
+    client: Client,
+}
+
+/// How the client finds its credentials.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// The AWS default chain: environment, profile, web identity (IRSA), ECS, IMDS.
+    DefaultChain,
+    /// Fixed dummy keys, for endpoints that do not check signatures (the simulator).
+    Dummy,
+}
+
+/// The start-up problems that stop the router from calling Bedrock.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// No credentials in the default chain.
+    #[error(
+        "no AWS credentials found ({0}). Configure credentials (environment, profile, IRSA, instance role), \
+         or try the router offline with `prompt-router serve --simulate`"
+    )]
+    NoCredentials(String),
+}
+
+/// A whole answer from Converse.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// The assistant's content blocks.
+    pub content: Vec<OutputBlock>,
+    /// Bedrock's stop reason (end_turn, max_tokens, stop_sequence, tool_use, …).
+    pub stop_reason: String,
+    /// Tokens read and written.
+    pub usage: Usage,
+}
+
+/// One block of an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutputBlock {
+    /// Text.
+    Text(String),
+    /// A tool call.
+    ToolUse {
+        /// The call's id.
+        id: String,
+        /// The tool.
+        name: String,
+        /// Its arguments.
+        input: Value,
+    },
+}
+
+/// One event of a streamed answer, as the router uses it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    /// A tool-use block starts.
+    ToolUseStart {
+        /// Block index.
+        index: u32,
+        /// The call's id.
+        id: String,
+        /// The tool.
+        name: String,
+    },
+    /// More text.
+    Text {
+        /// Block index.
+        index: u32,
+        /// The text.
+        text: String,
+    },
+    /// More of a tool call's JSON input.
+    ToolInput {
+        /// Block index.
+        index: u32,
+        /// The fragment.
+        json: String,
+    },
+    /// Generation stopped.
+    Stop {
+        /// Bedrock's stop reason.
+        reason: String,
+    },
+    /// Final token counts.
+    Usage(Usage),
+}
+
+/// A streamed answer being received.
+#[derive(Debug)]
+pub struct EventStream {
+    rx: EventReceiver<bt::ConverseStreamOutput, ConverseStreamOutputError>,
+}
+
+impl Bedrock {
+    /// Builds the client for `config`. With [`Auth::DefaultChain`] it checks once that
+    /// credentials resolve, so a machine without any fails at start with advice, not per request.
+    pub async fn connect(config: &BedrockConfig, auth: Auth) -> Result<Self, SetupError> {
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
+            .build();
+        let region = Region::new(config.region.clone());
+        let mut builder = match auth {
+            Auth::DefaultChain => {
+                let shared = aws_config::defaults(BehaviorVersion::latest())
+                    .region(region)
+                    .load()
+                    .await;
+                // A Bedrock API key (bearer token) replaces SigV4 credentials entirely.
+                if std::env::var_os("AWS_BEARER_TOKEN_BEDROCK").is_none() {
+                    check_credentials(&shared).await?;
+                }
+                aws_sdk_bedrockruntime::config::Builder::from(&shared)
+            }
+            Auth::Dummy => aws_sdk_bedrockruntime::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(region)
+                .credentials_provider(Credentials::new(
+                    "prompt-router-dummy",
+                    "prompt-router-dummy",
+                    None,
+                    None,
+                    "prompt-router",
+                )),
+        };
+        // The router owns retries and fallbacks (it can switch model or region, the SDK cannot),
+        // so the SDK makes exactly one attempt per call.
+        builder = builder
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(timeouts);
+        if let Some(url) = &config.endpoint_url {
+            builder = builder.endpoint_url(url);
+        }
+        Ok(Self {
+            client: Client::from_conf(builder.build()),
+        })
+    }
+
+    /// Calls Converse on `model_id` and waits for the whole answer.
+    pub async fn converse(
+        &self,
+        model_id: &str,
+        req: &ChatRequest,
+    ) -> Result<Completion, BackendError> {
+        let parts = parts(req)?;
+        let output = self
+            .client
+            .converse()
+            .model_id(model_id)
+            .set_messages(Some(parts.messages))
+            .set_system((!parts.system.is_empty()).then_some(parts.system))
+            .set_inference_config(parts.inference)
+            .set_tool_config(parts.tools)
+            .set_additional_model_request_fields(parts.additional)
+            .send()
+            .await
+            .map_err(sort)?;
+        let content = match output.output {
+            Some(bt::ConverseOutput::Message(message)) => message
+                .content
+                .into_iter()
+                .filter_map(output_block)
+                .collect(),
+            _ => {
+                return Err(BackendError::BadResponse {
+                    message: "Converse answered without a message".to_owned(),
+                });
+            }
+        };
+        Ok(Completion {
+            content,
+            stop_reason: output.stop_reason.as_str().to_owned(),
+            usage: usage(output.usage.as_ref()),
+        })
+    }
+
+    /// Starts ConverseStream on `model_id`; returns once Bedrock has accepted the call, so a
+    /// refusal (throttling, validation) arrives here rather than as a stream event.
+    pub async fn converse_stream(
+        &self,
+        model_id: &str,
+        req: &ChatRequest,
+    ) -> Result<EventStream, BackendError> {
+        let parts = parts(req)?;
+        let output = self
+            .client
+            .converse_stream()
+            .model_id(model_id)
+            .set_messages(Some(parts.messages))
+            .set_system((!parts.system.is_empty()).then_some(parts.system))
+            .set_inference_config(parts.inference)
+            .set_tool_config(parts.tools)
+            .set_additional_model_request_fields(parts.additional)
+            .send()
+            .await
+            .map_err(sort)?;
+        Ok(EventStream { rx: output.stream })
+    }
+}
+
+impl EventStream {
+    /// The next event the router cares about; `None` when Bedrock ends the stream.
+    pub async fn next(&mut self) -> Result<Option<StreamEvent>, BackendError> {
+        loop {
+            let Some(event) = self.rx.recv().await.map_err(sort)? else {
+                return Ok(None);
+            };
+            if let Some(event) = stream_event(event) {
+                return Ok(Some(event));
+            }
+        }
+    }
+}
+
+async fn check_credentials(shared: &aws_config::SdkConfig) -> Result<(), SetupError> {
+    let provider = shared
+        .credentials_provider()
+        .ok_or_else(|| SetupError::NoCredentials("no credentials provider".to_owned()))?;
+    provider
+        .provide_credentials()
+        .await
+        .map(drop)
+        .map_err(|e| SetupError::NoCredentials(e.to_string()))
+}
+
+fn parts(req: &ChatRequest) -> Result<ConverseParts, BackendError> {
+    convert::converse_parts(req).map_err(|e| BackendError::Build {
+        message: e.to_string(),
+    })
+}
+
+fn output_block(block: bt::ContentBlock) -> Option<OutputBlock> {
+    match block {
+        bt::ContentBlock::Text(text) => Some(OutputBlock::Text(text)),
+        bt::ContentBlock::ToolUse(tool_use) => Some(OutputBlock::ToolUse {
+            input: convert::to_json(&tool_use.input),
+            id: tool_use.tool_use_id,
+            name: tool_use.name,
+        }),
+        // Reasoning, citations and the like are not part of the router's API yet.
+        _ => None,
+    }
+}
+
+fn stream_event(event: bt::ConverseStreamOutput) -> Option<StreamEvent> {
+    match event {
+        bt::ConverseStreamOutput::ContentBlockStart(start) => match start.start {
+            Some(bt::ContentBlockStart::ToolUse(tool_use)) => Some(StreamEvent::ToolUseStart {
+                index: index(start.content_block_index),
+                id: tool_use.tool_use_id,
+                name: tool_use.name,
+            }),
+            _ => None,
+        },
+        bt::ConverseStreamOutput::ContentBlockDelta(delta) => {
+            let idx = index(delta.content_block_index);
+            match delta.delta {
+                Some(bt::ContentBlockDelta::Text(text)) => {
+                    Some(StreamEvent::Text { index: idx, text })
+                }
+                Some(bt::ContentBlockDelta::ToolUse(tool_use)) => Some(StreamEvent::ToolInput {
+                    index: idx,
+                    json: tool_use.input,
+                }),
+                _ => None,
+            }
+        }
+        bt::ConverseStreamOutput::MessageStop(stop) => Some(StreamEvent::Stop {
+            reason: stop.stop_reason.as_str().to_owned(),
+        }),
+        bt::ConverseStreamOutput::Metadata(metadata) => {
+            Some(StreamEvent::Usage(usage(metadata.usage.as_ref())))
+        }
+        _ => None,
+    }
+}
+
+fn index(i: i32) -> u32 {
+    u32::try_from(i).unwrap_or(0)
+}
+
+fn usage(usage: Option<&bt::TokenUsage>) -> Usage {
+    usage.map_or_else(Usage::default, |u| Usage {
+        input_tokens: u32::try_from(u.input_tokens).unwrap_or(0),
+        output_tokens: u32::try_from(u.output_tokens).unwrap_or(0),
+    })
+}

@@ -1,0 +1,180 @@
+//! `classify`: JSON lines in, one decision per line out.
+//!
+//! Output per input line: `{"id", "score", "tier": "strong" | "fast", "reasons": [{"feature",
+//! "contribution"}]}`, the tier decided exactly as the server decides it (threshold, forced
+//! modes, capability rules). A line that cannot be parsed or classified
+//! produces `{"line": N, "error": "…"}` (N counts from 1) and processing goes on; blank lines
+//! are skipped.
+
+use std::io::{BufRead, Write};
+
+use serde::Serialize;
+
+use super::Request;
+use crate::decide::Decider;
+
+/// Counts of what `classify` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClassifySummary {
+    /// Lines classified.
+    pub classified: usize,
+    /// Lines that produced an error line.
+    pub errors: usize,
+}
+
+#[derive(Serialize)]
+struct Reason {
+    feature: &'static str,
+    contribution: f64,
+}
+
+/// Options for `classify` (and `route`, which is `classify` reading plain-text lines too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClassifyOptions {
+    /// How many top reasons to print per line.
+    pub reasons: usize,
+    /// Read a line that is not a JSON object as one prompt (its id is the line number).
+    pub plain_text: bool,
+}
+
+#[derive(Serialize)]
+struct Decision<'a> {
+    id: &'a serde_json::Value,
+    score: f64,
+    tier: &'static str,
+    model_id: &'a str,
+    threshold: f64,
+    basis: &'static str,
+    reasons: Vec<Reason>,
+}
+
+#[derive(Serialize)]
+struct LineError {
+    line: usize,
+    error: String,
+}
+
+/// Classifies every line of `input`, writing one JSON line per input line to `out`.
+pub fn run(
+    decider: &Decider,
+    opts: ClassifyOptions,
+    input: impl BufRead,
+    mut out: impl Write,
+) -> anyhow::Result<ClassifySummary> {
+    let mut summary = ClassifySummary::default();
+    for (i, line) in input.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed = if opts.plain_text && !line.trim_start().starts_with('{') {
+            Request::prompt(serde_json::Value::from(i + 1), line)
+        } else {
+            Request::parse(&line)
+        };
+        let result = parsed.and_then(|r| {
+            let routed = decider
+                .decide(&r.request)
+                .map_err(|e| anyhow::anyhow!(e.0))?;
+            let decision = Decision {
+                id: &r.id,
+                score: routed.classification.score(),
+                tier: routed.choice.tier.as_str(),
+                model_id: &routed.model.invoke_id,
+                threshold: routed.choice.threshold,
+                basis: routed.choice.basis.as_str(),
+                reasons: routed
+                    .classification
+                    .top_reasons(opts.reasons)
+                    .map(|(feature, contribution)| Reason {
+                        feature,
+                        contribution,
+                    })
+                    .collect(),
+            };
+            Ok(serde_json::to_vec(&decision)?)
+        });
+        match result {
+            Ok(json) => {
+                out.write_all(&json)?;
+                summary.classified += 1;
+            }
+            Err(e) => {
+                let err = LineError {
+                    line: i + 1,
+                    error: format!("{e:#}"),
+                };
+                serde_json::to_writer(&mut out, &err)?;
+                summary.errors += 1;
+            }
+        }
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn plain_text_lines_are_prompts_when_asked() {
+        let decider = crate::setup::decider(&crate::config::Config::default(), None, None).unwrap();
+        let mut out = Vec::new();
+        let opts = super::ClassifyOptions {
+            reasons: 1,
+            plain_text: true,
+        };
+        let input = "hello there\n{\"prompt\": \"and hello again\"}\n";
+        let s = super::run(&decider, opts, input.as_bytes(), &mut out).unwrap();
+        assert_eq!(s.classified, 2);
+        let first: serde_json::Value =
+            serde_json::from_slice(out.split(|b| *b == b'\n').next().unwrap()).unwrap();
+        assert_eq!(first["id"], 1);
+        assert_eq!(first["tier"], "fast");
+    }
+
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn good_and_bad_lines() {
+        let config = Config::default();
+        let decider = crate::setup::decider(&config, None, Some(0.0)).unwrap();
+        let input = "{\"id\":\"a\",\"prompt\":\"hi\"}\nnot json\n\n{\"id\":3,\"messages\":[{\"role\":\"ROLE_USER\",\"content\":[{\"text\":\"x\"}]}]}\n{\"id\":4,\"messages\":[]}\n";
+        let mut out = Vec::new();
+        let opts = ClassifyOptions {
+            reasons: 2,
+            plain_text: false,
+        };
+        let s = run(&decider, opts, input.as_bytes(), &mut out).unwrap();
+        assert_eq!(
+            s,
+            ClassifySummary {
+                classified: 2,
+                errors: 2
+            }
+        );
+        let lines: Vec<serde_json::Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 4);
+        assert_eq!(lines[0]["id"], "a");
+        assert_eq!(lines[0]["tier"], "strong");
+        assert_eq!(lines[0]["reasons"].as_array().unwrap().len(), 2);
+        assert_eq!(lines[1]["line"], 2);
+        assert_eq!(lines[2]["id"], 3);
+        assert_eq!(lines[3]["line"], 5);
+        assert_eq!(
+            lines[0]["model_id"],
+            "us.anthropic.claude-3-5-sonnet-20241022-v2:0"
+        );
+        assert!(
+            lines[3]["error"]
+                .as_str()
+                .unwrap()
+                .contains("messages: at least one message")
+        );
+    }
+}

@@ -1,0 +1,223 @@
+//! CLI handlers for `classify`, `eval`, `train` and `calibrate`: plain functions over
+//! `impl BufRead` / `impl Write`, streaming JSON lines. `main` wires them to subcommands.
+//!
+//! Input lines are either `{"id", "prompt"}` or a request in the `router.v1` JSON mapping (what
+//! grpcurl users type: `{"id", "system": ["…"], "messages": [{"role": "ROLE_USER", "content":
+//! [{"text": "…"}]}], "inferenceConfig": {"maxTokens": N}, …}`), validated as the server does.
+//! Labelled lines add `"strong_score"` and `"weak_score"`; `"source"` is allowed and ignored.
+//! Any other unknown field is an error, so a typo does not silently change a score.
+
+pub mod calibrate;
+pub mod classify;
+pub mod eval;
+pub mod train;
+
+use anyhow::{Context as _, bail};
+use serde_json::{Map, Value};
+
+use crate::{
+    classify::{Classification, Classifier},
+    decide, pb,
+    request::{ChatRequest, Limits},
+};
+
+/// Fields of an input line that belong to the CLI, not to the request.
+const LINE_FIELDS: [&str; 5] = ["id", "prompt", "strong_score", "weak_score", "source"];
+
+/// One input line: a prompt or a request, optionally labelled.
+#[derive(Debug)]
+pub struct Request {
+    /// Caller's id, echoed back as given.
+    pub id: Value,
+    /// The request, validated as the server validates it.
+    pub request: ChatRequest,
+    strong_score: Option<f64>,
+    weak_score: Option<f64>,
+}
+
+impl Request {
+    /// Parses one JSON line: `{"id", "prompt"}` or a request in the gRPC JSON mapping, with
+    /// optional labels; the request is checked exactly as the server checks it.
+    pub fn parse(line: &str) -> anyhow::Result<Self> {
+        let value: Value = serde_json::from_str(line).context("not a valid JSON line")?;
+        let Value::Object(mut fields) = value else {
+            bail!("a line must be a JSON object");
+        };
+        let id = fields.remove("id").unwrap_or(Value::Null);
+        let strong_score = score(&fields, "strong_score")?;
+        let weak_score = score(&fields, "weak_score")?;
+        let prompt = fields.remove("prompt");
+        let rest: Map<String, Value> = fields
+            .into_iter()
+            .filter(|(k, _)| !LINE_FIELDS.contains(&k.as_str()))
+            .collect();
+        let pb_request = match prompt {
+            Some(Value::String(text)) if rest.is_empty() => {
+                return Ok(Self {
+                    strong_score,
+                    weak_score,
+                    ..Self::prompt(id, text)?
+                });
+            }
+            Some(Value::String(_)) => {
+                bail!("give either `prompt` or a request (`messages`, …), not both")
+            }
+            Some(_) => bail!("`prompt` must be a string"),
+            None if rest.is_empty() => bail!("line has neither `prompt` nor `messages`"),
+            None => serde_json::from_value::<pb::ConverseRequest>(Value::Object(rest))
+                .context("not a request in the router.v1 JSON mapping")?,
+        };
+        let request = ChatRequest::from_pb(pb_request, &Limits::default())
+            .map_err(|e| anyhow::anyhow!(e.0))?;
+        Ok(Self {
+            id,
+            request,
+            strong_score,
+            weak_score,
+        })
+    }
+
+    /// A one-prompt request with the given id.
+    pub fn prompt(id: Value, text: String) -> anyhow::Result<Self> {
+        let request = ChatRequest::from_pb(single_prompt(text), &Limits::default())
+            .map_err(|e| anyhow::anyhow!(e.0))?;
+        Ok(Self {
+            id,
+            request,
+            strong_score: None,
+            weak_score: None,
+        })
+    }
+
+    /// The id as text (strings verbatim, anything else as JSON), for the held-out split.
+    pub fn id_text(&self) -> String {
+        match &self.id {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The labels of a labelled line: (strong_score, weak_score).
+    pub fn labels(&self) -> anyhow::Result<(f64, f64)> {
+        match (self.strong_score, self.weak_score) {
+            (Some(s), Some(w)) => Ok((s, w)),
+            _ => bail!("labelled line needs numeric `strong_score` and `weak_score`"),
+        }
+    }
+
+    /// Scores the request as the server would.
+    pub fn classify(&self, classifier: &Classifier) -> anyhow::Result<Classification> {
+        Ok(decide::classify(classifier, &self.request))
+    }
+}
+
+fn score(fields: &Map<String, Value>, name: &str) -> anyhow::Result<Option<f64>> {
+    match fields.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_f64()
+            .map(Some)
+            .with_context(|| format!("`{name}` must be a number")),
+    }
+}
+
+/// A request holding one user turn.
+fn single_prompt(text: String) -> pb::ConverseRequest {
+    pb::ConverseRequest {
+        messages: vec![pb::Message {
+            role: pb::Role::User as i32,
+            content: vec![pb::ContentBlock {
+                block: Some(pb::content_block::Block::Text(text)),
+            }],
+        }],
+        ..Default::default()
+    }
+}
+
+/// Today's date (UTC) as YYYY-MM-DD, for the weights metadata.
+pub fn today_utc() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    civil_date(i64::try_from(secs / 86_400).unwrap_or(0))
+}
+
+/// Days since 1970-01-01 → YYYY-MM-DD (Howard Hinnant's civil-from-days).
+fn civil_date(days: i64) -> String {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::{FEATURE_NAMES, Weights};
+
+    fn classifier() -> Classifier {
+        Classifier::new(Weights::neutral()).unwrap()
+    }
+
+    fn feature(c: &Classification, name: &str) -> f64 {
+        c.values()[FEATURE_NAMES.iter().position(|n| *n == name).unwrap()]
+    }
+
+    #[test]
+    fn full_request_shape() {
+        // "iVBORw0KGgo=" is the 8-byte PNG signature.
+        let line = r#"{"id":7,"system":["You are terse."],"messages":[
+            {"role":"ROLE_USER","content":[{"text":"Hello"},{"image":{"format":"IMAGE_FORMAT_PNG","data":"iVBORw0KGgo="}}]},
+            {"role":"ROLE_ASSISTANT","content":[{"text":"Hi"}]},
+            {"role":"ROLE_USER","content":[{"text":"Why?"}]}],
+            "inferenceConfig":{"maxTokens":4096},
+            "toolConfig":{"tools":[{"name":"a","inputSchemaJson":"{}"},{"name":"b","inputSchemaJson":"{}"}]}}"#;
+        let r = Request::parse(line).unwrap();
+        assert_eq!(r.id_text(), "7");
+        let c = r.classify(&classifier()).unwrap();
+        assert!((feature(&c, "images") - 2f64.ln()).abs() < 1e-12);
+        assert!((feature(&c, "tools") - 3f64.ln()).abs() < 1e-12);
+        assert!((feature(&c, "turns") - 3f64.ln()).abs() < 1e-12);
+        assert!((feature(&c, "max_tokens") - 4f64.ln()).abs() < 1e-12);
+        assert!(feature(&c, "system_tokens") > 0.0);
+    }
+
+    #[test]
+    fn prompt_line_and_errors() {
+        let r = Request::parse(r#"{"id":"a","prompt":"hi","source":"x"}"#).unwrap();
+        assert!(r.classify(&classifier()).is_ok());
+        let err = |line: &str| format!("{:#}", Request::parse(line).unwrap_err());
+        assert!(err(r#"{"id":"a"}"#).contains("neither `prompt` nor `messages`"));
+        assert!(
+            err(r#"{"messages":[{"role":"ROLE_SYSTEM","content":[]}]}"#).contains("ROLE_SYSTEM")
+        );
+        assert!(
+            err(r#"{"messages":[{"role":"ROLE_USER","content":[{"text":" "}]}]}"#)
+                .contains("must not be empty")
+        );
+        assert!(err(r#"{"prompt":"x","messages":[]}"#).contains("not both"));
+        assert!(err(r#"{"prompt":"x","temprature":1}"#).contains("not both"));
+        assert!(
+            err(r#"{"messages":[{"role":"ROLE_USER","content":[{"text":"x"}]}],"temprature":1}"#)
+                .contains("temprature")
+        );
+        assert!(err("{not json").contains("not a valid JSON line"));
+        let r = Request::parse(r#"{"prompt":"x","strong_score":1}"#).unwrap();
+        assert!(r.labels().is_err());
+        let r = Request::parse(r#"{"prompt":"x","strong_score":1,"weak_score":0}"#).unwrap();
+        assert_eq!(r.labels().unwrap(), (1.0, 0.0));
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_date(0), "1970-01-01");
+        assert_eq!(civil_date(19_723), "2024-01-01");
+        assert_eq!(civil_date(20_513), "2026-03-01");
+    }
+}

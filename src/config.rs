@@ -1,0 +1,600 @@
+//! Typed configuration: defaults, then a TOML file, then `ROUTER__SECTION__KEY` environment
+//! overrides, validated once at start with messages that name the offending field.
+//!
+//! Secrets never live here: Bedrock credentials come from the AWS default credential chain.
+
+use std::{fmt, net::SocketAddr, path::Path};
+
+use serde::{Deserialize, Serialize};
+
+/// The prefix of environment variables that override config fields.
+pub const ENV_PREFIX: &str = "ROUTER__";
+
+/// The whole configuration of the router.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listening addresses and request limits.
+    pub server: ServerConfig,
+    /// Where and how Bedrock is called.
+    pub bedrock: BedrockConfig,
+    /// The two model tiers.
+    pub models: ModelsConfig,
+    /// Classifier and threshold.
+    pub routing: RoutingConfig,
+    /// Logs.
+    pub telemetry: TelemetryConfig,
+}
+
+/// Listening addresses and request limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Prometheus `/metrics` listen address.
+    pub metrics_listen: SocketAddr,
+    /// Largest accepted gRPC request message, in bytes.
+    pub max_request_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            metrics_listen: SocketAddr::from(([0, 0, 0, 0], 9464)),
+            max_request_bytes: 20 * 1024 * 1024,
+        }
+    }
+}
+
+/// Where and how Bedrock is called.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BedrockConfig {
+    /// The AWS source region requests are sent to, e.g. `us-east-1`.
+    pub region: String,
+    /// The inference-profile geography (`us`, `eu`, `apac`); derived from `region` when unset.
+    pub geography: Option<Geography>,
+    /// Any Bedrock-compatible endpoint (a proxy, a VPC endpoint, the simulator); AWS's own when unset.
+    pub endpoint_url: Option<String>,
+    /// Time allowed to open a connection, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Time allowed for one whole upstream call when the caller sets no deadline, in milliseconds.
+    pub call_timeout_ms: u64,
+}
+
+impl Default for BedrockConfig {
+    fn default() -> Self {
+        Self {
+            region: "us-east-1".to_owned(),
+            geography: None,
+            endpoint_url: None,
+            connect_timeout_ms: 3_000,
+            call_timeout_ms: 120_000,
+        }
+    }
+}
+
+/// A cross-region inference profile geography: the prefix of the profile id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Geography {
+    /// United States (`us.` profiles).
+    Us,
+    /// Europe (`eu.` profiles).
+    Eu,
+    /// Asia Pacific (`apac.` profiles).
+    Apac,
+}
+
+impl Geography {
+    /// The geography whose profiles a source region can call, from the region's name.
+    pub fn of_region(region: &str) -> Option<Self> {
+        if region.starts_with("us-") {
+            Some(Self::Us)
+        } else if region.starts_with("eu-") {
+            Some(Self::Eu)
+        } else if region.starts_with("ap-") {
+            Some(Self::Apac)
+        } else {
+            None
+        }
+    }
+
+    /// The profile-id prefix, without the dot.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Self::Us => "us",
+            Self::Eu => "eu",
+            Self::Apac => "apac",
+        }
+    }
+}
+
+impl fmt::Display for Geography {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.prefix())
+    }
+}
+
+/// The two model tiers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// The strong tier (Claude 3.5 Sonnet v2 by default).
+    pub strong: ModelConfig,
+    /// The fast tier (Claude 3 Haiku by default).
+    pub fast: ModelConfig,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self {
+            strong: ModelConfig::sonnet_3_5_v2(),
+            fast: ModelConfig::haiku_3(),
+        }
+    }
+}
+
+/// One model: its id, where its inference profiles exist, prices, limits and capabilities.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The Bedrock base model id, e.g. `anthropic.claude-3-haiku-20240307-v1:0`.
+    pub id: String,
+    /// Geographies with a cross-region inference profile `{geography}.{id}` for this model.
+    pub profile_geographies: Vec<Geography>,
+    /// Call the base model id in the source region instead of an inference profile.
+    pub on_demand: bool,
+    /// Price of input tokens, USD per million.
+    pub input_usd_per_mtok: f64,
+    /// Price of output tokens, USD per million.
+    pub output_usd_per_mtok: f64,
+    /// Most output tokens the model may generate in one call.
+    pub max_output_tokens: u32,
+    /// Whether the model accepts images.
+    pub images: bool,
+    /// Whether the model supports tool use.
+    pub tools: bool,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            profile_geographies: Vec::new(),
+            on_demand: false,
+            input_usd_per_mtok: 0.0,
+            output_usd_per_mtok: 0.0,
+            max_output_tokens: 4096,
+            images: true,
+            tools: true,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Claude 3.5 Sonnet v2: the default strong model. It has no EU inference profile.
+    pub fn sonnet_3_5_v2() -> Self {
+        Self {
+            id: "anthropic.claude-3-5-sonnet-20241022-v2:0".to_owned(),
+            profile_geographies: vec![Geography::Us, Geography::Apac],
+            on_demand: false,
+            input_usd_per_mtok: 3.0,
+            output_usd_per_mtok: 15.0,
+            max_output_tokens: 8192,
+            images: true,
+            tools: true,
+        }
+    }
+
+    /// Claude 3 Haiku: the default fast model.
+    pub fn haiku_3() -> Self {
+        Self {
+            id: "anthropic.claude-3-haiku-20240307-v1:0".to_owned(),
+            profile_geographies: vec![Geography::Us, Geography::Eu, Geography::Apac],
+            on_demand: false,
+            input_usd_per_mtok: 0.25,
+            output_usd_per_mtok: 1.25,
+            max_output_tokens: 4096,
+            images: true,
+            tools: true,
+        }
+    }
+}
+
+/// Classifier and threshold.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Score at or above which a request goes to the strong tier; the weights file's when unset.
+    pub threshold: Option<f64>,
+    /// A weights file written by `prompt-router train`; the built-in weights when unset.
+    pub weights_path: Option<String>,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Log format: human-readable text or JSON lines.
+    pub log_format: LogFormat,
+    /// Log prompt text (off by default: prompts may hold personal data).
+    pub log_prompts: bool,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A configuration that could not be read or is not valid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file or an override is not valid TOML of the right shape.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// The file or the environment variable.
+        origin: String,
+        /// What is wrong, with the field's path.
+        message: String,
+    },
+    /// A field has a value the router cannot run with.
+    #[error("config field `{field}`: {message}")]
+    Invalid {
+        /// The field's dotted path.
+        field: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `path` (if any), then `ROUTER__…` overrides from `env`, and validates.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        // Merging at the TOML level lets a file override one field of a default model (say, its
+        // price) and keep the rest, which struct-level serde defaults cannot do.
+        let mut table =
+            toml::Table::try_from(Config::default()).map_err(|e| ConfigError::Parse {
+                origin: "built-in defaults".to_owned(),
+                message: e.to_string(),
+            })?;
+        if let Some(path) = path {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let file = text
+                .parse::<toml::Table>()
+                .map_err(|e| ConfigError::Parse {
+                    origin: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+            merge(&mut table, file);
+        }
+        for (key, value) in env {
+            if let Some(rest) = key.strip_prefix(ENV_PREFIX) {
+                apply_override(&mut table, &key, rest, &value)?;
+            }
+        }
+        let origin = path.map_or_else(|| "configuration".to_owned(), |p| p.display().to_string());
+        let config: Config =
+            Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
+                origin,
+                message: e.to_string(),
+            })?;
+        config.validate()
+    }
+
+    /// The geography the configured source region calls profiles in.
+    pub fn geography(&self) -> Option<Geography> {
+        self.bedrock
+            .geography
+            .or_else(|| Geography::of_region(&self.bedrock.region))
+    }
+
+    /// Checks every field once, naming the field in the message.
+    pub fn validate(self) -> Result<Self, ConfigError> {
+        if self.bedrock.region.trim().is_empty() {
+            return Err(ConfigError::invalid("bedrock.region", "must not be empty"));
+        }
+        let Some(geography) = self.geography() else {
+            return Err(ConfigError::invalid(
+                "bedrock.geography",
+                format!(
+                    "cannot tell the inference-profile geography of region {:?}; set it to us, eu or apac",
+                    self.bedrock.region
+                ),
+            ));
+        };
+        if let Some(url) = &self.bedrock.endpoint_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::invalid(
+                "bedrock.endpoint_url",
+                format!("{url:?} is not an http:// or https:// URL"),
+            ));
+        }
+        if self.bedrock.connect_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "bedrock.connect_timeout_ms",
+                "must be above 0",
+            ));
+        }
+        if self.bedrock.call_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "bedrock.call_timeout_ms",
+                "must be above 0",
+            ));
+        }
+        if self.server.max_request_bytes < 1024 {
+            return Err(ConfigError::invalid(
+                "server.max_request_bytes",
+                "must be at least 1024",
+            ));
+        }
+        validate_model("models.strong", &self.models.strong, geography)?;
+        validate_model("models.fast", &self.models.fast, geography)?;
+        if let Some(threshold) = self.routing.threshold
+            && !(0.0..=1.0).contains(&threshold)
+        {
+            return Err(ConfigError::invalid(
+                "routing.threshold",
+                format!("{threshold} is outside [0, 1]"),
+            ));
+        }
+        Ok(self)
+    }
+}
+
+fn validate_model(
+    field: &str,
+    model: &ModelConfig,
+    geography: Geography,
+) -> Result<(), ConfigError> {
+    if model.id.trim().is_empty() {
+        return Err(ConfigError::invalid(
+            format!("{field}.id"),
+            "must not be empty",
+        ));
+    }
+    if !model.on_demand && !model.profile_geographies.contains(&geography) {
+        let offered: Vec<String> = model
+            .profile_geographies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        return Err(ConfigError::invalid(
+            format!("{field}.profile_geographies"),
+            format!(
+                "{} has no cross-region inference profile in geography \"{geography}\" (it has: {}). \
+                 Use a region in one of those geographies, or set [{field}] explicitly to a model \
+                 offered in \"{geography}\" (id and profile_geographies), or on_demand = true to call \
+                 the base model id in-region",
+                model.id,
+                if offered.is_empty() {
+                    "none".to_owned()
+                } else {
+                    offered.join(", ")
+                },
+            ),
+        ));
+    }
+    for (name, price) in [
+        ("input_usd_per_mtok", model.input_usd_per_mtok),
+        ("output_usd_per_mtok", model.output_usd_per_mtok),
+    ] {
+        crate::cost::price_from_usd_per_mtok(price)
+            .map_err(|message| ConfigError::invalid(format!("{field}.{name}"), message))?;
+    }
+    if model.max_output_tokens == 0 {
+        return Err(ConfigError::invalid(
+            format!("{field}.max_output_tokens"),
+            "must be above 0",
+        ));
+    }
+    Ok(())
+}
+
+/// Deep-merges `overlay` into `base`: tables merge key by key, anything else replaces.
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base_table)), toml::Value::Table(overlay_table)) => {
+                merge(base_table, overlay_table);
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Sets `SECTION.KEY` in `table` from one `ROUTER__SECTION__KEY=value` variable. The value is read
+/// as a TOML value when it parses as one (numbers, booleans, arrays), else as a plain string.
+fn apply_override(
+    table: &mut toml::Table,
+    var: &str,
+    path: &str,
+    raw: &str,
+) -> Result<(), ConfigError> {
+    let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+    if keys.iter().any(String::is_empty) {
+        return Err(ConfigError::Parse {
+            origin: var.to_owned(),
+            message: "empty key in the variable name".to_owned(),
+        });
+    }
+    let value = parse_env_value(raw);
+    let mut node = table;
+    let (last, parents) = keys.split_last().ok_or_else(|| ConfigError::Parse {
+        origin: var.to_owned(),
+        message: "no key in the variable name".to_owned(),
+    })?;
+    for key in parents {
+        let entry = node
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        node = entry.as_table_mut().ok_or_else(|| ConfigError::Parse {
+            origin: var.to_owned(),
+            message: format!("`{key}` is not a section"),
+        })?;
+    }
+    node.insert(last.clone(), value);
+    Ok(())
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    let probe = format!("v = {raw}");
+    match probe.parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+        Err(_) => toml::Value::String(raw.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn env_from(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn load_str(toml_text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("router-config-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).map_err(|source| ConfigError::Read {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let path = dir.join("router.toml");
+        std::fs::write(&path, toml_text).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let result = Config::load(Some(&path), env_from(env));
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
+
+    #[test]
+    fn defaults_are_valid_and_use_us_profiles() {
+        let config = Config::load(None, env_from(&[])).expect("defaults valid");
+        assert_eq!(config.geography(), Some(Geography::Us));
+        assert_eq!(config.models.strong.max_output_tokens, 8192);
+        assert_eq!(config.models.fast.max_output_tokens, 4096);
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let config = load_str(
+            "[bedrock]\nregion = \"us-west-2\"\n",
+            &[
+                ("ROUTER__BEDROCK__ENDPOINT_URL", "http://127.0.0.1:8080"),
+                ("ROUTER__ROUTING__THRESHOLD", "0.4"),
+                ("ROUTER__SERVER__LISTEN", "127.0.0.1:7000"),
+                ("UNRELATED", "x"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(config.bedrock.region, "us-west-2");
+        assert_eq!(
+            config.bedrock.endpoint_url.as_deref(),
+            Some("http://127.0.0.1:8080")
+        );
+        assert_eq!(config.routing.threshold, Some(0.4));
+        assert_eq!(
+            config.server.listen,
+            SocketAddr::from(([127, 0, 0, 1], 7000))
+        );
+    }
+
+    #[test]
+    fn eu_without_explicit_strong_model_is_a_clear_error() {
+        let err = load_str("[bedrock]\nregion = \"eu-central-1\"\n", &[]).expect_err("must fail");
+        let text = err.to_string();
+        assert!(text.contains("models.strong.profile_geographies"), "{text}");
+        assert!(text.contains("\"eu\""), "{text}");
+    }
+
+    #[test]
+    fn eu_with_explicit_strong_model_is_accepted() {
+        let config = load_str(
+            "[bedrock]\nregion = \"eu-central-1\"\n[models.strong]\nid = \"anthropic.claude-3-7-sonnet-20250219-v1:0\"\nprofile_geographies = [\"eu\", \"us\"]\ninput_usd_per_mtok = 3.0\noutput_usd_per_mtok = 15.0\nmax_output_tokens = 8192\n",
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(config.geography(), Some(Geography::Eu));
+    }
+
+    #[test]
+    fn a_file_overrides_one_field_of_a_default_model() {
+        let config = load_str("[models.fast]\ninput_usd_per_mtok = 0.3\n", &[]).expect("valid");
+        assert_eq!(config.models.fast.input_usd_per_mtok, 0.3);
+        assert_eq!(config.models.fast.id, ModelConfig::haiku_3().id);
+        assert_eq!(config.models.fast.max_output_tokens, 4096);
+    }
+
+    #[test]
+    fn invalid_fields_are_named() {
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case<'_>] = &[
+            ("[routing]\nthreshold = 1.5\n", &[], "routing.threshold"),
+            (
+                "[bedrock]\nregion = \"sa-east-1\"\n",
+                &[],
+                "bedrock.geography",
+            ),
+            (
+                "",
+                &[("ROUTER__BEDROCK__ENDPOINT_URL", "localhost:1")],
+                "bedrock.endpoint_url",
+            ),
+            (
+                "[models.fast]\ninput_usd_per_mtok = -1.0\nid = \"x\"\nprofile_geographies = [\"us\"]\n",
+                &[],
+                "models.fast.input_usd_per_mtok",
+            ),
+            ("[models.fast]\nid = \"\"\n", &[], "models.fast.id"),
+            ("[server]\nlisten = \"nope\"\n", &[], "server.listen"),
+            ("[bedrock]\nregoin = \"us-east-1\"\n", &[], "regoin"),
+        ];
+        for (file, env, field) in cases {
+            let err = load_str(file, env).expect_err(file);
+            assert!(err.to_string().contains(field), "{file}: {err}");
+        }
+    }
+}

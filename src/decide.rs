@@ -1,0 +1,104 @@
+//! PURE. The whole routing decision for one request: classify its text, then apply the policy
+//! to the score and to what the request needs. Shared by the service, `route` and benches.
+
+use crate::{
+    catalog::{Catalog, Model},
+    classify::{Classification, Classifier, Part, Shape},
+    policy::{Choice, Needs, Policy, Unservable},
+    request::{Block, ChatRequest, Role, ToolResultBlock},
+};
+
+/// Classifier, policy and catalog together.
+#[derive(Debug)]
+pub struct Decider {
+    /// The complexity classifier.
+    pub classifier: Classifier,
+    /// The threshold rule.
+    pub policy: Policy,
+    /// The two models.
+    pub catalog: Catalog,
+}
+
+/// A routed request: its classification, the chosen tier and the model to call.
+#[derive(Debug)]
+pub struct Routed<'a> {
+    /// Score and reasons.
+    pub classification: Classification,
+    /// Tier, basis and effective threshold.
+    pub choice: Choice,
+    /// The chosen model.
+    pub model: &'a Model,
+}
+
+impl Decider {
+    /// Scores the request with this decider's classifier.
+    pub fn classify(&self, req: &ChatRequest) -> Classification {
+        classify(&self.classifier, req)
+    }
+
+    /// Classifies and decides.
+    pub fn decide(&self, req: &ChatRequest) -> Result<Routed<'_>, Unservable> {
+        let classification = self.classify(req);
+        let needs = Needs {
+            mode: req.routing.mode,
+            quality_bias: req.routing.quality_bias,
+            max_tokens: req.inference.max_tokens,
+            images: req.image_count() > 0,
+            tools: req.tools.is_some()
+                || req
+                    .messages
+                    .iter()
+                    .flat_map(|t| &t.content)
+                    .any(|b| matches!(b, Block::ToolUse(_) | Block::ToolResult(_))),
+        };
+        let choice = self
+            .policy
+            .decide(classification.score(), &needs, &self.catalog)?;
+        Ok(Routed {
+            model: self.catalog.model(choice.tier),
+            classification,
+            choice,
+        })
+    }
+}
+
+/// Feeds every piece of the request's text to `classifier`, in conversation order: system
+/// prompts, then turns oldest to newest, the last user turn marked.
+pub fn classify(classifier: &Classifier, req: &ChatRequest) -> Classification {
+    let mut acc = classifier.begin();
+    for system in &req.system {
+        acc.push(Part::System, system);
+    }
+    let last_user = req.messages.iter().rposition(|t| t.role == Role::User);
+    for (i, turn) in req.messages.iter().enumerate() {
+        let part = match turn.role {
+            Role::User => Part::User {
+                last: Some(i) == last_user,
+            },
+            Role::Assistant => Part::Assistant,
+        };
+        for block in &turn.content {
+            match block {
+                Block::Text(text) => acc.push(part, text),
+                Block::ToolResult(result) => {
+                    for item in &result.content {
+                        if let ToolResultBlock::Text(text) = item {
+                            acc.push(Part::ToolResult, text);
+                        }
+                    }
+                }
+                Block::Image(_) | Block::ToolUse(_) => {}
+            }
+        }
+    }
+    acc.finish(Shape {
+        turns: saturate(req.messages.len()),
+        images: saturate(req.image_count()),
+        tools: saturate(req.tool_count()),
+        max_tokens: req.inference.max_tokens,
+    })
+}
+
+fn saturate(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}

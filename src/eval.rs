@@ -1,0 +1,427 @@
+//! Router evaluation. PURE: metrics over (score, strong_score, weak_score, input tokens) rows.
+//!
+//! Definitions (RouteLLM, Ong et al. 2024), as `eval` prints them:
+//! - **Sweep**: sort prompts by score, descending. A threshold `t` sends prompts with
+//!   `score ≥ t` to the strong model. Every distinct score is one step, so prompts with equal
+//!   scores move together (a constant-score router has only the points 0% and 100%). The
+//!   sweep starts at strong share 0 (threshold just above the top score).
+//! - At each point: strong share `s = #strong / n`; performance = mean over prompts of
+//!   `strong_score` if routed strong else `weak_score`;
+//!   `PGR = (perf − perf_all_weak) / (perf_all_strong − perf_all_weak)`.
+//! - **APGR**: area under PGR(s) for s ∈ [0, 1], trapezoids between consecutive sweep points.
+//!   A random router scores ≈ 0.5.
+//! - **CPT(x)**: the smallest strong share among sweep points with `PGR ≥ x` (no interpolation).
+//! - **At a threshold**: strong share, PGR ("quality gap recovered") and cost saved against
+//!   sending everything to strong: `1 − cost(routed) / cost(all strong)`, where a prompt's cost
+//!   on a model is `input price × estimated input tokens + output price × assumed output tokens`
+//!   ([`Prices`]; the output length is an assumption because it is unknown before the call).
+
+/// Why metrics could not be computed.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum EvalError {
+    /// No rows.
+    #[error("no rows to evaluate")]
+    Empty,
+    /// Strong and weak models perform the same on these rows, so PGR is undefined.
+    #[error("the strong and weak models score the same on these rows; PGR is undefined")]
+    NoGap,
+    /// A score or label that is not a finite number.
+    #[error("row {0} has a non-finite score or label")]
+    NotFinite(usize),
+}
+
+/// One evaluated prompt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Row {
+    /// Router score; higher goes to strong first.
+    pub score: f64,
+    /// Quality of the strong model's answer.
+    pub strong: f64,
+    /// Quality of the fast model's answer.
+    pub weak: f64,
+    /// Estimated input tokens.
+    pub input_tokens: f64,
+}
+
+/// Prices in USD per million tokens, and the assumed output length per prompt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prices {
+    /// Strong model input price.
+    pub strong_input: f64,
+    /// Strong model output price.
+    pub strong_output: f64,
+    /// Fast model input price.
+    pub weak_input: f64,
+    /// Fast model output price.
+    pub weak_output: f64,
+    /// Output tokens assumed for every prompt.
+    pub output_tokens: f64,
+}
+
+impl Default for Prices {
+    /// Claude 3.5 Sonnet v2 ($3 / $15) vs Claude 3 Haiku ($0.25 / $1.25), 256 output tokens.
+    fn default() -> Self {
+        Self {
+            strong_input: 3.0,
+            strong_output: 15.0,
+            weak_input: 0.25,
+            weak_output: 1.25,
+            output_tokens: 256.0,
+        }
+    }
+}
+
+impl Prices {
+    fn strong_cost(&self, input_tokens: f64) -> f64 {
+        self.strong_input * input_tokens + self.strong_output * self.output_tokens
+    }
+
+    fn weak_cost(&self, input_tokens: f64) -> f64 {
+        self.weak_input * input_tokens + self.weak_output * self.output_tokens
+    }
+}
+
+/// One point of the sweep.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    /// Threshold that produces this point (`score ≥ threshold` goes strong).
+    pub threshold: f64,
+    /// Share of prompts sent to strong.
+    pub strong_share: f64,
+    /// Performance gap recovered.
+    pub pgr: f64,
+}
+
+fn check(rows: &[Row]) -> Result<f64, EvalError> {
+    if rows.is_empty() {
+        return Err(EvalError::Empty);
+    }
+    let mut gap = 0.0;
+    for (i, r) in rows.iter().enumerate() {
+        if !(r.score.is_finite() && r.strong.is_finite() && r.weak.is_finite()) {
+            return Err(EvalError::NotFinite(i));
+        }
+        gap += r.strong - r.weak;
+    }
+    if gap.abs() < 1e-12 {
+        return Err(EvalError::NoGap);
+    }
+    Ok(gap)
+}
+
+/// The sweep over every distinct score, from share 0 to share 1.
+pub fn sweep(rows: &[Row]) -> Result<Vec<Point>, EvalError> {
+    let gap = check(rows)?;
+    let mut order: Vec<&Row> = rows.iter().collect();
+    order.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let n = rows.len() as f64;
+    let mut points = Vec::with_capacity(rows.len() + 1);
+    points.push(Point {
+        threshold: order[0].score.next_up(),
+        strong_share: 0.0,
+        pgr: 0.0,
+    });
+    let mut gained = 0.0;
+    let mut i = 0;
+    while i < order.len() {
+        let t = order[i].score;
+        while i < order.len() && order[i].score == t {
+            gained += order[i].strong - order[i].weak;
+            i += 1;
+        }
+        points.push(Point {
+            threshold: t,
+            strong_share: i as f64 / n,
+            pgr: gained / gap,
+        });
+    }
+    Ok(points)
+}
+
+/// Area under PGR(strong share), trapezoid rule between sweep points.
+pub fn apgr(points: &[Point]) -> f64 {
+    points
+        .windows(2)
+        .map(|w| (w[1].strong_share - w[0].strong_share) * (w[0].pgr + w[1].pgr) / 2.0)
+        .sum()
+}
+
+/// CPT(x): the smallest strong share among sweep points with PGR ≥ x, if any.
+pub fn cpt(points: &[Point], x: f64) -> Option<f64> {
+    points
+        .iter()
+        .filter(|p| p.pgr >= x)
+        .map(|p| p.strong_share)
+        .reduce(f64::min)
+}
+
+/// Routing results at one threshold.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Operating {
+    /// The threshold.
+    pub threshold: f64,
+    /// Share of prompts sent to strong.
+    pub strong_share: f64,
+    /// Quality gap recovered.
+    pub pgr: f64,
+    /// `1 − cost(routed) / cost(all strong)`.
+    pub cost_saved: f64,
+}
+
+/// Strong share, PGR and cost saved when `score ≥ threshold` goes to strong.
+pub fn at_threshold(rows: &[Row], threshold: f64, prices: &Prices) -> Result<Operating, EvalError> {
+    let gap = check(rows)?;
+    let (mut strong, mut gained, mut routed, mut all_strong) = (0usize, 0.0, 0.0, 0.0);
+    for r in rows {
+        let s = prices.strong_cost(r.input_tokens);
+        all_strong += s;
+        if r.score >= threshold {
+            strong += 1;
+            gained += r.strong - r.weak;
+            routed += s;
+        } else {
+            routed += prices.weak_cost(r.input_tokens);
+        }
+    }
+    Ok(Operating {
+        threshold,
+        strong_share: strong as f64 / rows.len() as f64,
+        pgr: gained / gap,
+        cost_saved: if all_strong > 0.0 {
+            1.0 - routed / all_strong
+        } else {
+            0.0
+        },
+    })
+}
+
+/// Everything `eval` prints for one router.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Summary {
+    /// Rows evaluated.
+    pub rows: usize,
+    /// Area under the PGR curve.
+    pub apgr: f64,
+    /// CPT(50%).
+    pub cpt50: Option<f64>,
+    /// CPT(80%).
+    pub cpt80: Option<f64>,
+    /// Results at the operating threshold.
+    pub operating: Operating,
+}
+
+/// APGR, CPT(50%), CPT(80%) and the results at `threshold`.
+pub fn summarize(rows: &[Row], threshold: f64, prices: &Prices) -> Result<Summary, EvalError> {
+    let points = sweep(rows)?;
+    Ok(Summary {
+        rows: rows.len(),
+        apgr: apgr(&points),
+        cpt50: cpt(&points, 0.5),
+        cpt80: cpt(&points, 0.8),
+        operating: at_threshold(rows, threshold, prices)?,
+    })
+}
+
+/// Seed of the random baseline router.
+pub const RANDOM_SEED: u64 = 42;
+
+/// Deterministic pseudo-random scores in [0, 1) (SplitMix64), one per row: the random router.
+pub fn random_scores(n: usize, seed: u64) -> Vec<f64> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            (z >> 11) as f64 / (1u64 << 53) as f64
+        })
+        .collect()
+}
+
+/// The same rows rescored by a baseline: `Length` scores by estimated input tokens, `Random`
+/// by [`random_scores`] with [`RANDOM_SEED`] (a fixed-seed run, not an expectation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Baseline {
+    /// Longer prompts go to strong first.
+    Length,
+    /// A fixed-seed random order.
+    Random,
+}
+
+impl Baseline {
+    /// The rows with this baseline's scores.
+    pub fn rescore(self, rows: &[Row]) -> Vec<Row> {
+        match self {
+            Baseline::Length => rows
+                .iter()
+                .map(|r| Row {
+                    score: r.input_tokens,
+                    ..*r
+                })
+                .collect(),
+            Baseline::Random => rows
+                .iter()
+                .zip(random_scores(rows.len(), RANDOM_SEED))
+                .map(|(r, s)| Row { score: s, ..*r })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(score: f64, strong: f64, weak: f64) -> Row {
+        Row {
+            score,
+            strong,
+            weak,
+            input_tokens: 100.0,
+        }
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-12
+    }
+
+    #[test]
+    fn sweep_without_ties() {
+        // Gains in score order: +1, 0, +1, 0 → total gap 2.
+        let rows = [
+            row(0.9, 1.0, 0.0),
+            row(0.7, 1.0, 1.0),
+            row(0.5, 1.0, 0.0),
+            row(0.1, 0.0, 0.0),
+        ];
+        let p = sweep(&rows).unwrap();
+        let shares: Vec<f64> = p.iter().map(|p| p.strong_share).collect();
+        let pgrs: Vec<f64> = p.iter().map(|p| p.pgr).collect();
+        assert_eq!(shares, [0.0, 0.25, 0.5, 0.75, 1.0]);
+        assert_eq!(pgrs, [0.0, 0.5, 0.5, 1.0, 1.0]);
+        // Trapezoids: .25·(0+.5)/2 + .25·(.5+.5)/2 + .25·(.5+1)/2 + .25·(1+1)/2
+        //           = .0625 + .125 + .1875 + .25 = 0.625.
+        assert!(close(apgr(&p), 0.625));
+        assert_eq!(cpt(&p, 0.5), Some(0.25));
+        assert_eq!(cpt(&p, 0.8), Some(0.75));
+    }
+
+    #[test]
+    fn ties_move_together() {
+        // The two 0.5s form one step: shares 0, .25, .75, 1 and PGR 0, 0, 1, 1 with gains
+        // 0 | +1, +1 | 0 (gap 2).
+        let rows = [
+            row(0.9, 1.0, 1.0),
+            row(0.5, 1.0, 0.0),
+            row(0.5, 1.0, 0.0),
+            row(0.1, 0.0, 0.0),
+        ];
+        let p = sweep(&rows).unwrap();
+        let shares: Vec<f64> = p.iter().map(|p| p.strong_share).collect();
+        assert_eq!(shares, [0.0, 0.25, 0.75, 1.0]);
+        // .25·0 + .5·(0+1)/2 + .25·(1+1)/2 = 0.5.
+        assert!(close(apgr(&p), 0.5));
+        assert_eq!(cpt(&p, 0.5), Some(0.75));
+        assert_eq!(p[2].threshold, 0.5);
+    }
+
+    #[test]
+    fn constant_router_has_two_points() {
+        let rows = [
+            row(0.3, 1.0, 0.0),
+            row(0.3, 1.0, 1.0),
+            row(0.3, 0.0, 1.0),
+            row(0.3, 1.0, 0.0),
+        ];
+        let p = sweep(&rows).unwrap();
+        assert_eq!(p.len(), 2);
+        assert!(close(apgr(&p), 0.5));
+        assert_eq!(cpt(&p, 0.8), Some(1.0));
+    }
+
+    #[test]
+    fn pgr_can_exceed_one_and_go_negative() {
+        // The fast model wins the top-scored prompt: PGR dips below 0 first; gap 1.
+        let rows = [row(0.9, 0.0, 1.0), row(0.8, 1.0, 0.0), row(0.7, 1.0, 0.0)];
+        let p = sweep(&rows).unwrap();
+        let pgrs: Vec<f64> = p.iter().map(|p| p.pgr).collect();
+        assert_eq!(pgrs, [0.0, -1.0, 0.0, 1.0]);
+        // (1/3)·(0−1)/2 + (1/3)·(−1+0)/2 + (1/3)·(0+1)/2 = −1/6.
+        assert!(close(apgr(&p), -1.0 / 6.0));
+    }
+
+    #[test]
+    fn operating_point_and_cost() {
+        let rows = [
+            Row {
+                score: 0.9,
+                strong: 1.0,
+                weak: 0.0,
+                input_tokens: 1000.0,
+            },
+            Row {
+                score: 0.2,
+                strong: 1.0,
+                weak: 1.0,
+                input_tokens: 1000.0,
+            },
+        ];
+        let prices = Prices {
+            strong_input: 3.0,
+            strong_output: 15.0,
+            weak_input: 0.25,
+            weak_output: 1.25,
+            output_tokens: 100.0,
+        };
+        let op = at_threshold(&rows, 0.5, &prices).unwrap();
+        assert_eq!(op.strong_share, 0.5);
+        assert_eq!(op.pgr, 1.0);
+        // strong: 3000 + 1500 = 4500 each; weak: 250 + 125 = 375.
+        // routed 4500 + 375 = 4875 of 9000 → saved 4125 / 9000.
+        assert!(close(op.cost_saved, 4125.0 / 9000.0));
+        // A threshold equal to a score sends it to strong.
+        assert_eq!(at_threshold(&rows, 0.2, &prices).unwrap().strong_share, 1.0);
+    }
+
+    #[test]
+    fn errors() {
+        assert_eq!(sweep(&[]), Err(EvalError::Empty));
+        assert_eq!(sweep(&[row(0.5, 1.0, 1.0)]), Err(EvalError::NoGap));
+        assert_eq!(
+            sweep(&[row(f64::NAN, 1.0, 0.0)]),
+            Err(EvalError::NotFinite(0))
+        );
+    }
+
+    #[test]
+    fn random_scores_are_deterministic_and_in_range() {
+        let a = random_scores(1000, 7);
+        assert_eq!(a, random_scores(1000, 7));
+        assert!(a.iter().all(|s| (0.0..1.0).contains(s)));
+        assert_ne!(a, random_scores(1000, 8));
+    }
+
+    #[test]
+    fn length_baseline_scores_by_tokens() {
+        let rows = [
+            Row {
+                score: 0.0,
+                strong: 1.0,
+                weak: 0.0,
+                input_tokens: 50.0,
+            },
+            Row {
+                score: 0.0,
+                strong: 1.0,
+                weak: 1.0,
+                input_tokens: 10.0,
+            },
+        ];
+        let l = Baseline::Length.rescore(&rows);
+        assert_eq!(l[0].score, 50.0);
+        let p = sweep(&l).unwrap();
+        assert!(close(apgr(&p), 0.5 * 0.5 + 0.5 * 1.0));
+    }
+}

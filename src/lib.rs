@@ -1,0 +1,26 @@
+//! prompt-router: a gRPC front door to Amazon Bedrock that scores each conversation's
+//! complexity and sends it to the cheapest Claude tier able to answer it, reporting the
+//! decision, the cost against an all-strong baseline and the latency it added.
+//!
+//! `classify`, `policy`, `cost`, `decide`, `request`, `train`, `eval` and `calibrate` are pure; `backend` is the only code
+//! that talks to Bedrock; `server` is the only code that records metrics.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod calibrate;
+pub mod catalog;
+pub mod classify;
+pub mod cli;
+pub mod config;
+pub mod cost;
+pub mod decide;
+pub mod eval;
+pub mod pb;
+pub mod policy;
+pub mod request;
+pub mod server;
+pub mod setup;
+pub mod sim;
+pub mod telemetry;
+pub mod train;

@@ -1,0 +1,338 @@
+//! The `prompt-router` command line: thin wrappers over the library.
+
+use std::{
+    io::{BufRead, Write},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use prompt_router::{
+    cli::{self, calibrate::Target},
+    config::Config,
+    decide::Decider,
+    eval::Prices,
+    server::{self, Options},
+    setup, sim, telemetry,
+    train::TrainOptions,
+};
+
+/// Routes each conversation to the cheapest Claude model on Amazon Bedrock that can answer it.
+#[derive(Debug, Parser)]
+#[command(name = "prompt-router", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the gRPC API (PromptRouter, health, reflection) and /metrics.
+    Serve(ServeArgs),
+    /// Run the Bedrock Runtime simulator alone, for a router started elsewhere.
+    Simulate(SimulateArgs),
+    /// Print the routing decision for each prompt (plain lines or JSON lines), calling no model.
+    Route(ClassifyArgs),
+    /// Score JSON lines ({"id","prompt"} or full requests) and print id, score, tier and reasons.
+    Classify(ClassifyArgs),
+    /// Measure routing quality on labelled JSON lines: APGR, CPT(50%), CPT(80%), cost saved.
+    Eval(EvalArgs),
+    /// Fit classifier weights on labelled files and write the weights file.
+    Train(TrainArgs),
+    /// Find the threshold that sends a target share to strong, or recovers a target quality gap.
+    Calibrate(CalibrateArgs),
+}
+
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// TOML config file; ROUTER__SECTION__KEY environment variables override it.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        Ok(Config::load(self.config.as_deref(), std::env::vars())?)
+    }
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// gRPC listen address (overrides server.listen).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// /metrics listen address (overrides server.metrics_listen).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Start the built-in Bedrock simulator on loopback and call it instead of AWS
+    /// (dummy credentials; no AWS account needed).
+    #[arg(long)]
+    simulate: bool,
+}
+
+#[derive(Debug, Args)]
+struct SimulateArgs {
+    /// Listen address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+}
+
+/// How the classifier is chosen, for the offline commands.
+#[derive(Debug, Args)]
+struct ModelArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Weights file written by `train` (overrides routing.weights_path; built-in weights by default).
+    #[arg(long, value_name = "FILE")]
+    weights: Option<PathBuf>,
+    /// Routing threshold (overrides routing.threshold and the weights file's).
+    #[arg(long, value_name = "T")]
+    threshold: Option<f64>,
+}
+
+impl ModelArgs {
+    fn decider(&self) -> anyhow::Result<(Config, Decider)> {
+        let config = self.config.load()?;
+        let decider = setup::decider(&config, self.weights.as_deref(), self.threshold)?;
+        Ok((config, decider))
+    }
+}
+
+#[derive(Debug, Args)]
+struct ClassifyArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// How many top contributing features to print.
+    #[arg(long, default_value_t = 3)]
+    reasons: usize,
+    /// Input file; stdin when absent or "-".
+    file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Output tokens assumed per answer when pricing (labelled sets carry no answers).
+    #[arg(long, default_value_t = 256.0)]
+    output_tokens: f64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Labelled JSON lines ({"id","prompt","strong_score","weak_score"}); stdin for "-".
+    file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Where to write the weights.
+    #[arg(long, value_name = "FILE", default_value = "weights/default.json")]
+    out: PathBuf,
+    /// L2 regularisation strength.
+    #[arg(long)]
+    l2: Option<f64>,
+    /// Quality-gap recovery the stored default threshold must reach on the training rows.
+    #[arg(long)]
+    target_pgr: Option<f64>,
+    /// Output tokens assumed per answer in the cost figures.
+    #[arg(long, default_value_t = 256.0)]
+    output_tokens: f64,
+    /// Labelled JSON-lines files; 20% of each (crc32(id) % 5 == 0) is held out for the report.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("target").required(true))]
+struct CalibrateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Send this share (0–1) of the sample to the strong model.
+    #[arg(long, group = "target")]
+    target_share: Option<f64>,
+    /// Recover this share (0–1) of the quality gap (needs labelled lines).
+    #[arg(long, group = "target")]
+    target_pgr: Option<f64>,
+    /// Prompt sample or labelled JSON lines; stdin when absent or "-".
+    file: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve(args))),
+        Command::Simulate(args) => runtime().and_then(|rt| rt.block_on(simulate(args))),
+        Command::Route(args) => classify(&args, true),
+        Command::Classify(args) => classify(&args, false),
+        Command::Eval(args) => eval(&args),
+        Command::Train(args) => train(&args),
+        Command::Calibrate(args) => calibrate(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = args.config.load()?;
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    if let Some(listen) = args.metrics_listen {
+        config.server.metrics_listen = listen;
+    }
+    telemetry::init_logs(config.telemetry.log_format);
+    let running = server::start(
+        config,
+        Options {
+            simulate: args.simulate,
+        },
+    )
+    .await?;
+    shutdown_signal().await?;
+    tracing::info!("shutting down");
+    running.shutdown().await
+}
+
+async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    telemetry::init_logs(prompt_router::config::LogFormat::Text);
+    let handle = sim::start(args.listen, sim::SimConfig::default())
+        .await
+        .with_context(|| format!("starting the simulator on {}", args.listen))?;
+    tracing::info!(endpoint = %handle.endpoint_url(), "Bedrock simulator listening");
+    shutdown_signal().await?;
+    handle.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        ctrl_c = tokio::signal::ctrl_c() => ctrl_c.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+fn classify(args: &ClassifyArgs, plain_text: bool) -> anyhow::Result<()> {
+    let (_, decider) = args.model.decider()?;
+    let options = cli::classify::ClassifyOptions {
+        reasons: args.reasons,
+        plain_text,
+    };
+    let summary = cli::classify::run(&decider, options, input(args.file.as_deref())?, stdout())?;
+    if summary.errors > 0 {
+        eprintln!(
+            "{} lines classified, {} refused (see their error lines)",
+            summary.classified, summary.errors
+        );
+    }
+    Ok(())
+}
+
+/// Eval prices from the config's catalog, so "cost saved" uses the prices the router uses.
+fn prices(config: &Config, output_tokens: f64) -> Prices {
+    Prices {
+        strong_input: config.models.strong.input_usd_per_mtok,
+        strong_output: config.models.strong.output_usd_per_mtok,
+        weak_input: config.models.fast.input_usd_per_mtok,
+        weak_output: config.models.fast.output_usd_per_mtok,
+        output_tokens,
+    }
+}
+
+fn eval(args: &EvalArgs) -> anyhow::Result<()> {
+    let (config, decider) = args.model.decider()?;
+    let options = cli::eval::EvalOptions {
+        threshold: decider.policy.threshold(),
+        prices: prices(&config, args.output_tokens),
+        json: args.json,
+    };
+    cli::eval::run(
+        &decider.classifier,
+        &options,
+        input(Some(&args.file))?,
+        stdout(),
+    )?;
+    Ok(())
+}
+
+fn train(args: &TrainArgs) -> anyhow::Result<()> {
+    let config = args.config.load()?;
+    let mut fit = TrainOptions::default();
+    if let Some(l2) = args.l2 {
+        fit.l2 = l2;
+    }
+    if let Some(target) = args.target_pgr {
+        fit.target_pgr = target;
+    }
+    let options = cli::train::TrainCliOptions {
+        train: fit,
+        prices: prices(&config, args.output_tokens),
+        date: cli::today_utc(),
+    };
+    let inputs = args
+        .files
+        .iter()
+        .map(|path| Ok((path.display().to_string(), input(Some(path))?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // Write to a temporary file first so a failed run never leaves a half-written weights file.
+    let partial = args.out.with_extension("json.partial");
+    let file = std::fs::File::create(&partial)
+        .with_context(|| format!("creating {}", partial.display()))?;
+    cli::train::run(inputs, &options, std::io::BufWriter::new(file), stdout())?;
+    std::fs::rename(&partial, &args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    Ok(())
+}
+
+fn calibrate(args: &CalibrateArgs) -> anyhow::Result<()> {
+    let (_, decider) = args.model.decider()?;
+    let target = match (args.target_share, args.target_pgr) {
+        (Some(share), _) => Target::Share(share),
+        (None, Some(pgr)) => Target::Pgr(pgr),
+        (None, None) => anyhow::bail!("give --target-share or --target-pgr"),
+    };
+    cli::calibrate::run(
+        &decider.classifier,
+        target,
+        input(args.file.as_deref())?,
+        stdout(),
+    )?;
+    Ok(())
+}
+
+fn stdout() -> impl Write {
+    std::io::BufWriter::new(std::io::stdout().lock())
+}
+
+/// A reader over `path`, or stdin for `None` or "-".
+fn input(path: Option<&Path>) -> anyhow::Result<Box<dyn BufRead>> {
+    match path {
+        Some(p) if p != Path::new("-") => {
+            let file =
+                std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+            Ok(Box::new(std::io::BufReader::new(file)))
+        }
+        _ => Ok(Box::new(std::io::BufReader::new(std::io::stdin()))),
+    }
+}

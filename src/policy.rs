@@ -1,0 +1,324 @@
+//! PURE. Turns a complexity score and what the request needs into a tier.
+//!
+//! Order of precedence: capability rules (a request only one tier can serve), then the caller's
+//! forced mode, then the score against the threshold moved by the request's quality bias.
+
+use crate::catalog::{Catalog, Tier};
+
+/// How the caller asked for the tier to be chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoutingMode {
+    /// By score.
+    Auto,
+    /// Always strong.
+    ForceStrong,
+    /// Always fast, unless the request needs the strong model.
+    ForceFast,
+}
+
+/// Why the tier was chosen; also a bounded metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Basis {
+    /// Score against threshold.
+    Score,
+    /// Forced by the caller.
+    Forced,
+    /// Only this tier can serve the request.
+    Capability,
+}
+
+impl Basis {
+    /// The metric-label form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Score => "score",
+            Self::Forced => "forced",
+            Self::Capability => "capability",
+        }
+    }
+}
+
+/// What the request needs from a model, apart from its text.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Needs {
+    /// The caller's routing mode.
+    pub mode: RoutingMode,
+    /// Threshold shift in [-1, 1]; positive prefers strong.
+    pub quality_bias: f64,
+    /// Requested output tokens.
+    pub max_tokens: Option<u32>,
+    /// Images in the request.
+    pub images: bool,
+    /// Tools declared or used.
+    pub tools: bool,
+}
+
+/// The tier chosen for one request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Choice {
+    /// The tier.
+    pub tier: Tier,
+    /// Why.
+    pub basis: Basis,
+    /// The threshold the score was compared with, after the quality bias.
+    pub threshold: f64,
+}
+
+/// A request no configured model can serve; the message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unservable(pub String);
+
+/// The threshold rule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Policy {
+    threshold: f64,
+}
+
+impl Policy {
+    /// A policy sending scores at or above `threshold` (in [0, 1]) to the strong tier.
+    pub fn new(threshold: f64) -> Option<Self> {
+        (0.0..=1.0)
+            .contains(&threshold)
+            .then_some(Self { threshold })
+    }
+
+    /// The configured threshold, before any request's bias.
+    pub fn threshold(&self) -> f64 {
+        self.threshold
+    }
+
+    /// The threshold after a quality bias: +1 lowers it to 0 (all strong), −1 raises it to 1,
+    /// 0 keeps it; in between it moves linearly toward that end.
+    pub fn biased_threshold(&self, bias: f64) -> f64 {
+        let bias = bias.clamp(-1.0, 1.0);
+        if bias >= 0.0 {
+            self.threshold * (1.0 - bias)
+        } else {
+            self.threshold + (1.0 - self.threshold) * -bias
+        }
+    }
+
+    /// Chooses the tier for a request with complexity `score`.
+    pub fn decide(
+        &self,
+        score: f64,
+        needs: &Needs,
+        catalog: &Catalog,
+    ) -> Result<Choice, Unservable> {
+        let threshold = self.biased_threshold(needs.quality_bias);
+        let strong = catalog.model(Tier::Strong);
+        let fast = catalog.model(Tier::Fast);
+        let can = |tier: Tier| {
+            let model = catalog.model(tier);
+            needs
+                .max_tokens
+                .is_none_or(|m| m <= model.max_output_tokens)
+                && (!needs.images || model.images)
+                && (!needs.tools || model.tools)
+        };
+        let (strong_ok, fast_ok) = (can(Tier::Strong), can(Tier::Fast));
+        if !strong_ok && !fast_ok {
+            return Err(unservable(needs, strong, fast));
+        }
+        let (tier, basis) = match needs.mode {
+            _ if !fast_ok => (Tier::Strong, Basis::Capability),
+            _ if !strong_ok => (Tier::Fast, Basis::Capability),
+            RoutingMode::ForceStrong => (Tier::Strong, Basis::Forced),
+            RoutingMode::ForceFast => (Tier::Fast, Basis::Forced),
+            RoutingMode::Auto if score >= threshold => (Tier::Strong, Basis::Score),
+            RoutingMode::Auto => (Tier::Fast, Basis::Score),
+        };
+        Ok(Choice {
+            tier,
+            basis,
+            threshold,
+        })
+    }
+}
+
+fn unservable(
+    needs: &Needs,
+    strong: &crate::catalog::Model,
+    fast: &crate::catalog::Model,
+) -> Unservable {
+    if let Some(m) = needs.max_tokens {
+        let limit = strong.max_output_tokens.max(fast.max_output_tokens);
+        if m > limit {
+            return Unservable(format!(
+                "inference_config.max_tokens: {m} exceeds the largest output limit of the configured models ({limit} tokens)"
+            ));
+        }
+    }
+    if needs.images && !strong.images && !fast.images {
+        return Unservable(
+            "messages: images are not supported by the configured models".to_owned(),
+        );
+    }
+    if needs.tools && !strong.tools && !fast.tools {
+        return Unservable(
+            "tool_config: tools are not supported by the configured models".to_owned(),
+        );
+    }
+    Unservable(
+        "no configured model supports this combination of output length, images and tools"
+            .to_owned(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn catalog() -> Catalog {
+        Catalog::from_config(&Config::default()).expect("catalog")
+    }
+
+    fn needs(mode: RoutingMode) -> Needs {
+        Needs {
+            mode,
+            quality_bias: 0.0,
+            max_tokens: None,
+            images: false,
+            tools: false,
+        }
+    }
+
+    #[test]
+    fn decision_table() {
+        let policy = Policy::new(0.5).expect("threshold");
+        let catalog = catalog();
+        let cases = [
+            (0.49, needs(RoutingMode::Auto), Tier::Fast, Basis::Score),
+            (0.50, needs(RoutingMode::Auto), Tier::Strong, Basis::Score),
+            (
+                0.99,
+                needs(RoutingMode::ForceFast),
+                Tier::Fast,
+                Basis::Forced,
+            ),
+            (
+                0.01,
+                needs(RoutingMode::ForceStrong),
+                Tier::Strong,
+                Basis::Forced,
+            ),
+            (
+                0.01,
+                Needs {
+                    max_tokens: Some(5000),
+                    ..needs(RoutingMode::Auto)
+                },
+                Tier::Strong,
+                Basis::Capability,
+            ),
+            (
+                0.01,
+                Needs {
+                    max_tokens: Some(5000),
+                    ..needs(RoutingMode::ForceFast)
+                },
+                Tier::Strong,
+                Basis::Capability,
+            ),
+            (
+                0.01,
+                Needs {
+                    max_tokens: Some(4096),
+                    ..needs(RoutingMode::Auto)
+                },
+                Tier::Fast,
+                Basis::Score,
+            ),
+            (
+                0.40,
+                Needs {
+                    quality_bias: 0.5,
+                    ..needs(RoutingMode::Auto)
+                },
+                Tier::Strong,
+                Basis::Score,
+            ),
+            (
+                0.60,
+                Needs {
+                    quality_bias: -0.5,
+                    ..needs(RoutingMode::Auto)
+                },
+                Tier::Fast,
+                Basis::Score,
+            ),
+        ];
+        for (score, n, tier, basis) in cases {
+            let choice = policy.decide(score, &n, &catalog).expect("servable");
+            assert_eq!(
+                (choice.tier, choice.basis),
+                (tier, basis),
+                "score {score} needs {n:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn too_many_output_tokens_for_every_model_is_refused() {
+        let policy = Policy::new(0.5).expect("threshold");
+        let err = policy
+            .decide(
+                0.1,
+                &Needs {
+                    max_tokens: Some(9000),
+                    ..needs(RoutingMode::Auto)
+                },
+                &catalog(),
+            )
+            .expect_err("unservable");
+        assert!(
+            err.0
+                .starts_with("inference_config.max_tokens: 9000 exceeds"),
+            "{}",
+            err.0
+        );
+    }
+
+    #[test]
+    fn an_image_only_strong_supports_goes_strong() {
+        let mut config = Config::default();
+        config.models.fast.images = false;
+        let catalog = Catalog::from_config(&config).expect("catalog");
+        let policy = Policy::new(0.5).expect("threshold");
+        let choice = policy
+            .decide(
+                0.0,
+                &Needs {
+                    images: true,
+                    ..needs(RoutingMode::ForceFast)
+                },
+                &catalog,
+            )
+            .expect("servable");
+        assert_eq!(
+            (choice.tier, choice.basis),
+            (Tier::Strong, Basis::Capability)
+        );
+    }
+
+    #[test]
+    fn threshold_out_of_range_is_refused() {
+        assert!(Policy::new(1.1).is_none());
+        assert!(Policy::new(f64::NAN).is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn biased_threshold_stays_in_range_and_is_monotonic(t in 0.0f64..=1.0, a in -1.0f64..=1.0, b in -1.0f64..=1.0) {
+            let policy = Policy::new(t).expect("threshold");
+            let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+            let (t_lo, t_hi) = (policy.biased_threshold(lo), policy.biased_threshold(hi));
+            prop_assert!((0.0..=1.0).contains(&t_lo) && (0.0..=1.0).contains(&t_hi));
+            prop_assert!(t_hi <= t_lo + 1e-12);
+        }
+    }
+}

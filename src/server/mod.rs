@@ -1,0 +1,175 @@
+//! Starting and stopping the router: the gRPC server (PromptRouter, health, reflection), the
+//! `/metrics` listener and, with `--simulate`, the in-process Bedrock simulator.
+
+mod metrics_http;
+mod record;
+mod service;
+mod status;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::server::HealthReporter;
+
+pub use self::service::{REQUEST_ID, Router, RouterService};
+use crate::{
+    backend::{Auth, Bedrock},
+    config::Config,
+    pb::prompt_router_server::PromptRouterServer,
+    request::Limits,
+    setup, sim, telemetry,
+};
+
+/// How to start the router, beyond its config.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Start the Bedrock simulator in-process and call it instead of AWS.
+    pub simulate: bool,
+}
+
+/// A running router.
+#[derive(Debug)]
+pub struct Running {
+    /// The bound gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// The bound `/metrics` address.
+    pub metrics_addr: SocketAddr,
+    /// The in-process simulator, when started with `--simulate`.
+    pub simulator: Option<sim::SimHandle>,
+    health: HealthReporter,
+    shutdown: watch::Sender<bool>,
+    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    side_tasks: Vec<JoinHandle<()>>,
+}
+
+/// Builds the shared router state from a validated config.
+pub async fn build_router(config: &Config, auth: Auth) -> anyhow::Result<Router> {
+    let decider = setup::decider(config, None, None)?;
+    let bedrock = Bedrock::connect(&config.bedrock, auth).await?;
+    let telemetry = telemetry::install().context("installing the metrics recorder")?;
+    telemetry.register_models(decider.catalog.models().map(|m| m.invoke_id.as_str()));
+    Ok(Router {
+        decider,
+        bedrock,
+        limits: Limits::default(),
+        call_timeout: Duration::from_millis(config.bedrock.call_timeout_ms),
+        log_prompts: config.telemetry.log_prompts,
+        telemetry,
+    })
+}
+
+/// Binds the listeners and starts serving; returns once both ports accept connections.
+pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Running> {
+    let simulator = if options.simulate {
+        let handle = sim::start(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            sim::SimConfig::default(),
+        )
+        .await
+        .context("starting the Bedrock simulator")?;
+        tracing::info!(endpoint = %handle.endpoint_url(), "Bedrock simulator started; no AWS calls will be made");
+        config.bedrock.endpoint_url = Some(handle.endpoint_url());
+        Some(handle)
+    } else {
+        None
+    };
+    let auth = if options.simulate {
+        Auth::Dummy
+    } else {
+        Auth::DefaultChain
+    };
+    let router = Arc::new(build_router(&config, auth).await?);
+    let telemetry = router.telemetry;
+
+    let grpc_listener = TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the gRPC address {} (server.listen)",
+                config.server.listen
+            )
+        })?;
+    let metrics_listener = TcpListener::bind(config.server.metrics_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the metrics address {} (server.metrics_listen)",
+                config.server.metrics_listen
+            )
+        })?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let metrics_addr = metrics_listener.local_addr()?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<PromptRouterServer<RouterService>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let router_service = PromptRouterServer::new(RouterService::new(router))
+        .max_decoding_message_size(config.server.max_request_bytes);
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut grpc_shutdown = shutdown_rx.clone();
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(router_service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+                let _ = grpc_shutdown.wait_for(|stop| *stop).await;
+            }),
+    );
+    let metrics = tokio::spawn(metrics_http::serve(
+        metrics_listener,
+        telemetry,
+        shutdown_rx.clone(),
+    ));
+    let mut upkeep_shutdown = shutdown_rx;
+    let upkeep = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(telemetry::UPKEEP_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => telemetry.run_upkeep(),
+                _ = upkeep_shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    });
+    tracing::info!(%grpc_addr, %metrics_addr, "prompt-router serving");
+    Ok(Running {
+        grpc_addr,
+        metrics_addr,
+        simulator,
+        health,
+        shutdown,
+        grpc,
+        side_tasks: vec![metrics, upkeep],
+    })
+}
+
+impl Running {
+    /// Reports NOT_SERVING, stops accepting, lets in-flight requests finish, then stops.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.health
+            .set_not_serving::<PromptRouterServer<RouterService>>()
+            .await;
+        let _ = self.shutdown.send(true);
+        let served = self.grpc.await.context("gRPC server task")?;
+        for task in self.side_tasks {
+            let _ = task.await;
+        }
+        if let Some(sim) = self.simulator {
+            sim.shutdown().await;
+        }
+        served.context("gRPC server")
+    }
+}

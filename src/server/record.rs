@@ -1,0 +1,165 @@
+//! One request's telemetry, gathered as the request goes and emitted exactly once: when the
+//! handler finishes it, or — if the caller cancels or the server drops the request — when it is
+//! dropped, as `cancelled`. So every request is counted once, however it ends.
+
+use std::time::{Duration, Instant};
+
+use metrics::{counter, gauge, histogram};
+use tonic::Code;
+use tracing::Span;
+
+use super::status::code_label;
+use crate::{
+    catalog::Tier,
+    cost::{Cost, Usage},
+    policy::Basis,
+    telemetry::{self, Telemetry},
+};
+
+/// The telemetry of one Converse or ConverseStream request.
+#[derive(Debug)]
+pub struct Record {
+    telemetry: &'static Telemetry,
+    span: Span,
+    started: Instant,
+    classify: Option<(Duration, f64)>,
+    route: Option<(Tier, Basis, String)>,
+    upstream: Duration,
+    attempts: u32,
+    ttft: Option<Duration>,
+    answered: Option<(Usage, Cost)>,
+    outcome: Option<Code>,
+}
+
+impl Record {
+    /// Starts the record of a request received at `started`, logged under `span`.
+    pub fn start(telemetry: &'static Telemetry, span: Span, started: Instant) -> Self {
+        gauge!(telemetry::INFLIGHT_REQUESTS).increment(1.0);
+        Self {
+            telemetry,
+            span,
+            started,
+            classify: None,
+            route: None,
+            upstream: Duration::ZERO,
+            attempts: 0,
+            ttft: None,
+            answered: None,
+            outcome: None,
+        }
+    }
+
+    /// When the request was received.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Notes the classification: how long it took and the score.
+    pub fn classified(&mut self, took: Duration, score: f64) {
+        self.span.record("score", score);
+        self.classify = Some((took, score));
+    }
+
+    /// Notes the decision.
+    pub fn routed(&mut self, tier: Tier, basis: Basis, model: &str) {
+        self.span.record("tier", tier.as_str());
+        self.span.record("model", model);
+        self.route = Some((tier, basis, model.to_owned()));
+    }
+
+    /// Notes one upstream call: its model, how it ended and how long it took.
+    pub fn upstream_call(&mut self, model: &str, error_kind: Option<&'static str>, took: Duration) {
+        self.attempts += 1;
+        self.upstream += took;
+        self.span.record("attempts", self.attempts);
+        let outcome = error_kind.unwrap_or("ok");
+        histogram!(telemetry::UPSTREAM_DURATION, "model" => model.to_owned(), "outcome" => outcome)
+            .record(took.as_secs_f64());
+        if let Some(kind) = error_kind {
+            counter!(telemetry::UPSTREAM_ERRORS_TOTAL, "model" => model.to_owned(), "kind" => kind)
+                .increment(1);
+        }
+    }
+
+    /// Notes that the first token went out.
+    pub fn first_token(&mut self) {
+        if self.ttft.is_none() {
+            self.ttft = Some(self.started.elapsed());
+        }
+    }
+
+    /// Time to first token, if one went out.
+    pub fn time_to_first_token(&self) -> Option<Duration> {
+        self.ttft
+    }
+
+    /// Notes the answer's usage and cost.
+    pub fn answered(&mut self, usage: Usage, cost: Cost) {
+        self.answered = Some((usage, cost));
+    }
+
+    /// Upstream calls so far.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// Time spent upstream so far.
+    pub fn upstream(&self) -> Duration {
+        self.upstream
+    }
+
+    /// Ends the request with `code` and emits everything.
+    pub fn finish(mut self, code: Code) {
+        self.outcome = Some(code);
+    }
+
+    fn emit(&mut self) {
+        let code = self.outcome.unwrap_or(Code::Cancelled);
+        let outcome = code_label(code);
+        let total = self.started.elapsed();
+        self.span.record("outcome", outcome);
+        let (tier, basis, model) = match &self.route {
+            Some((tier, basis, model)) => (tier.as_str(), basis.as_str(), model.clone()),
+            None => ("none", "none", "none".to_owned()),
+        };
+        counter!(telemetry::REQUESTS_TOTAL, "tier" => tier, "model" => model.clone(), "outcome" => outcome, "reason" => basis)
+            .increment(1);
+        histogram!(telemetry::REQUEST_DURATION, "tier" => tier, "outcome" => outcome)
+            .record(total.as_secs_f64());
+        if let Some((took, score)) = self.classify {
+            histogram!(telemetry::CLASSIFY_DURATION).record(took.as_secs_f64());
+            histogram!(telemetry::COMPLEXITY_SCORE).record(score);
+        }
+        if self.attempts > 0 {
+            histogram!(telemetry::OVERHEAD)
+                .record(total.saturating_sub(self.upstream).as_secs_f64());
+        }
+        if let Some(ttft) = self.ttft {
+            histogram!(telemetry::TIME_TO_FIRST_TOKEN, "model" => model.clone())
+                .record(ttft.as_secs_f64());
+        }
+        if let Some((usage, cost)) = self.answered {
+            counter!(telemetry::TOKENS_TOTAL, "model" => model.clone(), "direction" => "input")
+                .increment(u64::from(usage.input_tokens));
+            counter!(telemetry::TOKENS_TOTAL, "model" => model.clone(), "direction" => "output")
+                .increment(u64::from(usage.output_tokens));
+            self.telemetry.add_cost(&model, cost.actual, cost.baseline);
+        }
+        gauge!(telemetry::INFLIGHT_REQUESTS).decrement(1.0);
+        let _entered = self.span.enter();
+        let total_ms = total.as_secs_f64() * 1e3;
+        let upstream_ms = self.upstream.as_secs_f64() * 1e3;
+        match code {
+            Code::Ok | Code::InvalidArgument | Code::Cancelled | Code::DeadlineExceeded => {
+                tracing::info!(outcome, total_ms, upstream_ms, "request finished");
+            }
+            _ => tracing::warn!(outcome, total_ms, upstream_ms, "request failed"),
+        }
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        self.emit();
+    }
+}

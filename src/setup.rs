@@ -1,0 +1,50 @@
+//! Building the router's decision parts from config: the classifier weights (built-in or a
+//! file written by `train`), the threshold, the catalog.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+
+use crate::{
+    catalog::Catalog,
+    classify::{Classifier, Weights},
+    config::Config,
+    decide::Decider,
+    policy::Policy,
+};
+
+/// Reads a weights file written by `train`, or returns the built-in weights for `None`.
+pub fn load_weights(path: Option<&Path>) -> anyhow::Result<Weights> {
+    match path {
+        None => Ok(Classifier::default_weights()),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading weights file {}", path.display()))?;
+            Weights::from_json(&text)
+                .with_context(|| format!("loading weights file {}", path.display()))
+        }
+    }
+}
+
+/// Builds classifier, policy and catalog from a validated config; `weights` and `threshold`
+/// override the config's `routing.weights_path` and `routing.threshold` when given.
+pub fn decider(
+    config: &Config,
+    weights: Option<&Path>,
+    threshold: Option<f64>,
+) -> anyhow::Result<Decider> {
+    let path = weights.or(config.routing.weights_path.as_deref().map(Path::new));
+    let classifier = Classifier::new(load_weights(path)?)
+        .context("building the classifier (routing.weights_path)")?;
+    let threshold = threshold
+        .or(config.routing.threshold)
+        .unwrap_or_else(|| classifier.threshold());
+    let policy = Policy::new(threshold)
+        .with_context(|| format!("threshold {threshold} is outside [0, 1]"))?;
+    let catalog = Catalog::from_config(config)?;
+    Ok(Decider {
+        classifier,
+        policy,
+        catalog,
+    })
+}

@@ -1,0 +1,282 @@
+//! Every metric name, description and bucket set in one place; the Prometheus recorder; the
+//! exact money counters; the log subscriber.
+//!
+//! The `metrics` crate's counters only take integers, and a dollar counter in micro-dollars
+//! would lose Haiku's $0.25/M input price. Money is therefore counted here in nano-dollars
+//! ([`Nanodollars`]) and rendered in dollars, appended to the recorder's exposition.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    io::IsTerminal,
+    sync::{Mutex, OnceLock},
+    time::Duration,
+};
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::{config::LogFormat, cost::Nanodollars};
+
+/// `router_requests_total{tier, model, outcome, reason}`: answered requests.
+pub const REQUESTS_TOTAL: &str = "router_requests_total";
+/// `router_request_duration_seconds{tier, outcome}`: time from receipt to the last byte sent.
+pub const REQUEST_DURATION: &str = "router_request_duration_seconds";
+/// `router_overhead_seconds`: request time minus upstream time.
+pub const OVERHEAD: &str = "router_overhead_seconds";
+/// `router_classify_duration_seconds`: time to score one request.
+pub const CLASSIFY_DURATION: &str = "router_classify_duration_seconds";
+/// `router_upstream_duration_seconds{model, outcome}`: time in Bedrock calls.
+pub const UPSTREAM_DURATION: &str = "router_upstream_duration_seconds";
+/// `router_time_to_first_token_seconds{model}`: receipt to first streamed token.
+pub const TIME_TO_FIRST_TOKEN: &str = "router_time_to_first_token_seconds";
+/// `router_complexity_score`: distribution of scores.
+pub const COMPLEXITY_SCORE: &str = "router_complexity_score";
+/// `router_tokens_total{model, direction}`: tokens read and written.
+pub const TOKENS_TOTAL: &str = "router_tokens_total";
+/// `router_cost_usd_total{model}`: cost at catalog prices.
+pub const COST_USD_TOTAL: &str = "router_cost_usd_total";
+/// `router_baseline_cost_usd_total`: the same tokens at the strong model's prices.
+pub const BASELINE_COST_USD_TOTAL: &str = "router_baseline_cost_usd_total";
+/// `router_upstream_errors_total{model, kind}`: failed Bedrock calls.
+pub const UPSTREAM_ERRORS_TOTAL: &str = "router_upstream_errors_total";
+/// `router_inflight_requests`: requests being handled.
+pub const INFLIGHT_REQUESTS: &str = "router_inflight_requests";
+
+/// Seconds-range buckets for whole requests and upstream calls.
+const REQUEST_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+/// Time-to-first-token buckets.
+const TTFT_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0,
+];
+/// Microsecond-range buckets: the router's own work should sit in the lowest ones.
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.1,
+];
+/// Classification should take a few microseconds.
+const CLASSIFY_BUCKETS: &[f64] = &[
+    0.000_000_5,
+    0.000_001,
+    0.000_002,
+    0.000_005,
+    0.000_01,
+    0.000_025,
+    0.000_05,
+    0.000_1,
+    0.000_25,
+    0.001,
+];
+
+/// The process-wide Prometheus recorder and money counters.
+#[derive(Debug)]
+pub struct Telemetry {
+    handle: PrometheusHandle,
+    money: Mutex<Money>,
+}
+
+#[derive(Debug, Default)]
+struct Money {
+    cost_by_model: BTreeMap<String, Nanodollars>,
+    baseline: Nanodollars,
+}
+
+static TELEMETRY: OnceLock<Telemetry> = OnceLock::new();
+
+/// Installs the global recorder on first call (later calls reuse it) and returns it.
+///
+/// The recorder is process-wide because the `metrics` macros are; servers started in the same
+/// process (as in tests) share it.
+pub fn install() -> Result<&'static Telemetry, BuildError> {
+    if let Some(telemetry) = TELEMETRY.get() {
+        return Ok(telemetry);
+    }
+    let mut builder = PrometheusBuilder::new();
+    for (name, buckets) in [
+        (REQUEST_DURATION, REQUEST_BUCKETS),
+        (UPSTREAM_DURATION, REQUEST_BUCKETS),
+        (TIME_TO_FIRST_TOKEN, TTFT_BUCKETS),
+        (OVERHEAD, OVERHEAD_BUCKETS),
+        (CLASSIFY_DURATION, CLASSIFY_BUCKETS),
+        (COMPLEXITY_SCORE, &score_buckets()),
+    ] {
+        builder = builder.set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets)?;
+    }
+    Ok(TELEMETRY.get_or_init(move || {
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // A second recorder can only come from another library in this process; ours still
+        // renders what the service records through the handle's own registry.
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!(
+                "a metrics recorder was already installed; router metrics may be missing"
+            );
+        }
+        describe();
+        Telemetry {
+            handle,
+            money: Mutex::new(Money::default()),
+        }
+    }))
+}
+
+fn score_buckets() -> Vec<f64> {
+    (1..=20).map(|i| f64::from(i) * 0.05).collect()
+}
+
+fn describe() {
+    describe_counter!(
+        REQUESTS_TOTAL,
+        "Requests answered, by tier, model, outcome (ok or gRPC code) and decision reason."
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Time from receiving a request to sending its last byte."
+    );
+    describe_histogram!(
+        OVERHEAD,
+        Unit::Seconds,
+        "Router overhead: request time minus time spent in Bedrock calls."
+    );
+    describe_histogram!(
+        CLASSIFY_DURATION,
+        Unit::Seconds,
+        "Time to score one request's complexity."
+    );
+    describe_histogram!(
+        UPSTREAM_DURATION,
+        Unit::Seconds,
+        "Time spent in Bedrock calls, by model and outcome."
+    );
+    describe_histogram!(
+        TIME_TO_FIRST_TOKEN,
+        Unit::Seconds,
+        "Time from receiving a streamed request to sending its first token."
+    );
+    describe_histogram!(
+        COMPLEXITY_SCORE,
+        "Complexity scores of routed requests, 0 (trivial) to 1 (hard)."
+    );
+    describe_counter!(
+        TOKENS_TOTAL,
+        "Tokens read (input) and written (output), by model."
+    );
+    describe_counter!(
+        UPSTREAM_ERRORS_TOTAL,
+        "Failed Bedrock calls, by model and error kind."
+    );
+    describe_gauge!(INFLIGHT_REQUESTS, "Requests being handled now.");
+}
+
+impl Telemetry {
+    /// Makes the money series of `models` exist at zero, so rates work from the first scrape.
+    pub fn register_models<'a>(&self, models: impl IntoIterator<Item = &'a str>) {
+        let mut money = self
+            .money
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for model in models {
+            money.cost_by_model.entry(model.to_owned()).or_default();
+        }
+    }
+
+    /// Adds one answered request's cost.
+    pub fn add_cost(&self, model: &str, actual: Nanodollars, baseline: Nanodollars) {
+        let mut money = self
+            .money
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = money.cost_by_model.entry(model.to_owned()).or_default();
+        entry.0 += actual.0;
+        money.baseline.0 += baseline.0;
+    }
+
+    /// The Prometheus text exposition of every router metric.
+    pub fn render(&self) -> String {
+        let mut out = self.handle.render();
+        let money = self
+            .money
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = writeln!(
+            out,
+            "# HELP {COST_USD_TOTAL} Cost of Bedrock calls at the catalog's prices, in US dollars.\n# TYPE {COST_USD_TOTAL} counter"
+        );
+        for (model, amount) in &money.cost_by_model {
+            let _ = writeln!(
+                out,
+                "{COST_USD_TOTAL}{{model=\"{}\"}} {amount}",
+                escape_label(model)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP {BASELINE_COST_USD_TOTAL} What the same tokens would have cost on the strong model, in US dollars.\n# TYPE {BASELINE_COST_USD_TOTAL} counter\n{BASELINE_COST_USD_TOTAL} {}",
+            money.baseline
+        );
+        out
+    }
+
+    /// Housekeeping the exporter needs now and then (draining histogram buffers).
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+/// How often [`Telemetry::run_upkeep`] should run.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Starts the log subscriber: `RUST_LOG` filters (default `info`), text or JSON lines.
+pub fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    // try_init: a second call (tests, embedding) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_renders_as_exact_dollar_counters() {
+        let telemetry = install().expect("recorder");
+        telemetry.register_models(["test.model-a"]);
+        telemetry.add_cost(
+            "test.model-a",
+            Nanodollars(875_000),
+            Nanodollars(10_500_000),
+        );
+        let text = telemetry.render();
+        assert!(
+            text.contains("# TYPE router_cost_usd_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("router_cost_usd_total{model=\"test.model-a\"} 0.000875000"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

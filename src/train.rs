@@ -1,0 +1,564 @@
+//! Training. PURE: fits the classifier's linear score on feature vectors.
+//!
+//! Model: L2-regularised logistic regression on standardised features, fitted by Newton's
+//! method from zero (deterministic: no randomness, no data-order dependence beyond float
+//! summation order).
+//!
+//! Label: the soft label `y = (1 + strong_score − weak_score) / 2`. Routing a prompt to the strong
+//! model gains `strong − weak` in quality, and APGR only depends on the order in which prompts
+//! are sent to strong, so the best order sorts by the expected gain `E[strong − weak | x]`.
+//! Cross-entropy against this soft label is minimised where `p(x) = (1 + E[gain | x]) / 2`, a
+//! monotone map of the expected gain. It keeps every row: ties (both right or both wrong) pull
+//! towards 0.5 instead of being dropped, and rows where only the fast model is right pull down.
+//! In cross-validation on the training rows this beat "strong wins vs not" and "drop ties".
+//!
+//! Signs: cue families whose direction is known a priori (reasoning, code, maths, constraints,
+//! multi-part structure… push towards strong; simple-task cues push towards fast) are
+//! constrained to that sign ([`NON_NEGATIVE`], [`NON_POSITIVE`]). A feature whose fitted weight
+//! has the wrong sign is fixed at 0 and the rest refitted, until none is left (an active-set
+//! loop, deterministic). The labelled sets have quirks (e.g. on MMLU the fast model does as well
+//! as the strong one on maths-heavy questions), and letting them flip a general cue would carry
+//! badly to other domains; in cross-validation on the training rows, including folds split by
+//! MMLU subject, the constrained fit also scored higher.
+//!
+//! Features without variance in the training rows (e.g. images, tools, turns when every
+//! training prompt is a single text turn) cannot be fitted: they get the prior weights in
+//! [`PRIORS`], flagged `prior: true` in the weights file.
+
+use crate::calibrate;
+use crate::classify::{
+    DEFAULT_CLIP, FEATURE_NAMES, FORMAT_VERSION, FeatureWeight, Metadata, NUM_FEATURES, Weights,
+};
+use crate::eval::Row;
+
+/// Why training failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// No training rows.
+    #[error("no training rows")]
+    Empty,
+    /// A label outside [0, 1] or not finite.
+    #[error("row {row}: scores must be numbers in [0, 1], got strong {strong}, weak {weak}")]
+    BadLabel {
+        /// Row index.
+        row: usize,
+        /// strong_score found.
+        strong: f64,
+        /// weak_score found.
+        weak: f64,
+    },
+    /// An option out of range.
+    #[error("option `{0}` must be a positive finite number")]
+    BadOption(&'static str),
+    /// The Newton iteration produced a non-finite value.
+    #[error("training diverged")]
+    Diverged,
+    /// Choosing the threshold failed.
+    #[error(transparent)]
+    Threshold(#[from] calibrate::CalibrateError),
+}
+
+/// One labelled training prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    /// Feature values in [`FEATURE_NAMES`] order.
+    pub features: [f64; NUM_FEATURES],
+    /// How well the strong model answered, in [0, 1].
+    pub strong: f64,
+    /// How well the fast model answered, in [0, 1].
+    pub weak: f64,
+    /// Estimated input tokens (for cost figures).
+    pub input_tokens: f64,
+}
+
+/// Training settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainOptions {
+    /// L2 penalty on the standardised weights; the objective is
+    /// `Σ cross-entropy + l2/2 · ‖w‖² + BIAS_L2/2 · bias²`.
+    pub l2: f64,
+    /// Newton iterations at most.
+    pub max_iterations: usize,
+    /// Stop when no parameter moves more than this.
+    pub tolerance: f64,
+    /// Standardised values are clamped to ±clip, in training as in scoring.
+    pub clip: f64,
+    /// The stored threshold is the one with the lowest strong share whose PGR on the training
+    /// rows reaches this (i.e. the CPT(target) point).
+    pub target_pgr: f64,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            l2: 5.0,
+            max_iterations: 100,
+            tolerance: 1e-10,
+            clip: DEFAULT_CLIP,
+            target_pgr: 0.8,
+        }
+    }
+}
+
+/// Prior (weight, typical value, scale) for features the labelled data cannot fit. Typical
+/// values are those of a single-turn text prompt with no system prompt, images, tools or
+/// output limit. The sizes are judgement, chosen to be comparable with the fitted weight of
+/// `tokens` per standard deviation: an image, a tool list, a long system prompt, a long
+/// conversation, a fenced code block and a large output limit each push towards the strong
+/// model.
+pub const PRIORS: [(&str, f64, f64, f64); 6] = [
+    ("code_fences", 0.05, 0.0, 1.0),
+    ("system_tokens", 0.02, 0.0, 2.0),
+    ("turns", 0.03, 0.0, 1.0),
+    ("images", 0.08, 0.0, 1.0),
+    ("tools", 0.05, 0.0, 1.0),
+    ("max_tokens", 0.04, 0.0, 1.0),
+];
+
+/// Features whose weight may not be negative.
+pub const NON_NEGATIVE: [&str; 15] = [
+    "lines",
+    "sentence_len",
+    "reasoning",
+    "analysis",
+    "code_keywords",
+    "code_syntax",
+    "code_fences",
+    "math_words",
+    "math_ops",
+    "latex",
+    "constraints",
+    "multipart",
+    "enumerations",
+    "questions",
+    "long_output",
+];
+
+/// Features whose weight may not be positive.
+pub const NON_POSITIVE: [&str; 1] = ["simple_task"];
+
+/// Whether `weight` has the wrong sign for feature `i`.
+fn wrong_sign(i: usize, weight: f64) -> bool {
+    let name = FEATURE_NAMES[i];
+    (weight < 0.0 && NON_NEGATIVE.contains(&name)) || (weight > 0.0 && NON_POSITIVE.contains(&name))
+}
+
+/// A fitted linear score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    /// Logit at the mean point.
+    pub bias: f64,
+    /// Weight per standardised feature.
+    pub weight: [f64; NUM_FEATURES],
+    /// Standardisation centre.
+    pub mean: [f64; NUM_FEATURES],
+    /// Standardisation scale.
+    pub scale: [f64; NUM_FEATURES],
+    /// Clamp on standardised values.
+    pub clip: f64,
+    /// Which weights are priors rather than fitted.
+    pub prior: [bool; NUM_FEATURES],
+    /// Which weights were fixed at 0 because the fit gave them the wrong sign.
+    pub clamped: [bool; NUM_FEATURES],
+    /// Newton iterations used.
+    pub iterations: usize,
+}
+
+impl Model {
+    /// The logit for one feature vector.
+    pub fn logit(&self, x: &[f64; NUM_FEATURES]) -> f64 {
+        let mut z = self.bias;
+        for (i, &v) in x.iter().enumerate() {
+            z += self.weight[i] * ((v - self.mean[i]) / self.scale[i]).clamp(-self.clip, self.clip);
+        }
+        z
+    }
+
+    /// The score in [0, 1] for one feature vector.
+    pub fn score(&self, x: &[f64; NUM_FEATURES]) -> f64 {
+        1.0 / (1.0 + (-self.logit(x)).exp())
+    }
+
+    /// The weights file for this model.
+    pub fn to_weights(&self, threshold: f64, metadata: Metadata) -> Weights {
+        Weights {
+            version: FORMAT_VERSION,
+            bias: self.bias,
+            threshold,
+            clip: self.clip,
+            features: (0..NUM_FEATURES)
+                .map(|i| FeatureWeight {
+                    name: FEATURE_NAMES[i].to_owned(),
+                    weight: self.weight[i],
+                    mean: self.mean[i],
+                    scale: self.scale[i],
+                    prior: self.prior[i],
+                })
+                .collect(),
+            metadata,
+        }
+    }
+}
+
+/// Whether a row is held out from training: `crc32(id) % 5 == 0` (zlib CRC-32 of the UTF-8 id).
+pub fn is_held_out(id: &str) -> bool {
+    crc32fast::hash(id.as_bytes()).is_multiple_of(5)
+}
+
+/// A tiny penalty on the bias, so that degenerate data (every label equal) still has a finite
+/// optimum; on real data it moves the bias by far less than its precision matters.
+const BIAS_L2: f64 = 1e-6;
+
+/// Standard deviation below which a feature counts as constant.
+const CONSTANT: f64 = 1e-9;
+
+/// Fits the model on `examples`.
+pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<Model, TrainError> {
+    if examples.is_empty() {
+        return Err(TrainError::Empty);
+    }
+    if !(opts.clip.is_finite() && opts.clip > 0.0) {
+        return Err(TrainError::BadOption("clip"));
+    }
+    if !(opts.l2.is_finite() && opts.l2 > 0.0) {
+        return Err(TrainError::BadOption("l2"));
+    }
+    for (row, e) in examples.iter().enumerate() {
+        let ok = |v: f64| (0.0..=1.0).contains(&v);
+        if !ok(e.strong) || !ok(e.weak) {
+            return Err(TrainError::BadLabel {
+                row,
+                strong: e.strong,
+                weak: e.weak,
+            });
+        }
+    }
+    let n = examples.len() as f64;
+    let mut mean = [0.0; NUM_FEATURES];
+    let mut scale = [1.0; NUM_FEATURES];
+    let mut prior = [false; NUM_FEATURES];
+    let mut weight = [0.0; NUM_FEATURES];
+    let mut fitted = Vec::with_capacity(NUM_FEATURES);
+    for i in 0..NUM_FEATURES {
+        let m = examples.iter().map(|e| e.features[i]).sum::<f64>() / n;
+        let var = examples
+            .iter()
+            .map(|e| (e.features[i] - m).powi(2))
+            .sum::<f64>()
+            / n;
+        if var.sqrt() > CONSTANT {
+            mean[i] = m;
+            scale[i] = var.sqrt();
+            fitted.push(i);
+        } else {
+            prior[i] = true;
+            match PRIORS.iter().find(|p| p.0 == FEATURE_NAMES[i]) {
+                Some(&(_, w, typical, s)) => {
+                    weight[i] = w;
+                    mean[i] = typical;
+                    scale[i] = s;
+                }
+                None => mean[i] = m,
+            }
+        }
+    }
+    let labels: Vec<f64> = examples
+        .iter()
+        .map(|e| (1.0 + e.strong - e.weak) / 2.0)
+        .collect();
+    let mut clamped = [false; NUM_FEATURES];
+    let mut iterations = 0;
+    let bias = loop {
+        // Design matrix: a leading 1 for the bias, then the standardised free features.
+        let rows: Vec<Vec<f64>> = examples
+            .iter()
+            .map(|e| {
+                std::iter::once(1.0)
+                    .chain(fitted.iter().map(|&i| {
+                        ((e.features[i] - mean[i]) / scale[i]).clamp(-opts.clip, opts.clip)
+                    }))
+                    .collect()
+            })
+            .collect();
+        let (theta, used) = newton(&rows, &labels, opts)?;
+        iterations += used;
+        let wrong: Vec<usize> = fitted
+            .iter()
+            .zip(&theta[1..])
+            .filter(|&(&i, &w)| wrong_sign(i, w))
+            .map(|(&i, _)| i)
+            .collect();
+        if wrong.is_empty() {
+            for (&i, &w) in fitted.iter().zip(&theta[1..]) {
+                weight[i] = w;
+            }
+            break theta[0];
+        }
+        for &i in &wrong {
+            clamped[i] = true;
+        }
+        fitted.retain(|i| !wrong.contains(i));
+    };
+    Ok(Model {
+        bias,
+        weight,
+        mean,
+        scale,
+        clip: opts.clip,
+        prior,
+        clamped,
+        iterations,
+    })
+}
+
+fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// Objective: Σ cross-entropy + l2/2 · ‖θ without bias‖² + BIAS_L2/2 · bias².
+fn objective(rows: &[Vec<f64>], labels: &[f64], theta: &[f64], l2: f64) -> f64 {
+    let mut loss = 0.0;
+    for (x, &y) in rows.iter().zip(labels) {
+        let z: f64 = x.iter().zip(theta).map(|(a, b)| a * b).sum();
+        // log(1 + e^z) − y·z, written to stay finite for large |z|.
+        loss += z.max(0.0) + (-z.abs()).exp().ln_1p() - y * z;
+    }
+    let bias = theta.first().copied().unwrap_or(0.0);
+    loss + l2 / 2.0 * theta.iter().skip(1).map(|t| t * t).sum::<f64>() + BIAS_L2 / 2.0 * bias * bias
+}
+
+/// Newton's method with step halving; returns the parameters and the iterations used.
+fn newton(
+    rows: &[Vec<f64>],
+    labels: &[f64],
+    opts: &TrainOptions,
+) -> Result<(Vec<f64>, usize), TrainError> {
+    let k = rows.first().map_or(1, Vec::len);
+    let mut theta = vec![0.0; k];
+    let mut current = objective(rows, labels, &theta, opts.l2);
+    for iter in 1..=opts.max_iterations {
+        let mut grad = vec![0.0; k];
+        let mut hess = vec![0.0; k * k];
+        for (x, &y) in rows.iter().zip(labels) {
+            let z: f64 = x.iter().zip(&theta).map(|(a, b)| a * b).sum();
+            let p = sigmoid(z);
+            let r = p - y;
+            let w = p * (1.0 - p);
+            for a in 0..k {
+                grad[a] += r * x[a];
+                let wa = w * x[a];
+                for b in 0..=a {
+                    hess[a * k + b] += wa * x[b];
+                }
+            }
+        }
+        grad[0] += BIAS_L2 * theta[0];
+        hess[0] += BIAS_L2;
+        for a in 1..k {
+            grad[a] += opts.l2 * theta[a];
+            hess[a * k + a] += opts.l2;
+        }
+        for a in 0..k {
+            for b in 0..a {
+                hess[b * k + a] = hess[a * k + b];
+            }
+        }
+        let step = cholesky_solve(&hess, &grad, k).ok_or(TrainError::Diverged)?;
+        let mut t = 1.0;
+        let mut next;
+        let mut value;
+        loop {
+            next = theta
+                .iter()
+                .zip(&step)
+                .map(|(a, s)| a - t * s)
+                .collect::<Vec<_>>();
+            value = objective(rows, labels, &next, opts.l2);
+            if value <= current || t < 1e-6 {
+                break;
+            }
+            t /= 2.0;
+        }
+        if !value.is_finite() || next.iter().any(|v| !v.is_finite()) {
+            return Err(TrainError::Diverged);
+        }
+        let moved = step.iter().map(|s| (t * s).abs()).fold(0.0, f64::max);
+        theta = next;
+        current = value;
+        if moved < opts.tolerance {
+            return Ok((theta, iter));
+        }
+    }
+    Ok((theta, opts.max_iterations))
+}
+
+/// Solves `A x = b` for symmetric positive definite `A` (k×k, row-major).
+fn cholesky_solve(a: &[f64], b: &[f64], k: usize) -> Option<Vec<f64>> {
+    let mut l = vec![0.0; k * k];
+    for i in 0..k {
+        for j in 0..=i {
+            let mut s = a[i * k + j];
+            for p in 0..j {
+                s -= l[i * k + p] * l[j * k + p];
+            }
+            if i == j {
+                if s <= 0.0 || !s.is_finite() {
+                    return None;
+                }
+                l[i * k + i] = s.sqrt();
+            } else {
+                l[i * k + j] = s / l[j * k + j];
+            }
+        }
+    }
+    let mut y = vec![0.0; k];
+    for i in 0..k {
+        let mut s = b[i];
+        for p in 0..i {
+            s -= l[i * k + p] * y[p];
+        }
+        y[i] = s / l[i * k + i];
+    }
+    let mut x = vec![0.0; k];
+    for i in (0..k).rev() {
+        let mut s = y[i];
+        for p in i + 1..k {
+            s -= l[p * k + i] * x[p];
+        }
+        x[i] = s / l[i * k + i];
+    }
+    Some(x)
+}
+
+/// Scores `examples` with `model` as evaluation rows.
+pub fn score_rows(model: &Model, examples: &[Example]) -> Vec<Row> {
+    examples
+        .iter()
+        .map(|e| Row {
+            score: model.score(&e.features),
+            strong: e.strong,
+            weak: e.weak,
+            input_tokens: e.input_tokens,
+        })
+        .collect()
+}
+
+/// The default threshold: the CPT(`target_pgr`) point of the model on its training rows, i.e.
+/// the lowest strong share (and so the lowest cost, since cost only grows with strong share)
+/// whose quality gap recovered reaches the target.
+pub fn choose_threshold(
+    model: &Model,
+    examples: &[Example],
+    opts: &TrainOptions,
+) -> Result<f64, TrainError> {
+    let rows = score_rows(model, examples);
+    Ok(calibrate::for_pgr(&rows, opts.target_pgr)?.threshold)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(i: usize, x: f64, strong: f64, weak: f64) -> Example {
+        let mut features = [0.0; NUM_FEATURES];
+        features[0] = x;
+        features[1] = (i % 3) as f64;
+        Example {
+            features,
+            strong,
+            weak,
+            input_tokens: 10.0,
+        }
+    }
+
+    #[test]
+    fn learns_the_direction_of_the_gain() {
+        // Strong wins on long prompts, the fast model is as good on short ones.
+        let ex: Vec<Example> = (0..200)
+            .map(|i| {
+                let x = i as f64 / 10.0;
+                let strong_wins = i % 4 != 0 && i > 100;
+                example(i, x, 1.0, if strong_wins { 0.0 } else { 1.0 })
+            })
+            .collect();
+        let m = fit(&ex, &TrainOptions::default()).unwrap();
+        assert!(m.weight[0] > 0.0);
+        assert!(m.score(&ex[199].features) > m.score(&ex[0].features));
+        assert!(m.iterations < 50);
+    }
+
+    #[test]
+    fn is_deterministic() {
+        let ex: Vec<Example> = (0..50)
+            .map(|i| {
+                example(
+                    i,
+                    (i * 7 % 13) as f64,
+                    (i % 2) as f64,
+                    (i % 3 == 0) as u8 as f64,
+                )
+            })
+            .collect();
+        let a = fit(&ex, &TrainOptions::default()).unwrap();
+        let b = fit(&ex, &TrainOptions::default()).unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn wrong_signs_are_clamped_to_zero() {
+        // "reasoning" (feature index of that name) anti-correlates with the gain here.
+        let r = FEATURE_NAMES
+            .iter()
+            .position(|n| *n == "reasoning")
+            .unwrap();
+        let ex: Vec<Example> = (0..100)
+            .map(|i| {
+                let mut e = example(i, i as f64, 1.0, if i > 50 { 0.0 } else { 1.0 });
+                e.features[r] = if i > 50 { 0.0 } else { 1.0 };
+                e
+            })
+            .collect();
+        let m = fit(&ex, &TrainOptions::default()).unwrap();
+        assert!(m.clamped[r]);
+        assert_eq!(m.weight[r], 0.0);
+        assert!(m.weight[0] > 0.0);
+    }
+
+    #[test]
+    fn constant_features_get_priors() {
+        let ex: Vec<Example> = (0..20).map(|i| example(i, i as f64, 1.0, 0.0)).collect();
+        let m = fit(&ex, &TrainOptions::default()).unwrap();
+        let images = FEATURE_NAMES.iter().position(|n| *n == "images").unwrap();
+        assert!(m.prior[images]);
+        assert_eq!(m.weight[images], 0.08);
+        assert!(!m.prior[0]);
+    }
+
+    #[test]
+    fn rejects_bad_labels_and_empty_input() {
+        assert!(matches!(
+            fit(&[], &TrainOptions::default()),
+            Err(TrainError::Empty)
+        ));
+        let ex = vec![example(0, 1.0, 2.0, 0.0)];
+        assert!(matches!(
+            fit(&ex, &TrainOptions::default()),
+            Err(TrainError::BadLabel { row: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn held_out_split_matches_zlib_crc32() {
+        // zlib.crc32(b"crux-test-#0") % 5 and zlib.crc32(b"a") = 0xe8b7be43.
+        assert_eq!(crc32fast::hash(b"a"), 0xe8b7_be43);
+        assert_eq!(is_held_out("a"), 0xe8b7_be43_u32.is_multiple_of(5));
+    }
+
+    #[test]
+    fn cholesky_solves() {
+        let a = [4.0, 2.0, 2.0, 3.0];
+        let x = cholesky_solve(&a, &[2.0, 1.0], 2).unwrap();
+        assert!((4.0 * x[0] + 2.0 * x[1] - 2.0).abs() < 1e-12);
+        assert!((2.0 * x[0] + 3.0 * x[1] - 1.0).abs() < 1e-12);
+    }
+}

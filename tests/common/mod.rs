@@ -1,0 +1,137 @@
+//! Shared set-up for integration tests: a real router on 127.0.0.1:0 with the in-process
+//! Bedrock simulator behind the real SDK client, and a real tonic client.
+#![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
+
+use prompt_router::{
+    config::Config,
+    pb::{self, prompt_router_client::PromptRouterClient},
+    server::{self, Options, Running},
+    sim::SimHandle,
+};
+use tonic::transport::Channel;
+
+/// A router under test.
+pub struct TestRouter {
+    /// The running server.
+    pub running: Running,
+    /// A connected client.
+    pub client: PromptRouterClient<Channel>,
+}
+
+impl TestRouter {
+    /// The in-process simulator.
+    pub fn sim(&self) -> &SimHandle {
+        self.running
+            .simulator
+            .as_ref()
+            .expect("started with --simulate")
+    }
+
+    /// The `/metrics` URL.
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.running.metrics_addr)
+    }
+}
+
+/// Starts a router with the simulator, after `adjust` edits its config.
+pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestRouter {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.metrics_listen = "127.0.0.1:0".parse().unwrap();
+    adjust(&mut config);
+    let running = server::start(config, Options { simulate: true })
+        .await
+        .expect("router starts");
+    let client = PromptRouterClient::connect(format!("http://{}", running.grpc_addr))
+        .await
+        .expect("client connects");
+    TestRouter { running, client }
+}
+
+/// Starts a router with the default config and the simulator.
+pub async fn start() -> TestRouter {
+    start_with(|_| {}).await
+}
+
+/// A text block.
+pub fn text(t: &str) -> pb::ContentBlock {
+    pb::ContentBlock {
+        block: Some(pb::content_block::Block::Text(t.to_owned())),
+    }
+}
+
+/// A user turn with one text block.
+pub fn user(t: &str) -> pb::Message {
+    pb::Message {
+        role: pb::Role::User as i32,
+        content: vec![text(t)],
+    }
+}
+
+/// An assistant turn with one text block.
+pub fn assistant(t: &str) -> pb::Message {
+    pb::Message {
+        role: pb::Role::Assistant as i32,
+        content: vec![text(t)],
+    }
+}
+
+/// A one-question request.
+pub fn ask(t: &str) -> pb::ConverseRequest {
+    pb::ConverseRequest {
+        messages: vec![user(t)],
+        ..Default::default()
+    }
+}
+
+/// A request forced to one tier.
+pub fn ask_forced(t: &str, mode: pb::RoutingMode) -> pb::ConverseRequest {
+    pb::ConverseRequest {
+        routing: Some(pb::RoutingOptions {
+            mode: mode as i32,
+            ..Default::default()
+        }),
+        ..ask(t)
+    }
+}
+
+/// A tiny valid PNG (1×1, red).
+pub const PNG_1X1: &[u8] = &[
+    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x02, 0x00, 0x00, 0x00, 0x90, 0x77, 0x53,
+    0xDE, 0x00, 0x00, 0x00, 0x0C, 0x49, 0x44, 0x41, 0x54, 0x08, 0xD7, 0x63, 0xF8, 0xCF, 0xC0, 0x00,
+    0x00, 0x03, 0x01, 0x01, 0x00, 0x18, 0xDD, 0x8D, 0xB0, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4E,
+    0x44, 0xAE, 0x42, 0x60, 0x82,
+];
+
+/// All text of a reply message.
+pub fn reply_text(response: &pb::ConverseResponse) -> String {
+    response
+        .message
+        .as_ref()
+        .map(|m| {
+            m.content
+                .iter()
+                .filter_map(|b| match &b.block {
+                    Some(pb::content_block::Block::Text(t)) => Some(t.as_str()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Fetches a URL over plain HTTP/1.1 (enough for /metrics and the simulator's admin API).
+pub async fn http_get(url: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("http response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}

@@ -1,0 +1,229 @@
+//! Scrapes the real `/metrics` endpoint after known traffic and checks names, types, labels and
+//! exact token, cost and baseline values against hand-computed ones. One test per binary: the
+//! recorder is process-wide.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{ask, ask_forced, http_get, start};
+use prompt_router::pb;
+
+const SONNET_US: &str = "us.anthropic.claude-3-5-sonnet-20241022-v2:0";
+const HAIKU_US: &str = "us.anthropic.claude-3-haiku-20240307-v1:0";
+
+/// Parses the exposition into `series → value` and `family → type`.
+fn parse(text: &str) -> (BTreeMap<String, f64>, BTreeMap<String, String>) {
+    let mut series = BTreeMap::new();
+    let mut types = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            types.insert(name.to_owned(), kind.to_owned());
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let (name, value) = line.rsplit_once(' ').unwrap();
+            series.insert(name.to_owned(), value.parse().unwrap());
+        }
+    }
+    (series, types)
+}
+
+fn value(series: &BTreeMap<String, f64>, key: &str) -> f64 {
+    *series.get(key).unwrap_or_else(|| {
+        panic!(
+            "missing series {key}; have: {:#?}",
+            series.keys().collect::<Vec<_>>()
+        )
+    })
+}
+
+#[tokio::test]
+async fn metrics_follow_known_traffic_exactly() {
+    let mut router = start().await;
+    let strong = router
+        .client
+        .converse(ask_forced(
+            "One strong question",
+            pb::RoutingMode::ForceStrong,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let fast_a = router
+        .client
+        .converse(ask_forced("A fast one", pb::RoutingMode::ForceFast))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stream = router
+        .client
+        .converse_stream(ask_forced("And a streamed one", pb::RoutingMode::ForceFast))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut fast_b = None;
+    while let Some(event) = stream.message().await.unwrap() {
+        if let Some(pb::converse_stream_event::Event::Metadata(m)) = event.event {
+            fast_b = m.usage;
+        }
+    }
+    let fast_b = fast_b.expect("stream usage");
+    router
+        .client
+        .converse(pb::ConverseRequest::default())
+        .await
+        .expect_err("invalid");
+    router
+        .client
+        .converse(ask("Throttle me [sim:fail=ThrottlingException]"))
+        .await
+        .expect_err("throttled");
+
+    let (series, types) = parse(&http_get(&router.metrics_url()).await);
+    for (family, kind) in [
+        ("router_requests_total", "counter"),
+        ("router_request_duration_seconds", "histogram"),
+        ("router_overhead_seconds", "histogram"),
+        ("router_classify_duration_seconds", "histogram"),
+        ("router_upstream_duration_seconds", "histogram"),
+        ("router_time_to_first_token_seconds", "histogram"),
+        ("router_complexity_score", "histogram"),
+        ("router_tokens_total", "counter"),
+        ("router_cost_usd_total", "counter"),
+        ("router_baseline_cost_usd_total", "counter"),
+        ("router_upstream_errors_total", "counter"),
+        ("router_inflight_requests", "gauge"),
+    ] {
+        assert_eq!(
+            types.get(family).map(String::as_str),
+            Some(kind),
+            "{family}"
+        );
+    }
+
+    let s = strong.usage.unwrap();
+    let f = fast_a.usage.unwrap();
+    assert_eq!(
+        value(
+            &series,
+            &format!("router_tokens_total{{model=\"{SONNET_US}\",direction=\"input\"}}")
+        ),
+        f64::from(s.input_tokens)
+    );
+    assert_eq!(
+        value(
+            &series,
+            &format!("router_tokens_total{{model=\"{SONNET_US}\",direction=\"output\"}}")
+        ),
+        f64::from(s.output_tokens)
+    );
+    let fast_in = f.input_tokens + fast_b.input_tokens;
+    let fast_out = f.output_tokens + fast_b.output_tokens;
+    assert_eq!(
+        value(
+            &series,
+            &format!("router_tokens_total{{model=\"{HAIKU_US}\",direction=\"input\"}}")
+        ),
+        f64::from(fast_in)
+    );
+    assert_eq!(
+        value(
+            &series,
+            &format!("router_tokens_total{{model=\"{HAIKU_US}\",direction=\"output\"}}")
+        ),
+        f64::from(fast_out)
+    );
+
+    // Hand-priced in nano-dollars: Sonnet 3000/15000, Haiku 250/1250 per token.
+    let sonnet_cost = u64::from(s.input_tokens) * 3_000 + u64::from(s.output_tokens) * 15_000;
+    let haiku_cost = u64::from(fast_in) * 250 + u64::from(fast_out) * 1_250;
+    let baseline = sonnet_cost + u64::from(fast_in) * 3_000 + u64::from(fast_out) * 15_000;
+    let dollars = |nano: u64| nano as f64 / 1e9;
+    assert_eq!(
+        value(
+            &series,
+            &format!("router_cost_usd_total{{model=\"{SONNET_US}\"}}")
+        ),
+        dollars(sonnet_cost)
+    );
+    assert_eq!(
+        value(
+            &series,
+            &format!("router_cost_usd_total{{model=\"{HAIKU_US}\"}}")
+        ),
+        dollars(haiku_cost)
+    );
+    assert_eq!(
+        value(&series, "router_baseline_cost_usd_total"),
+        dollars(baseline)
+    );
+
+    assert_eq!(
+        value(
+            &series,
+            &format!(
+                "router_requests_total{{tier=\"strong\",model=\"{SONNET_US}\",outcome=\"ok\",reason=\"forced\"}}"
+            )
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &series,
+            &format!(
+                "router_requests_total{{tier=\"fast\",model=\"{HAIKU_US}\",outcome=\"ok\",reason=\"forced\"}}"
+            )
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &series,
+            "router_requests_total{tier=\"none\",model=\"none\",outcome=\"invalid_argument\",reason=\"none\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &series,
+            &format!(
+                "router_requests_total{{tier=\"fast\",model=\"{HAIKU_US}\",outcome=\"resource_exhausted\",reason=\"score\"}}"
+            )
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &series,
+            &format!("router_upstream_errors_total{{model=\"{HAIKU_US}\",kind=\"throttling\"}}")
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&series, "router_overhead_seconds_count"),
+        4.0,
+        "every request that went upstream"
+    );
+    assert_eq!(
+        value(&series, "router_classify_duration_seconds_count"),
+        4.0,
+        "every valid request"
+    );
+    assert_eq!(
+        value(
+            &series,
+            &format!("router_time_to_first_token_seconds_count{{model=\"{HAIKU_US}\"}}")
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&series, "router_complexity_score_bucket{le=\"+Inf\"}"),
+        4.0
+    );
+    assert_eq!(value(&series, "router_inflight_requests"), 0.0);
+    assert!(
+        series.contains_key("router_overhead_seconds_bucket{le=\"0.00001\"}"),
+        "µs buckets"
+    );
+}

@@ -1,0 +1,229 @@
+//! The binary as users run it: `simulate` and `serve` as separate processes talking over
+//! loopback, the no-credentials advice, and `--help` on every command.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use prompt_router::pb::prompt_router_client::PromptRouterClient;
+
+const BIN: &str = env!("CARGO_BIN_EXE_prompt-router");
+
+/// A child process whose stderr lines are forwarded to a channel.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(command: &mut Command) -> Self {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", "info")
+            .spawn()
+            .expect("spawn");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Waits for a log line holding `key=VALUE` and returns VALUE.
+    fn wait_for_field(&self, key: &str) -> String {
+        let needle = format!("{key}=");
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(30))
+                .expect("process output");
+            if let Some(at) = line.find(&needle) {
+                let value = &line[at + needle.len()..];
+                return value.split_whitespace().next().unwrap().to_owned();
+            }
+        }
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+#[tokio::test]
+async fn serve_works_against_a_separately_started_simulator() {
+    let sim = Proc::spawn(Command::new(BIN).args(["simulate", "--listen", "127.0.0.1:0"]));
+    let endpoint = sim.wait_for_field("endpoint");
+    assert!(endpoint.starts_with("http://127.0.0.1:"), "{endpoint}");
+
+    let router = Proc::spawn(
+        Command::new(BIN)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .env("ROUTER__BEDROCK__ENDPOINT_URL", &endpoint)
+            .env("ROUTER__BEDROCK__REGION", "us-west-2")
+            .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+            .env("AWS_SECRET_ACCESS_KEY", "not-a-secret")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_PROFILE"),
+    );
+    let grpc_addr = router.wait_for_field("grpc_addr");
+    let mut client = PromptRouterClient::connect(format!("http://{grpc_addr}"))
+        .await
+        .expect("connect");
+    let reply = client
+        .converse(common::ask("Hello from another process"))
+        .await
+        .expect("answer")
+        .into_inner();
+    let model = reply.decision.clone().unwrap().model_id;
+    assert!(common::reply_text(&reply).starts_with(&format!("[{model}]")));
+
+    let received: serde_json::Value =
+        serde_json::from_str(&common::http_get(&format!("{endpoint}/_sim/requests")).await)
+            .expect("json");
+    let first = &received.as_array().expect("a list")[0];
+    assert_eq!(first["modelId"], model.as_str());
+    assert_eq!(
+        first["sourceRegion"], "us-west-2",
+        "the configured region signs the request"
+    );
+
+    // Wait off the runtime, so the still-open client can answer the server's graceful shutdown.
+    let (router_exit, sim_exit) =
+        tokio::task::spawn_blocking(move || (router.terminate(), sim.terminate()))
+            .await
+            .unwrap();
+    assert!(router_exit.success(), "serve exits 0 on SIGTERM");
+    assert!(sim_exit.success(), "simulate exits 0 on SIGTERM");
+    drop(client);
+}
+
+#[test]
+fn serve_without_credentials_suggests_simulate() {
+    let home = std::env::temp_dir().join(format!("router-nocreds-{}", std::process::id()));
+    std::fs::create_dir_all(&home).unwrap();
+    let output = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .env_clear()
+        .env("HOME", &home)
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .expect("run");
+    let _ = std::fs::remove_dir_all(&home);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no AWS credentials"), "{stderr}");
+    assert!(stderr.contains("serve --simulate"), "{stderr}");
+}
+
+#[test]
+fn a_bad_config_names_the_field() {
+    let output = Command::new(BIN)
+        .args(["serve", "--simulate"])
+        .env("ROUTER__BEDROCK__REGION", "eu-west-1")
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("models.strong.profile_geographies"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn every_command_has_help() {
+    for command in [
+        &[][..],
+        &["serve"],
+        &["simulate"],
+        &["route"],
+        &["classify"],
+        &["eval"],
+        &["train"],
+        &["calibrate"],
+    ] {
+        let output = Command::new(BIN)
+            .args(command)
+            .arg("--help")
+            .output()
+            .expect("run");
+        assert!(output.status.success(), "{command:?}");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains("Usage:"), "{command:?}: {text}");
+    }
+}
+
+#[test]
+fn route_prints_one_decision_per_prompt() {
+    let dir = std::env::temp_dir().join(format!("router-route-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("prompts.jsonl");
+    std::fs::write(
+        &file,
+        "hi\n{\"prompt\": \"Prove that sqrt(2) is irrational, step by step.\"}\n\n",
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .args(["route"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["tier"], "fast");
+    assert_eq!(
+        lines[0]["id"], 1,
+        "a plain line is identified by its number"
+    );
+    assert_eq!(
+        lines[0]["model_id"],
+        "us.anthropic.claude-3-haiku-20240307-v1:0"
+    );
+    assert!(lines[1]["score"].as_f64().unwrap() > lines[0]["score"].as_f64().unwrap());
+}
