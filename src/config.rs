@@ -62,6 +62,9 @@ pub struct BedrockConfig {
     pub connect_timeout_ms: u64,
     /// Time allowed for one whole upstream call when the caller sets no deadline, in milliseconds.
     pub call_timeout_ms: u64,
+    /// Longest silence allowed between two events of a streamed answer, in milliseconds (the
+    /// SDK's stalled-stream protection does not cover event streams).
+    pub stream_idle_timeout_ms: u64,
 }
 
 impl Default for BedrockConfig {
@@ -72,6 +75,7 @@ impl Default for BedrockConfig {
             endpoint_url: None,
             connect_timeout_ms: 3_000,
             call_timeout_ms: 120_000,
+            stream_idle_timeout_ms: 30_000,
         }
     }
 }
@@ -225,7 +229,7 @@ pub struct TelemetryConfig {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.

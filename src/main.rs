@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use prompt_router::{
     cli::{self, calibrate::Target},
-    config::Config,
+    config::{Config, LogFormat},
     decide::Decider,
     eval::Prices,
     server::{self, Options},
@@ -72,6 +72,9 @@ struct ServeArgs {
     /// (dummy credentials; no AWS account needed).
     #[arg(long)]
     simulate: bool,
+    /// Log format (overrides telemetry.log_format).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
 }
 
 #[derive(Debug, Args)]
@@ -198,6 +201,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.metrics_listen {
         config.server.metrics_listen = listen;
     }
+    if let Some(format) = args.log_format {
+        config.telemetry.log_format = format;
+    }
     telemetry::init_logs(config.telemetry.log_format);
     let running = server::start(
         config,
@@ -212,7 +218,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
-    telemetry::init_logs(prompt_router::config::LogFormat::Text);
+    telemetry::init_logs(LogFormat::Text);
     let handle = sim::start(args.listen, sim::SimConfig::default())
         .await
         .with_context(|| format!("starting the simulator on {}", args.listen))?;

@@ -736,3 +736,28 @@ async fn invalid_requests_are_refused_before_bedrock() {
         "no invalid request may reach Bedrock"
     );
 }
+
+#[tokio::test]
+async fn a_stalled_stream_ends_with_a_clear_status() {
+    let mut router = common::start_with(|config| config.bedrock.stream_idle_timeout_ms = 200).await;
+    let started = std::time::Instant::now();
+    let (events, error) = collect_stream(&mut router, ask("Keep going [sim:stall;after=2]")).await;
+    let status = error.expect("the stall must end the stream");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("after 2 streamed tokens"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, pb::converse_stream_event::Event::Delta(_)))
+            .count(),
+        2
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // The router dropped the upstream stream, closing its connection.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(router.sim().stats().cancelled, 1);
+}

@@ -26,6 +26,7 @@ use crate::{config::BedrockConfig, cost::Usage, request::ChatRequest};
 #[derive(Debug, Clone)]
 pub struct Bedrock {
     client: Client,
+    stream_idle_timeout: Duration,
 }
 
 /// How the client finds its credentials.
@@ -114,6 +115,7 @@ pub enum StreamEvent {
 #[derive(Debug)]
 pub struct EventStream {
     rx: EventReceiver<bt::ConverseStreamOutput, ConverseStreamOutputError>,
+    idle_timeout: Duration,
 }
 
 impl Bedrock {
@@ -157,6 +159,7 @@ impl Bedrock {
         }
         Ok(Self {
             client: Client::from_conf(builder.build()),
+            stream_idle_timeout: Duration::from_millis(config.stream_idle_timeout_ms),
         })
     }
 
@@ -218,15 +221,24 @@ impl Bedrock {
             .send()
             .await
             .map_err(sort)?;
-        Ok(EventStream { rx: output.stream })
+        Ok(EventStream {
+            rx: output.stream,
+            idle_timeout: self.stream_idle_timeout,
+        })
     }
 }
 
 impl EventStream {
-    /// The next event the router cares about; `None` when Bedrock ends the stream.
+    /// The next event the router cares about; `None` when Bedrock ends the stream. A silence
+    /// longer than the idle timeout is a [`BackendError::Timeout`].
     pub async fn next(&mut self) -> Result<Option<StreamEvent>, BackendError> {
         loop {
-            let Some(event) = self.rx.recv().await.map_err(sort)? else {
+            let received = tokio::time::timeout(self.idle_timeout, self.rx.recv())
+                .await
+                .map_err(|_| BackendError::Timeout {
+                    message: format!("no stream event for {} ms", self.idle_timeout.as_millis()),
+                })?;
+            let Some(event) = received.map_err(sort)? else {
                 return Ok(None);
             };
             if let Some(event) = stream_event(event) {

@@ -16,7 +16,7 @@ use crate::{
     decide::{Decider, Routed},
     pb::{self, prompt_router_server::PromptRouter},
     policy::Basis,
-    request::{ChatRequest, Limits},
+    request::{Block, ChatRequest, Limits},
     telemetry::Telemetry,
 };
 
@@ -153,7 +153,18 @@ impl Router {
             span.record("caller", chat.routing.caller.as_str());
         }
         if self.log_prompts {
-            tracing::info!(parent: span, prompt = ?chat.messages.last(), "prompt");
+            // Text only: image bytes and tool payloads do not belong in logs.
+            let prompt: Vec<&str> = chat
+                .messages
+                .last()
+                .into_iter()
+                .flat_map(|turn| &turn.content)
+                .filter_map(|block| match block {
+                    Block::Text(text) => Some(text.as_str()),
+                    Block::Image(_) | Block::ToolUse(_) | Block::ToolResult(_) => None,
+                })
+                .collect();
+            tracing::info!(parent: span, prompt = %prompt.join("\n"), "prompt");
         }
         let classify_started = std::time::Instant::now();
         let routed = self
