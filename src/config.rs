@@ -7,6 +7,8 @@ use std::{fmt, net::SocketAddr, path::Path};
 
 use serde::{Deserialize, Serialize};
 
+use crate::request::Limits;
+
 /// The prefix of environment variables that override config fields.
 pub const ENV_PREFIX: &str = "ROUTER__";
 
@@ -22,6 +24,10 @@ pub struct Config {
     pub models: ModelsConfig,
     /// Classifier and threshold.
     pub routing: RoutingConfig,
+    /// Retries, fallbacks and outlier ejection.
+    pub resilience: ResilienceConfig,
+    /// Per-request size limits.
+    pub limits: Limits,
     /// Logs.
     pub telemetry: TelemetryConfig,
 }
@@ -36,6 +42,11 @@ pub struct ServerConfig {
     pub metrics_listen: SocketAddr,
     /// Largest accepted gRPC request message, in bytes.
     pub max_request_bytes: usize,
+    /// Most requests handled at once; beyond it requests are refused at once with
+    /// RESOURCE_EXHAUSTED instead of queueing.
+    pub max_concurrency: usize,
+    /// On SIGTERM, how long in-flight requests may take to finish before the router exits anyway.
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -44,6 +55,8 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
             metrics_listen: SocketAddr::from(([0, 0, 0, 0], 9464)),
             max_request_bytes: 20 * 1024 * 1024,
+            max_concurrency: 512,
+            drain_timeout_ms: 20_000,
         }
     }
 }
@@ -52,8 +65,13 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BedrockConfig {
-    /// The AWS source region requests are sent to, e.g. `us-east-1`.
+    /// The AWS source region requests are sent to first, e.g. `us-east-1`.
     pub region: String,
+    /// Further source regions of the same geography, tried in order when the first throttles or
+    /// fails: each has its own quotas for the same inference profile. Unset: one well-known
+    /// region of the geography (us-east-1/us-west-2, eu-central-1/eu-west-1,
+    /// ap-northeast-1/ap-southeast-1); `[]`: none.
+    pub fallback_regions: Option<Vec<String>>,
     /// The inference-profile geography (`us`, `eu`, `apac`); derived from `region` when unset.
     pub geography: Option<Geography>,
     /// Any Bedrock-compatible endpoint (a proxy, a VPC endpoint, the simulator); AWS's own when unset.
@@ -71,6 +89,7 @@ impl Default for BedrockConfig {
     fn default() -> Self {
         Self {
             region: "us-east-1".to_owned(),
+            fallback_regions: None,
             geography: None,
             endpoint_url: None,
             connect_timeout_ms: 3_000,
@@ -218,6 +237,46 @@ pub struct RoutingConfig {
     pub weights_path: Option<String>,
 }
 
+/// Retries, fallbacks and outlier ejection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResilienceConfig {
+    /// Most upstream attempts per request, over all targets (1 = no retries).
+    pub max_attempts: u32,
+    /// First retry's backoff ceiling, in milliseconds; doubles per retry, with full jitter.
+    pub backoff_base_ms: u64,
+    /// Largest backoff, in milliseconds.
+    pub backoff_max_ms: u64,
+    /// Retries allowed per first attempt, averaged over time (0.5: retries add at most 50% load).
+    pub retry_budget_ratio: f64,
+    /// Retries always allowed per second, so a quiet router can still retry.
+    pub retry_budget_min_per_sec: f64,
+    /// Let a strong request be answered by the fast model when every strong target fails.
+    pub degrade_to_fast: bool,
+    /// Let a fast request be answered by the strong model when every fast target fails.
+    pub escalate_to_strong: bool,
+    /// Consecutive failures after which a target (model in a region) is ejected.
+    pub breaker_failures: u32,
+    /// How long an ejected target is skipped before one probe request may try it.
+    pub breaker_cooldown_ms: u64,
+}
+
+impl Default for ResilienceConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            backoff_base_ms: 25,
+            backoff_max_ms: 1_000,
+            retry_budget_ratio: 0.5,
+            retry_budget_min_per_sec: 10.0,
+            degrade_to_fast: true,
+            escalate_to_strong: true,
+            breaker_failures: 5,
+            breaker_cooldown_ms: 10_000,
+        }
+    }
+}
+
 /// Log output.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -317,6 +376,27 @@ impl Config {
         config.validate()
     }
 
+    /// Every source region to call, the configured one first.
+    pub fn regions(&self) -> Vec<String> {
+        let primary = self.bedrock.region.clone();
+        let fallbacks = match &self.bedrock.fallback_regions {
+            Some(list) => list.clone(),
+            None => {
+                let pair: &[&str] = match self.geography() {
+                    Some(Geography::Us) => &["us-east-1", "us-west-2"],
+                    Some(Geography::Eu) => &["eu-central-1", "eu-west-1"],
+                    Some(Geography::Apac) => &["ap-northeast-1", "ap-southeast-1"],
+                    None => &[],
+                };
+                pair.iter()
+                    .find(|r| **r != primary)
+                    .map(|r| vec![(*r).to_owned()])
+                    .unwrap_or_default()
+            }
+        };
+        std::iter::once(primary).chain(fallbacks).collect()
+    }
+
     /// The geography the configured source region calls profiles in.
     pub fn geography(&self) -> Option<Geography> {
         self.bedrock
@@ -362,6 +442,70 @@ impl Config {
             return Err(ConfigError::invalid(
                 "server.max_request_bytes",
                 "must be at least 1024",
+            ));
+        }
+        let mut seen = vec![self.bedrock.region.as_str()];
+        for (i, region) in self.bedrock.fallback_regions.iter().flatten().enumerate() {
+            let field = format!("bedrock.fallback_regions[{i}]");
+            if Geography::of_region(region) != Some(geography) {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!(
+                        "{region:?} is not in geography \"{geography}\": inference profiles are called from regions of their own geography"
+                    ),
+                ));
+            }
+            if seen.contains(&region.as_str()) {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!("{region:?} is listed twice"),
+                ));
+            }
+            seen.push(region);
+        }
+        let r = &self.resilience;
+        if !(1..=10).contains(&r.max_attempts) {
+            return Err(ConfigError::invalid(
+                "resilience.max_attempts",
+                "must be 1 to 10",
+            ));
+        }
+        if r.backoff_base_ms > r.backoff_max_ms {
+            return Err(ConfigError::invalid(
+                "resilience.backoff_base_ms",
+                "must not exceed resilience.backoff_max_ms",
+            ));
+        }
+        for (field, value) in [
+            ("resilience.retry_budget_ratio", r.retry_budget_ratio),
+            (
+                "resilience.retry_budget_min_per_sec",
+                r.retry_budget_min_per_sec,
+            ),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!("{value} must be 0 or more"),
+                ));
+            }
+        }
+        if r.breaker_failures == 0 {
+            return Err(ConfigError::invalid(
+                "resilience.breaker_failures",
+                "must be at least 1",
+            ));
+        }
+        if self.server.max_concurrency == 0 {
+            return Err(ConfigError::invalid(
+                "server.max_concurrency",
+                "must be at least 1",
+            ));
+        }
+        if self.limits.max_messages == 0 {
+            return Err(ConfigError::invalid(
+                "limits.max_messages",
+                "must be at least 1",
             ));
         }
         validate_model("models.strong", &self.models.strong, geography)?;
@@ -573,6 +717,25 @@ mod tests {
     }
 
     #[test]
+    fn fallback_regions_default_to_a_partner_in_the_geography() {
+        let regions = |file: &str| load_str(file, &[]).expect("valid").regions();
+        assert_eq!(regions(""), ["us-east-1", "us-west-2"]);
+        assert_eq!(
+            regions("[bedrock]\nregion = \"us-west-2\"\n"),
+            ["us-west-2", "us-east-1"]
+        );
+        assert_eq!(
+            regions("[bedrock]\nregion = \"ap-southeast-1\"\n"),
+            ["ap-southeast-1", "ap-northeast-1"]
+        );
+        assert_eq!(regions("[bedrock]\nfallback_regions = []\n"), ["us-east-1"]);
+        assert_eq!(
+            regions("[bedrock]\nfallback_regions = [\"us-east-2\", \"us-west-2\"]\n"),
+            ["us-east-1", "us-east-2", "us-west-2"]
+        );
+    }
+
+    #[test]
     fn invalid_fields_are_named() {
         type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
         let cases: &[Case<'_>] = &[
@@ -595,6 +758,37 @@ mod tests {
             ("[models.fast]\nid = \"\"\n", &[], "models.fast.id"),
             ("[server]\nlisten = \"nope\"\n", &[], "server.listen"),
             ("[bedrock]\nregoin = \"us-east-1\"\n", &[], "regoin"),
+            (
+                "[bedrock]\nfallback_regions = [\"eu-west-1\"]\n",
+                &[],
+                "bedrock.fallback_regions[0]",
+            ),
+            (
+                "[bedrock]\nfallback_regions = [\"us-east-1\"]\n",
+                &[],
+                "bedrock.fallback_regions[0]",
+            ),
+            (
+                "[resilience]\nmax_attempts = 0\n",
+                &[],
+                "resilience.max_attempts",
+            ),
+            (
+                "[resilience]\nretry_budget_ratio = -1.0\n",
+                &[],
+                "resilience.retry_budget_ratio",
+            ),
+            (
+                "[resilience]\nbackoff_base_ms = 5000\n",
+                &[],
+                "resilience.backoff_base_ms",
+            ),
+            (
+                "[server]\nmax_concurrency = 0\n",
+                &[],
+                "server.max_concurrency",
+            ),
+            ("[limits]\nmax_messages = 0\n", &[], "limits.max_messages"),
         ];
         for (file, env, field) in cases {
             let err = load_str(file, env).expect_err(file);

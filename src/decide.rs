@@ -2,9 +2,9 @@
 //! to the score and to what the request needs. Shared by the service, `route` and benches.
 
 use crate::{
-    catalog::{Catalog, Model},
+    catalog::{Catalog, Model, Tier},
     classify::{Classification, Classifier, Part, Shape},
-    policy::{Choice, Needs, Policy, Unservable},
+    policy::{Basis, Choice, Needs, Policy, Unservable, can_serve},
     request::{Block, ChatRequest, Role, ToolResultBlock},
 };
 
@@ -28,6 +28,9 @@ pub struct Routed<'a> {
     pub choice: Choice,
     /// The chosen model.
     pub model: &'a Model,
+    /// Whether the other tier may answer if every target of the chosen one fails: only for
+    /// score-based choices (a forced or capability choice must hold) the other tier can serve.
+    pub other_tier_ok: bool,
 }
 
 impl Decider {
@@ -54,8 +57,13 @@ impl Decider {
         let choice = self
             .policy
             .decide(classification.score(), &needs, &self.catalog)?;
+        let other = match choice.tier {
+            Tier::Strong => Tier::Fast,
+            Tier::Fast => Tier::Strong,
+        };
         Ok(Routed {
             model: self.catalog.model(choice.tier),
+            other_tier_ok: choice.basis == Basis::Score && can_serve(other, &needs, &self.catalog),
             classification,
             choice,
         })

@@ -2,7 +2,8 @@
 //! complexity and sends it to the cheapest Claude tier able to answer it, reporting the
 //! decision, the cost against an all-strong baseline and the latency it added.
 //!
-//! `classify`, `policy`, `cost`, `decide`, `request`, `train`, `eval` and `calibrate` are pure; `backend` is the only code
+//! `classify`, `policy`, `cost`, `decide`, `request`, `resilience`, `train`, `eval` and
+//! `calibrate` are pure; `backend` is the only code
 //! that talks to Bedrock; `server` is the only code that records metrics.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -19,6 +20,7 @@ pub mod eval;
 pub mod pb;
 pub mod policy;
 pub mod request;
+pub mod resilience;
 pub mod server;
 pub mod setup;
 pub mod sim;

@@ -25,6 +25,8 @@ pub enum Basis {
     Forced,
     /// Only this tier can serve the request.
     Capability,
+    /// The chosen tier failed everywhere and the other tier answered.
+    Fallback,
 }
 
 impl Basis {
@@ -34,6 +36,7 @@ impl Basis {
             Self::Score => "score",
             Self::Forced => "forced",
             Self::Capability => "capability",
+            Self::Fallback => "fallback",
         }
     }
 }
@@ -109,15 +112,8 @@ impl Policy {
         let threshold = self.biased_threshold(needs.quality_bias);
         let strong = catalog.model(Tier::Strong);
         let fast = catalog.model(Tier::Fast);
-        let can = |tier: Tier| {
-            let model = catalog.model(tier);
-            needs
-                .max_tokens
-                .is_none_or(|m| m <= model.max_output_tokens)
-                && (!needs.images || model.images)
-                && (!needs.tools || model.tools)
-        };
-        let (strong_ok, fast_ok) = (can(Tier::Strong), can(Tier::Fast));
+        let strong_ok = can_serve(Tier::Strong, needs, catalog);
+        let fast_ok = can_serve(Tier::Fast, needs, catalog);
         if !strong_ok && !fast_ok {
             return Err(unservable(needs, strong, fast));
         }
@@ -135,6 +131,16 @@ impl Policy {
             threshold,
         })
     }
+}
+
+/// Whether `tier`'s model can take a request with these needs (output length, images, tools).
+pub fn can_serve(tier: Tier, needs: &Needs, catalog: &Catalog) -> bool {
+    let model = catalog.model(tier);
+    needs
+        .max_tokens
+        .is_none_or(|m| m <= model.max_output_tokens)
+        && (!needs.images || model.images)
+        && (!needs.tools || model.tools)
 }
 
 fn unservable(

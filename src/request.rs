@@ -189,7 +189,8 @@ pub struct Routing {
 }
 
 /// Per-request size limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Most turns in one request.
     pub max_messages: usize,

@@ -26,7 +26,7 @@ pub const REQUEST_DURATION: &str = "router_request_duration_seconds";
 pub const OVERHEAD: &str = "router_overhead_seconds";
 /// `router_classify_duration_seconds`: time to score one request.
 pub const CLASSIFY_DURATION: &str = "router_classify_duration_seconds";
-/// `router_upstream_duration_seconds{model, outcome}`: time in Bedrock calls.
+/// `router_upstream_duration_seconds{model, region, outcome}`: time in Bedrock calls.
 pub const UPSTREAM_DURATION: &str = "router_upstream_duration_seconds";
 /// `router_time_to_first_token_seconds{model}`: receipt to first streamed token.
 pub const TIME_TO_FIRST_TOKEN: &str = "router_time_to_first_token_seconds";
@@ -38,8 +38,16 @@ pub const TOKENS_TOTAL: &str = "router_tokens_total";
 pub const COST_USD_TOTAL: &str = "router_cost_usd_total";
 /// `router_baseline_cost_usd_total`: the same tokens at the strong model's prices.
 pub const BASELINE_COST_USD_TOTAL: &str = "router_baseline_cost_usd_total";
-/// `router_upstream_errors_total{model, kind}`: failed Bedrock calls.
+/// `router_upstream_errors_total{model, region, kind}`: failed Bedrock calls.
 pub const UPSTREAM_ERRORS_TOTAL: &str = "router_upstream_errors_total";
+/// `router_retries_total{model, kind}`: attempts repeated after a failure of `kind` on `model`.
+pub const RETRIES_TOTAL: &str = "router_retries_total";
+/// `router_fallbacks_total{model, kind}`: moves to `model` through another region or tier.
+pub const FALLBACKS_TOTAL: &str = "router_fallbacks_total";
+/// `router_retry_budget_exhausted_total`: retries refused by the router-wide budget.
+pub const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "router_retry_budget_exhausted_total";
+/// `router_circuit_open{model, region}`: 1 while a target is ejected.
+pub const CIRCUIT_OPEN: &str = "router_circuit_open";
 /// `router_inflight_requests`: requests being handled.
 pub const INFLIGHT_REQUESTS: &str = "router_inflight_requests";
 
@@ -149,7 +157,7 @@ fn describe() {
     describe_histogram!(
         UPSTREAM_DURATION,
         Unit::Seconds,
-        "Time spent in Bedrock calls, by model and outcome."
+        "Time spent in Bedrock calls, by model, source region and outcome."
     );
     describe_histogram!(
         TIME_TO_FIRST_TOKEN,
@@ -166,7 +174,23 @@ fn describe() {
     );
     describe_counter!(
         UPSTREAM_ERRORS_TOTAL,
-        "Failed Bedrock calls, by model and error kind."
+        "Failed Bedrock calls, by model, source region and error kind."
+    );
+    describe_counter!(
+        RETRIES_TOTAL,
+        "Upstream attempts repeated after a failure, by the failed model and the error kind."
+    );
+    describe_counter!(
+        FALLBACKS_TOTAL,
+        "Moves to another target, by the model moved to and kind (region, degrade, escalate)."
+    );
+    describe_counter!(
+        RETRY_BUDGET_EXHAUSTED_TOTAL,
+        "Retries refused because the router-wide retry budget was spent."
+    );
+    describe_gauge!(
+        CIRCUIT_OPEN,
+        "1 while a target (a model through a source region) is ejected after repeated failures."
     );
     describe_gauge!(INFLIGHT_REQUESTS, "Requests being handled now.");
 }

@@ -193,10 +193,45 @@ async fn metrics_follow_known_traffic_exactly() {
         ),
         1.0
     );
+    // The throttled request tried three targets (max_attempts): Haiku in both regions, then
+    // Sonnet (escalation) in the primary region; every one was throttled.
+    for (model, region) in [
+        (HAIKU_US, "us-east-1"),
+        (HAIKU_US, "us-west-2"),
+        (SONNET_US, "us-east-1"),
+    ] {
+        let key = format!(
+            "router_upstream_errors_total{{model=\"{model}\",region=\"{region}\",kind=\"throttling\"}}"
+        );
+        assert_eq!(value(&series, &key), 1.0, "{key}");
+    }
     assert_eq!(
         value(
             &series,
-            &format!("router_upstream_errors_total{{model=\"{HAIKU_US}\",kind=\"throttling\"}}")
+            &format!("router_retries_total{{model=\"{HAIKU_US}\",kind=\"throttling\"}}")
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &series,
+            &format!("router_fallbacks_total{{model=\"{HAIKU_US}\",kind=\"region\"}}")
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &series,
+            &format!("router_fallbacks_total{{model=\"{SONNET_US}\",kind=\"escalate\"}}")
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &series,
+            &format!(
+                "router_upstream_duration_seconds_count{{model=\"{SONNET_US}\",region=\"us-east-1\",outcome=\"ok\"}}"
+            )
         ),
         1.0
     );

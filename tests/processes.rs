@@ -227,3 +227,59 @@ fn route_prints_one_decision_per_prompt() {
     );
     assert!(lines[1]["score"].as_f64().unwrap() > lines[0]["score"].as_f64().unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_accepted_requests_refuses_new_ones_and_exits_0() {
+    let router = Proc::spawn(
+        Command::new(BIN)
+            .args([
+                "serve",
+                "--simulate",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .env("ROUTER__SERVER__DRAIN_TIMEOUT_MS", "10000"),
+    );
+    let grpc_addr = router.wait_for_field("grpc_addr");
+    let endpoint = format!("http://{grpc_addr}");
+    let client = PromptRouterClient::connect(endpoint.clone())
+        .await
+        .expect("connect");
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let mut client = client.clone();
+        calls.spawn(async move {
+            client
+                .converse(common::ask(&format!("Slow one {i} [sim:ttft=1000]")))
+                .await
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = router.child.id().to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let refused = match PromptRouterClient::connect(endpoint).await {
+        Err(_) => true,
+        Ok(mut late) => late.converse(common::ask("too late")).await.is_err(),
+    };
+    assert!(refused, "a request after SIGTERM must be refused");
+    let mut ok = 0;
+    while let Some(joined) = calls.join_next().await {
+        joined.unwrap().expect("every accepted request completes");
+        ok += 1;
+    }
+    assert_eq!(ok, 20);
+    drop(client);
+    let mut router = router;
+    let status = tokio::task::spawn_blocking(move || router.child.wait())
+        .await
+        .unwrap()
+        .expect("wait");
+    assert!(status.success(), "exit status {status:?}");
+}

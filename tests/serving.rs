@@ -508,7 +508,12 @@ const ERROR_TABLE: &[(&str, Code)] = &[
 
 #[tokio::test]
 async fn every_bedrock_error_kind_maps_to_its_grpc_code() {
-    let mut router = start().await;
+    // One attempt and no ejection: this test is about the mapping, not the resilience rules.
+    let mut router = common::start_with(|config| {
+        config.resilience.max_attempts = 1;
+        config.resilience.breaker_failures = 1_000;
+    })
+    .await;
     for (kind, code) in ERROR_TABLE {
         let prompt = format!("Hello [sim:fail={kind}]");
         let status = router.client.converse(ask(&prompt)).await.expect_err(kind);

@@ -104,6 +104,29 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// Whether another attempt (on this or another target) may succeed: throttling, capacity,
+    /// transient server faults and transport failures. Refusals of the request itself are final,
+    /// and so is a model timeout, which has already used up most of the caller's time.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Self::Throttled { .. }
+            | Self::ModelNotReady { .. }
+            | Self::ServiceUnavailable { .. }
+            | Self::InternalServer { .. }
+            | Self::ModelStreamError { .. }
+            | Self::Timeout { .. }
+            | Self::Connection { .. } => true,
+            Self::ModelTimeout { .. }
+            | Self::Validation { .. }
+            | Self::AccessDenied { .. }
+            | Self::NotFound { .. }
+            | Self::ModelError { .. }
+            | Self::BadResponse { .. }
+            | Self::Build { .. }
+            | Self::Unknown { .. } => false,
+        }
+    }
+
     /// A bounded label for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {

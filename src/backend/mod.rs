@@ -22,10 +22,10 @@ pub use self::error::BackendError;
 use self::{convert::ConverseParts, error::sort};
 use crate::{config::BedrockConfig, cost::Usage, request::ChatRequest};
 
-/// The Bedrock Runtime client the router calls models with.
+/// The Bedrock Runtime clients the router calls models with, one per source region.
 #[derive(Debug, Clone)]
 pub struct Bedrock {
-    client: Client,
+    regions: Vec<(String, Client)>,
     stream_idle_timeout: Duration,
 }
 
@@ -119,17 +119,21 @@ pub struct EventStream {
 }
 
 impl Bedrock {
-    /// Builds the client for `config`. With [`Auth::DefaultChain`] it checks once that
-    /// credentials resolve, so a machine without any fails at start with advice, not per request.
-    pub async fn connect(config: &BedrockConfig, auth: Auth) -> Result<Self, SetupError> {
+    /// Builds one client per source region in `regions` (the first is the primary). With
+    /// [`Auth::DefaultChain`] it checks once that credentials resolve, so a machine without any
+    /// fails at start with advice, not per request.
+    pub async fn connect(
+        config: &BedrockConfig,
+        regions: &[String],
+        auth: Auth,
+    ) -> Result<Self, SetupError> {
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
             .build();
-        let region = Region::new(config.region.clone());
-        let mut builder = match auth {
+        let base = match auth {
             Auth::DefaultChain => {
                 let shared = aws_config::defaults(BehaviorVersion::latest())
-                    .region(region)
+                    .region(Region::new(config.region.clone()))
                     .load()
                     .await;
                 // A Bedrock API key (bearer token) replaces SigV4 credentials entirely.
@@ -140,7 +144,6 @@ impl Bedrock {
             }
             Auth::Dummy => aws_sdk_bedrockruntime::Config::builder()
                 .behavior_version(BehaviorVersion::latest())
-                .region(region)
                 .credentials_provider(Credentials::new(
                     "prompt-router-dummy",
                     "prompt-router-dummy",
@@ -149,29 +152,60 @@ impl Bedrock {
                     "prompt-router",
                 )),
         };
-        // The router owns retries and fallbacks (it can switch model or region, the SDK cannot),
-        // so the SDK makes exactly one attempt per call.
-        builder = builder
-            .retry_config(RetryConfig::disabled())
-            .timeout_config(timeouts);
-        if let Some(url) = &config.endpoint_url {
-            builder = builder.endpoint_url(url);
-        }
+        let regions = regions
+            .iter()
+            .map(|region| {
+                // The router owns retries and fallbacks (it can switch model or region, the SDK
+                // cannot), so the SDK makes exactly one attempt per call.
+                let mut builder = base
+                    .clone()
+                    .region(Region::new(region.clone()))
+                    .retry_config(RetryConfig::disabled())
+                    .timeout_config(timeouts.clone());
+                if let Some(url) = &config.endpoint_url {
+                    builder = builder.endpoint_url(url);
+                }
+                (region.clone(), Client::from_conf(builder.build()))
+            })
+            .collect();
         Ok(Self {
-            client: Client::from_conf(builder.build()),
+            regions,
             stream_idle_timeout: Duration::from_millis(config.stream_idle_timeout_ms),
         })
     }
 
-    /// Calls Converse on `model_id` and waits for the whole answer.
+    /// The name of source region number `index` ("?" if out of range).
+    pub fn region_name(&self, index: usize) -> &str {
+        self.regions
+            .get(index)
+            .map_or("?", |(name, _)| name.as_str())
+    }
+
+    /// How many source regions there are.
+    pub fn region_count(&self) -> usize {
+        self.regions.len()
+    }
+
+    fn client(&self, region: usize) -> Result<&Client, BackendError> {
+        self.regions
+            .get(region)
+            .map(|(_, client)| client)
+            .ok_or_else(|| BackendError::Build {
+                message: format!("no client for region index {region}"),
+            })
+    }
+
+    /// Calls Converse on `model_id` through source region number `region` and waits for the
+    /// whole answer.
     pub async fn converse(
         &self,
+        region: usize,
         model_id: &str,
         req: &ChatRequest,
     ) -> Result<Completion, BackendError> {
         let parts = parts(req)?;
         let output = self
-            .client
+            .client(region)?
             .converse()
             .model_id(model_id)
             .set_messages(Some(parts.messages))
@@ -201,16 +235,18 @@ impl Bedrock {
         })
     }
 
-    /// Starts ConverseStream on `model_id`; returns once Bedrock has accepted the call, so a
-    /// refusal (throttling, validation) arrives here rather than as a stream event.
+    /// Starts ConverseStream on `model_id` through source region number `region`; returns once
+    /// Bedrock has accepted the call, so a refusal (throttling, validation) arrives here rather
+    /// than as a stream event.
     pub async fn converse_stream(
         &self,
+        region: usize,
         model_id: &str,
         req: &ChatRequest,
     ) -> Result<EventStream, BackendError> {
         let parts = parts(req)?;
         let output = self
-            .client
+            .client(region)?
             .converse_stream()
             .model_id(model_id)
             .set_messages(Some(parts.messages))

@@ -1,6 +1,7 @@
 //! Starting and stopping the router: the gRPC server (PromptRouter, health, reflection), the
 //! `/metrics` listener and, with `--simulate`, the in-process Bedrock simulator.
 
+mod dispatch;
 mod metrics_http;
 mod record;
 mod service;
@@ -9,16 +10,20 @@ mod status;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, watch},
+    task::JoinHandle,
+};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::server::HealthReporter;
 
+use self::dispatch::Resilience;
 pub use self::service::{REQUEST_ID, Router, RouterService};
 use crate::{
     backend::{Auth, Bedrock},
     config::Config,
     pb::prompt_router_server::PromptRouterServer,
-    request::Limits,
     setup, sim, telemetry,
 };
 
@@ -39,21 +44,28 @@ pub struct Running {
     /// The in-process simulator, when started with `--simulate`.
     pub simulator: Option<sim::SimHandle>,
     health: HealthReporter,
-    shutdown: watch::Sender<bool>,
+    stop_grpc: watch::Sender<bool>,
+    stop_side: watch::Sender<bool>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    drain_timeout: Duration,
+    concurrency: Arc<Semaphore>,
+    max_concurrency: usize,
     side_tasks: Vec<JoinHandle<()>>,
 }
 
 /// Builds the shared router state from a validated config.
 pub async fn build_router(config: &Config, auth: Auth) -> anyhow::Result<Router> {
     let decider = setup::decider(config, None, None)?;
-    let bedrock = Bedrock::connect(&config.bedrock, auth).await?;
+    let regions = config.regions();
+    let bedrock = Bedrock::connect(&config.bedrock, &regions, auth).await?;
     let telemetry = telemetry::install().context("installing the metrics recorder")?;
     telemetry.register_models(decider.catalog.models().map(|m| m.invoke_id.as_str()));
     Ok(Router {
         decider,
         bedrock,
-        limits: Limits::default(),
+        resilience: Resilience::new(&config.resilience, regions),
+        concurrency: Arc::new(Semaphore::new(config.server.max_concurrency)),
+        limits: config.limits,
         call_timeout: Duration::from_millis(config.bedrock.call_timeout_ms),
         log_prompts: config.telemetry.log_prompts,
         telemetry,
@@ -82,6 +94,7 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
     };
     let router = Arc::new(build_router(&config, auth).await?);
     let telemetry = router.telemetry;
+    let concurrency = Arc::clone(&router.concurrency);
 
     let grpc_listener = TcpListener::bind(config.server.listen)
         .await
@@ -117,8 +130,8 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
     let router_service = PromptRouterServer::new(RouterService::new(router))
         .max_decoding_message_size(config.server.max_request_bytes);
 
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let mut grpc_shutdown = shutdown_rx.clone();
+    let (stop_grpc, mut grpc_shutdown) = watch::channel(false);
+    let (stop_side, side_shutdown) = watch::channel(false);
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(health_service)
@@ -132,9 +145,9 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
     let metrics = tokio::spawn(metrics_http::serve(
         metrics_listener,
         telemetry,
-        shutdown_rx.clone(),
+        side_shutdown.clone(),
     ));
-    let mut upkeep_shutdown = shutdown_rx;
+    let mut upkeep_shutdown = side_shutdown;
     let upkeep = tokio::spawn(async move {
         let mut tick = tokio::time::interval(telemetry::UPKEEP_INTERVAL);
         loop {
@@ -150,20 +163,39 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
         metrics_addr,
         simulator,
         health,
-        shutdown,
+        stop_grpc,
+        stop_side,
         grpc,
+        drain_timeout: Duration::from_millis(config.server.drain_timeout_ms),
+        concurrency,
+        max_concurrency: config.server.max_concurrency,
         side_tasks: vec![metrics, upkeep],
     })
 }
 
 impl Running {
-    /// Reports NOT_SERVING, stops accepting, lets in-flight requests finish, then stops.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    /// Reports NOT_SERVING, stops accepting, lets in-flight requests finish within the drain
+    /// time (`server.drain_timeout_ms`), then stops.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.health
             .set_not_serving::<PromptRouterServer<RouterService>>()
             .await;
-        let _ = self.shutdown.send(true);
-        let served = self.grpc.await.context("gRPC server task")?;
+        let _ = self.stop_grpc.send(true);
+        let served = match tokio::time::timeout(self.drain_timeout, &mut self.grpc).await {
+            Ok(joined) => joined.context("gRPC server task")?,
+            Err(_) => {
+                let abandoned = self.max_concurrency - self.concurrency.available_permits();
+                tracing::warn!(
+                    abandoned,
+                    drain_timeout_ms = self.drain_timeout.as_millis(),
+                    "drain time is up; abandoning the requests still in flight"
+                );
+                self.grpc.abort();
+                Ok(())
+            }
+        };
+        // Metrics stay up through the drain, so the last scrape sees every request's outcome.
+        let _ = self.stop_side.send(true);
         for task in self.side_tasks {
             let _ = task.await;
         }

@@ -13,6 +13,7 @@ use crate::{
     catalog::Tier,
     cost::{Cost, Usage},
     policy::Basis,
+    resilience::Move,
     telemetry::{self, Telemetry},
 };
 
@@ -67,18 +68,51 @@ impl Record {
         self.route = Some((tier, basis, model.to_owned()));
     }
 
-    /// Notes one upstream call: its model, how it ended and how long it took.
-    pub fn upstream_call(&mut self, model: &str, error_kind: Option<&'static str>, took: Duration) {
+    /// Notes one upstream call: its model and region, how it ended and how long it took.
+    pub fn upstream_call(
+        &mut self,
+        model: &str,
+        region: &str,
+        error_kind: Option<&'static str>,
+        took: Duration,
+    ) {
         self.attempts += 1;
         self.upstream += took;
         self.span.record("attempts", self.attempts);
         let outcome = error_kind.unwrap_or("ok");
-        histogram!(telemetry::UPSTREAM_DURATION, "model" => model.to_owned(), "outcome" => outcome)
-            .record(took.as_secs_f64());
+        histogram!(
+            telemetry::UPSTREAM_DURATION,
+            "model" => model.to_owned(),
+            "region" => region.to_owned(),
+            "outcome" => outcome
+        )
+        .record(took.as_secs_f64());
         if let Some(kind) = error_kind {
-            counter!(telemetry::UPSTREAM_ERRORS_TOTAL, "model" => model.to_owned(), "kind" => kind)
-                .increment(1);
+            counter!(
+                telemetry::UPSTREAM_ERRORS_TOTAL,
+                "model" => model.to_owned(),
+                "region" => region.to_owned(),
+                "kind" => kind
+            )
+            .increment(1);
         }
+    }
+
+    /// Notes a retry after a failure of `kind` on `model`.
+    pub fn retry(&mut self, model: &str, kind: &'static str) {
+        counter!(telemetry::RETRIES_TOTAL, "model" => model.to_owned(), "kind" => kind)
+            .increment(1);
+    }
+
+    /// Notes a move to another target, `model` being the one moved to.
+    pub fn fallback(&mut self, model: &str, kind: Move) {
+        counter!(telemetry::FALLBACKS_TOTAL, "model" => model.to_owned(), "kind" => kind.as_str())
+            .increment(1);
+    }
+
+    /// Notes a retry refused by the router-wide budget.
+    pub fn retry_budget_exhausted(&mut self) {
+        counter!(telemetry::RETRY_BUDGET_EXHAUSTED_TOTAL).increment(1);
     }
 
     /// Notes that the first token went out.

@@ -1,22 +1,31 @@
-//! The `router.v1.PromptRouter` service: validate → classify → decide → call → record → reply.
-//! The only layer that calls the backend and records metrics.
+//! The `router.v1.PromptRouter` service: admit → validate → classify → decide → call (with
+//! retries and fallbacks) → record → reply. The only layer that calls the backend and records
+//! metrics.
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
+    time::Instant,
+};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
 use tracing::{Instrument, Span, field::Empty};
 
-use super::{record::Record, status::from_backend};
+use super::{
+    dispatch::{Answered, Dispatcher, Resilience, Walk, deadline_status},
+    record::Record,
+    status::from_backend,
+};
 use crate::{
-    backend::{BackendError, Bedrock, Completion, OutputBlock, StreamEvent},
+    backend::{BackendError, Bedrock, Completion, EventStream, OutputBlock, StreamEvent},
     catalog::{Model, Tier},
     cost::{Cost, Usage},
     decide::{Decider, Routed},
     pb::{self, prompt_router_server::PromptRouter},
     policy::Basis,
     request::{Block, ChatRequest, Limits},
+    resilience::{Move, Target},
     telemetry::Telemetry,
 };
 
@@ -35,12 +44,16 @@ const STREAM_BUFFER: usize = 32;
 pub struct Router {
     /// Classifier, policy and catalog.
     pub decider: Decider,
-    /// The Bedrock client.
+    /// The Bedrock clients.
     pub bedrock: Bedrock,
+    /// Retry budget, backoff and per-target breakers.
+    pub resilience: Resilience,
     /// Per-request size limits.
     pub limits: Limits,
     /// Upstream time allowed when the caller sets no deadline.
     pub call_timeout: Duration,
+    /// Requests handled at once; a request that finds none free is refused.
+    pub concurrency: Arc<Semaphore>,
     /// Whether prompt text may be logged.
     pub log_prompts: bool,
     /// Metrics.
@@ -118,8 +131,13 @@ impl Context {
         }
     }
 
-    fn deadline_status(&self) -> Status {
-        Status::deadline_exceeded("the call's deadline passed before the model answered")
+    fn dispatcher<'a>(&'a self, router: &'a Router) -> Dispatcher<'a> {
+        Dispatcher {
+            resilience: &router.resilience,
+            catalog: &router.decider.catalog,
+            request_id: &self.request_id,
+            deadline: self.deadline,
+        }
     }
 }
 
@@ -139,7 +157,84 @@ fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
     })
 }
 
+/// The routing decision of a request, before and after its calls.
+#[derive(Debug, Clone)]
+struct Decided {
+    /// The decision as the policy made it (tier, model and region of the first choice).
+    decision: pb::Decision,
+    /// The policy's basis, kept for the metrics of a request answered by its first choice.
+    basis: Basis,
+}
+
+impl Decided {
+    fn new(routed: &Routed<'_>, primary_region: &str) -> Self {
+        Self {
+            decision: pb::Decision {
+                tier: pb_tier(routed.choice.tier) as i32,
+                model_id: routed.model.invoke_id.clone(),
+                score: routed.classification.score(),
+                threshold: routed.choice.threshold,
+                reasons: routed
+                    .classification
+                    .top_reasons(REASONS)
+                    .map(|(feature, contribution)| pb::Reason {
+                        feature: feature.to_owned(),
+                        contribution,
+                    })
+                    .collect(),
+                basis: pb_basis(routed.choice.basis) as i32,
+                region: primary_region.to_owned(),
+            },
+            basis: routed.choice.basis,
+        }
+    }
+
+    /// The decision as answered by `target`, and the fallback that led there, if any.
+    fn answered(
+        &self,
+        router: &Router,
+        walk: &Walk,
+        target: Target,
+        record: &mut Record,
+    ) -> (pb::Decision, Option<pb::Fallback>) {
+        let first = walk.first();
+        let model = router.decider.catalog.model(target.tier);
+        let basis = if target.tier == first.tier {
+            self.basis
+        } else {
+            Basis::Fallback
+        };
+        record.routed(target.tier, basis, &model.invoke_id);
+        let decision = pb::Decision {
+            tier: pb_tier(target.tier) as i32,
+            model_id: model.invoke_id.clone(),
+            basis: pb_basis(basis) as i32,
+            region: router.resilience.region(target).to_owned(),
+            ..self.decision.clone()
+        };
+        let fallback = Move::between(first, target).map(|kind| pb::Fallback {
+            kind: match kind {
+                Move::Region => pb::FallbackKind::Region,
+                Move::Degrade => pb::FallbackKind::Degrade,
+                Move::Escalate => pb::FallbackKind::Escalate,
+            } as i32,
+            from_model_id: router.decider.catalog.model(first.tier).invoke_id.clone(),
+            from_region: router.resilience.region(first).to_owned(),
+            reason: walk.fallback_reason().to_owned(),
+        });
+        (decision, fallback)
+    }
+}
+
 impl Router {
+    /// Takes a concurrency slot or refuses at once: queueing would only turn overload into
+    /// timeouts for everyone.
+    fn admit_slot(self: &Arc<Self>) -> Result<OwnedSemaphorePermit, Status> {
+        Arc::clone(&self.concurrency).try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted("the router is at its concurrency limit (server.max_concurrency); retry with backoff")
+        })
+    }
+
     /// Validates and routes, noting both in the record.
     fn admit(
         &self,
@@ -195,33 +290,31 @@ impl Router {
         record: &mut Record,
     ) -> Result<pb::ConverseResponse, Status> {
         let (chat, routed) = self.admit(req, record, &ctx.span)?;
-        let upstream_started = std::time::Instant::now();
-        let result = tokio::time::timeout_at(
-            ctx.deadline,
-            self.bedrock.converse(&routed.model.invoke_id, &chat),
-        )
-        .await;
-        let took = upstream_started.elapsed();
-        let completion = match result {
-            Err(_) => {
-                record.upstream_call(&routed.model.invoke_id, Some("deadline"), took);
-                return Err(ctx.deadline_status());
-            }
-            Ok(Err(err)) => {
-                record.upstream_call(&routed.model.invoke_id, Some(err.kind()), took);
-                return Err(from_backend(&err, &ctx.request_id));
-            }
-            Ok(Ok(completion)) => {
-                record.upstream_call(&routed.model.invoke_id, None, took);
-                completion
-            }
-        };
+        let decided = Decided::new(&routed, self.bedrock.region_name(0));
+        let mut walk = self
+            .resilience
+            .walk(routed.choice.tier, routed.other_tier_ok);
+        let (completion, answered) = ctx
+            .dispatcher(self)
+            .attempt(&mut walk, record, |target, model| {
+                self.bedrock
+                    .converse(target.region, &model.invoke_id, &chat)
+            })
+            .await?;
+        let model = self.decider.catalog.model(answered.target.tier);
+        record.upstream_call(
+            &model.invoke_id,
+            self.resilience.region(answered.target),
+            None,
+            answered.started.elapsed(),
+        );
+        let (decision, fallback) = decided.answered(self, &walk, answered.target, record);
         let Completion {
             content,
             stop_reason,
             usage,
         } = completion;
-        let cost = self.cost(routed.model, usage);
+        let cost = self.cost(model, usage);
         record.answered(usage, cost);
         let total = record.started().elapsed();
         Ok(pb::ConverseResponse {
@@ -231,115 +324,146 @@ impl Router {
             }),
             stop_reason,
             usage: Some(pb_usage(usage)),
-            decision: Some(decision(&routed)),
+            decision: Some(decision),
             cost_usd: cost.actual.as_usd(),
             baseline_cost_usd: cost.baseline.as_usd(),
             latency: Some(latency(total, record.upstream(), None)),
             attempts: record.attempts(),
             request_id: ctx.request_id.clone(),
+            fallback,
         })
-    }
-
-    /// Validates, routes and opens the upstream stream; the rest runs in [`pump`].
-    async fn open_stream(
-        self: &Arc<Self>,
-        ctx: &Context,
-        req: pb::ConverseRequest,
-        mut record: Record,
-    ) -> Result<ReceiverStream<Result<pb::ConverseStreamEvent, Status>>, Status> {
-        let (chat, routed) = match self.admit(req, &mut record, &ctx.span) {
-            Ok(admitted) => admitted,
-            Err(status) => {
-                record.finish(status.code());
-                return Err(status);
-            }
-        };
-        let model = routed.model.invoke_id.clone();
-        let upstream_started = std::time::Instant::now();
-        let opened =
-            tokio::time::timeout_at(ctx.deadline, self.bedrock.converse_stream(&model, &chat))
-                .await;
-        let upstream = match opened {
-            Err(_) => {
-                record.upstream_call(&model, Some("deadline"), upstream_started.elapsed());
-                let status = ctx.deadline_status();
-                record.finish(status.code());
-                return Err(status);
-            }
-            Ok(Err(err)) => {
-                record.upstream_call(&model, Some(err.kind()), upstream_started.elapsed());
-                let status = from_backend(&err, &ctx.request_id);
-                record.finish(status.code());
-                return Err(status);
-            }
-            Ok(Ok(stream)) => stream,
-        };
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let job = StreamJob {
-            router: Arc::clone(self),
-            tier: routed.choice.tier,
-            decision: decision(&routed),
-            model,
-            request_id: ctx.request_id.clone(),
-            deadline: ctx.deadline,
-            upstream_started,
-        };
-        tokio::spawn(job.pump(upstream, tx, record).instrument(ctx.span.clone()));
-        Ok(ReceiverStream::new(rx))
     }
 }
 
-/// What the stream task needs after the handler has returned.
+/// A stream being served after the handler returned: everything the relay task owns.
 struct StreamJob {
     router: Arc<Router>,
-    tier: Tier,
-    decision: pb::Decision,
-    model: String,
+    chat: ChatRequest,
+    decided: Decided,
+    walk: Walk,
     request_id: String,
     deadline: Instant,
-    upstream_started: std::time::Instant,
+    record: Record,
+    _slot: OwnedSemaphorePermit,
 }
 
 type EventSender = mpsc::Sender<Result<pb::ConverseStreamEvent, Status>>;
 
+/// How a stream ended.
+enum Outcome {
+    /// Upstream finished normally.
+    Done,
+    /// The caller cancelled or disconnected.
+    CallerGone,
+    /// Bedrock failed mid-stream.
+    Upstream(BackendError),
+    /// The router ended it (deadline).
+    Failed(Status),
+}
+
 impl StreamJob {
+    /// Opens the upstream stream on the first target that accepts it.
+    async fn open(&mut self) -> Result<(EventStream, Answered), Status> {
+        let Self {
+            router,
+            chat,
+            walk,
+            record,
+            request_id,
+            deadline,
+            ..
+        } = self;
+        let dispatcher = Dispatcher {
+            resilience: &router.resilience,
+            catalog: &router.decider.catalog,
+            request_id,
+            deadline: *deadline,
+        };
+        let bedrock = &router.bedrock;
+        let chat = &*chat;
+        dispatcher
+            .attempt(walk, record, |target, model| {
+                bedrock.converse_stream(target.region, &model.invoke_id, chat)
+            })
+            .await
+    }
+
+    /// Waits for the first upstream event, retrying on another target if the stream fails
+    /// before it: until then the caller has seen nothing, so the switch is invisible.
+    async fn first_event(
+        &mut self,
+        mut upstream: EventStream,
+        mut answered: Answered,
+        tx: &EventSender,
+    ) -> Result<(EventStream, Answered, Option<StreamEvent>), Outcome> {
+        loop {
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(self.deadline, upstream.next()) => next,
+                () = tx.closed() => return Err(Outcome::CallerGone),
+            };
+            let err = match next {
+                Err(_) => return Err(Outcome::Failed(deadline_status())),
+                Ok(Ok(event)) => return Ok((upstream, answered, event)),
+                Ok(Err(err)) => err,
+            };
+            let model = self.router.decider.catalog.model(answered.target.tier);
+            let region = self.router.resilience.region(answered.target);
+            self.record.upstream_call(
+                &model.invoke_id,
+                region,
+                Some(err.kind()),
+                answered.started.elapsed(),
+            );
+            if !err.retryable() {
+                return Err(Outcome::Upstream(err));
+            }
+            self.walk.failed(answered.target, err);
+            (upstream, answered) = self.open().await.map_err(Outcome::Failed)?;
+        }
+    }
+
     /// Relays upstream events to the caller until the stream ends, fails, passes its deadline
     /// or the caller goes away (which drops the upstream stream and so closes its connection).
-    async fn pump(
-        self,
-        mut upstream: crate::backend::EventStream,
-        tx: EventSender,
-        mut record: Record,
-    ) {
+    async fn pump(mut self, upstream: EventStream, answered: Answered, tx: EventSender) {
         use pb::converse_stream_event::Event;
-        if !send(&tx, Event::Decision(self.decision.clone())).await {
-            record.upstream_call(
-                &self.model,
-                Some("cancelled"),
-                self.upstream_started.elapsed(),
-            );
-            return;
+        let (mut upstream, answered, mut pending) =
+            match self.first_event(upstream, answered, &tx).await {
+                Ok(first) => first,
+                Err(outcome) => return self.finish(outcome, None, 0, &tx).await,
+            };
+        let (decision, fallback) =
+            self.decided
+                .answered(&self.router, &self.walk, answered.target, &mut self.record);
+        if !send(&tx, Event::Decision(decision)).await {
+            return self
+                .finish(Outcome::CallerGone, Some(answered), 0, &tx)
+                .await;
         }
         let mut usage = None;
         let mut tokens_sent = 0u32;
         let outcome = loop {
-            let next = tokio::select! {
-                next = tokio::time::timeout_at(self.deadline, upstream.next()) => next,
-                () = tx.closed() => break Outcome::CallerGone,
-            };
-            let event = match next {
-                Err(_) => {
-                    break Outcome::Failed(Status::deadline_exceeded(format!(
-                        "the call's deadline passed after {tokens_sent} streamed tokens"
-                    )));
+            let event = match pending.take() {
+                Some(event) => event,
+                None => {
+                    let next = tokio::select! {
+                        next = tokio::time::timeout_at(self.deadline, upstream.next()) => next,
+                        () = tx.closed() => break Outcome::CallerGone,
+                    };
+                    match next {
+                        Err(_) => {
+                            break Outcome::Failed(Status::deadline_exceeded(format!(
+                                "the call's deadline passed after {tokens_sent} streamed tokens"
+                            )));
+                        }
+                        Ok(Err(err)) => break Outcome::Upstream(err),
+                        Ok(Ok(None)) => break Outcome::Done,
+                        Ok(Ok(Some(event))) => event,
+                    }
                 }
-                Ok(Err(err)) => break Outcome::Upstream(err),
-                Ok(Ok(None)) => break Outcome::Done,
-                Ok(Ok(Some(event))) => event,
             };
             let out = match event {
                 StreamEvent::Text { index, text } => {
-                    record.first_token();
+                    self.record.first_token();
                     tokens_sent += 1;
                     Event::Delta(pb::Delta {
                         content_block_index: index,
@@ -347,7 +471,7 @@ impl StreamJob {
                     })
                 }
                 StreamEvent::ToolUseStart { index, id, name } => {
-                    record.first_token();
+                    self.record.first_token();
                     Event::ContentBlockStart(pb::ContentBlockStart {
                         content_block_index: index,
                         tool_use: Some(pb::ToolUseStart {
@@ -372,74 +496,91 @@ impl StreamJob {
                 break Outcome::CallerGone;
             }
         };
-        let took = self.upstream_started.elapsed();
-        match outcome {
-            Outcome::Done => {
-                record.upstream_call(&self.model, None, took);
-                let usage = usage.unwrap_or_else(|| {
-                    tracing::warn!(
-                        "the upstream stream ended without usage metadata; cost counts zero tokens"
-                    );
-                    Usage::default()
-                });
-                let model = self.router.decider.catalog.model(self.tier);
-                let cost = self.router.cost(model, usage);
-                record.answered(usage, cost);
-                let metadata = pb::StreamMetadata {
-                    usage: Some(pb_usage(usage)),
-                    cost_usd: cost.actual.as_usd(),
-                    baseline_cost_usd: cost.baseline.as_usd(),
-                    latency: Some(latency(
-                        record.started().elapsed(),
-                        record.upstream(),
-                        record.time_to_first_token(),
-                    )),
-                    attempts: record.attempts(),
-                    request_id: self.request_id.clone(),
-                };
-                let code = if send(&tx, Event::Metadata(metadata)).await {
-                    Code::Ok
-                } else {
-                    Code::Cancelled
-                };
-                record.finish(code);
-            }
+        if let Outcome::Done = outcome {
+            let model = self.router.decider.catalog.model(answered.target.tier);
+            self.record.upstream_call(
+                &model.invoke_id,
+                self.router.resilience.region(answered.target),
+                None,
+                answered.started.elapsed(),
+            );
+            let usage = usage.unwrap_or_else(|| {
+                tracing::warn!(
+                    "the upstream stream ended without usage metadata; cost counts zero tokens"
+                );
+                Usage::default()
+            });
+            let cost = self.router.cost(model, usage);
+            self.record.answered(usage, cost);
+            let metadata = pb::StreamMetadata {
+                usage: Some(pb_usage(usage)),
+                cost_usd: cost.actual.as_usd(),
+                baseline_cost_usd: cost.baseline.as_usd(),
+                latency: Some(latency(
+                    self.record.started().elapsed(),
+                    self.record.upstream(),
+                    self.record.time_to_first_token(),
+                )),
+                attempts: self.record.attempts(),
+                request_id: self.request_id.clone(),
+                fallback,
+            };
+            let code = if send(&tx, Event::Metadata(metadata)).await {
+                Code::Ok
+            } else {
+                Code::Cancelled
+            };
+            self.record.finish(code);
+        } else {
+            self.finish(outcome, Some(answered), tokens_sent, &tx).await;
+        }
+    }
+
+    /// Ends a stream that did not complete: records the last call and sends the status.
+    async fn finish(
+        mut self,
+        outcome: Outcome,
+        answered: Option<Answered>,
+        tokens_sent: u32,
+        tx: &EventSender,
+    ) {
+        let kind = match &outcome {
+            Outcome::Done => None,
+            Outcome::CallerGone => Some("cancelled"),
+            Outcome::Upstream(err) => Some(err.kind()),
+            Outcome::Failed(status) if status.code() == Code::DeadlineExceeded => Some("deadline"),
+            Outcome::Failed(_) => None,
+        };
+        if let (Some(answered), Some(kind)) = (answered, kind) {
+            let model = self.router.decider.catalog.model(answered.target.tier);
+            self.record.upstream_call(
+                &model.invoke_id,
+                self.router.resilience.region(answered.target),
+                Some(kind),
+                answered.started.elapsed(),
+            );
+        }
+        let status = match outcome {
+            Outcome::Done => return,
             Outcome::CallerGone => {
-                record.upstream_call(&self.model, Some("cancelled"), took);
-                record.finish(Code::Cancelled);
+                self.record.finish(Code::Cancelled);
+                return;
             }
             Outcome::Upstream(err) => {
-                record.upstream_call(&self.model, Some(err.kind()), took);
                 let status = from_backend(&err, &self.request_id);
-                let status = Status::new(
+                Status::new(
                     status.code(),
                     format!(
                         "the model's stream failed after {tokens_sent} streamed tokens: {}",
                         status.message()
                     ),
-                );
-                record.finish(status.code());
-                let _ = tx.send(Err(status)).await;
+                )
             }
-            Outcome::Failed(status) => {
-                record.upstream_call(&self.model, Some("deadline"), took);
-                record.finish(status.code());
-                let _ = tx.send(Err(status)).await;
-            }
-        }
+            Outcome::Failed(status) => status,
+        };
+        self.record.finish(status.code());
+        let _ = tx.send(Err(status)).await;
     }
-}
-
-/// How a stream ended.
-enum Outcome {
-    /// Upstream finished normally.
-    Done,
-    /// The caller cancelled or disconnected.
-    CallerGone,
-    /// Bedrock failed mid-stream.
-    Upstream(BackendError),
-    /// The router ended it (deadline).
-    Failed(Status),
 }
 
 async fn send(tx: &EventSender, event: pb::converse_stream_event::Event) -> bool {
@@ -462,28 +603,19 @@ fn content_block(block: OutputBlock) -> pb::ContentBlock {
     pb::ContentBlock { block: Some(block) }
 }
 
-fn decision(routed: &Routed<'_>) -> pb::Decision {
-    pb::Decision {
-        tier: match routed.choice.tier {
-            Tier::Strong => pb::Tier::Strong,
-            Tier::Fast => pb::Tier::Fast,
-        } as i32,
-        model_id: routed.model.invoke_id.clone(),
-        score: routed.classification.score(),
-        threshold: routed.choice.threshold,
-        reasons: routed
-            .classification
-            .top_reasons(REASONS)
-            .map(|(feature, contribution)| pb::Reason {
-                feature: feature.to_owned(),
-                contribution,
-            })
-            .collect(),
-        basis: match routed.choice.basis {
-            Basis::Score => pb::DecisionBasis::Score,
-            Basis::Forced => pb::DecisionBasis::Forced,
-            Basis::Capability => pb::DecisionBasis::Capability,
-        } as i32,
+fn pb_tier(tier: Tier) -> pb::Tier {
+    match tier {
+        Tier::Strong => pb::Tier::Strong,
+        Tier::Fast => pb::Tier::Fast,
+    }
+}
+
+fn pb_basis(basis: Basis) -> pb::DecisionBasis {
+    match basis {
+        Basis::Score => pb::DecisionBasis::Score,
+        Basis::Forced => pb::DecisionBasis::Forced,
+        Basis::Capability => pb::DecisionBasis::Capability,
+        Basis::Fallback => pb::DecisionBasis::Fallback,
     }
 }
 
@@ -520,11 +652,15 @@ impl PromptRouter for RouterService {
             ctx.span.clone(),
             std::time::Instant::now(),
         );
-        let result = self
-            .router
-            .converse(&ctx, request.into_inner(), &mut record)
-            .instrument(ctx.span.clone())
-            .await;
+        let result = match self.router.admit_slot() {
+            Ok(_slot) => {
+                self.router
+                    .converse(&ctx, request.into_inner(), &mut record)
+                    .instrument(ctx.span.clone())
+                    .await
+            }
+            Err(status) => Err(status),
+        };
         record.finish(result.as_ref().map_or_else(Status::code, |_| Code::Ok));
         ctx.respond(result)
     }
@@ -540,18 +676,53 @@ impl PromptRouter for RouterService {
             request.metadata(),
             self.router.call_timeout,
         );
-        let record = Record::start(
+        let mut record = Record::start(
             self.router.telemetry,
             ctx.span.clone(),
             std::time::Instant::now(),
         );
-        let result = self
-            .router
-            .open_stream(&ctx, request.into_inner(), record)
-            .instrument(ctx.span.clone())
-            .await
-            .map(|s| Box::pin(s) as EventStreamResponse);
-        ctx.respond(result)
+        let admitted = self.router.admit_slot().and_then(|slot| {
+            let (chat, routed) = self
+                .router
+                .admit(request.into_inner(), &mut record, &ctx.span)?;
+            let decided = Decided::new(&routed, self.router.bedrock.region_name(0));
+            let walk = self
+                .router
+                .resilience
+                .walk(routed.choice.tier, routed.other_tier_ok);
+            Ok((chat, decided, walk, slot))
+        });
+        let (chat, decided, walk, slot) = match admitted {
+            Ok(admitted) => admitted,
+            Err(status) => {
+                record.finish(status.code());
+                return ctx.respond(Err(status));
+            }
+        };
+        let mut job = StreamJob {
+            router: Arc::clone(&self.router),
+            chat,
+            decided,
+            walk,
+            request_id: ctx.request_id.clone(),
+            deadline: ctx.deadline,
+            record,
+            _slot: slot,
+        };
+        // A refusal before any event is an ordinary error status, not a broken stream.
+        let (upstream, answered) = match job.open().instrument(ctx.span.clone()).await {
+            Ok(opened) => opened,
+            Err(status) => {
+                job.record.finish(status.code());
+                return ctx.respond(Err(status));
+            }
+        };
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(
+            job.pump(upstream, answered, tx)
+                .instrument(ctx.span.clone()),
+        );
+        ctx.respond(Ok(Box::pin(ReceiverStream::new(rx)) as EventStreamResponse))
     }
 
     async fn route(
@@ -565,7 +736,9 @@ impl PromptRouter for RouterService {
                 self.router
                     .decider
                     .decide(&chat)
-                    .map(|routed| decision(&routed))
+                    .map(|routed| {
+                        Decided::new(&routed, self.router.bedrock.region_name(0)).decision
+                    })
                     .map_err(|e| Status::invalid_argument(e.0))
             })
             .map(|decision| pb::RouteResponse {
