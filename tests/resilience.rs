@@ -158,8 +158,9 @@ async fn a_200ms_deadline_against_a_slow_model_cancels_the_upstream_call() {
         .expect_err("too slow");
     let took = started.elapsed();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    // Near 200 ms, far from the model's 5 s; the upper bound leaves room for a loaded CI machine.
     assert!(
-        took >= Duration::from_millis(180) && took < Duration::from_millis(400),
+        took >= Duration::from_millis(180) && took < Duration::from_millis(1_000),
         "{took:?}"
     );
     // The simulator sees its client go away: the upstream request is gone, not left running.
@@ -203,24 +204,6 @@ async fn a_cancelled_call_cancels_the_upstream_call() {
     assert_eq!((stats.cancelled, stats.in_flight), (1, 0), "{stats:?}");
 }
 
-async fn stream_events(
-    router: &mut common::TestRouter,
-    prompt: &str,
-) -> (Vec<pb::converse_stream_event::Event>, Option<tonic::Status>) {
-    let mut stream = match router.client.converse_stream(ask(prompt)).await {
-        Ok(response) => response.into_inner(),
-        Err(status) => return (Vec::new(), Some(status)),
-    };
-    let mut events = Vec::new();
-    loop {
-        match stream.message().await {
-            Ok(Some(event)) => events.push(event.event.unwrap()),
-            Ok(None) => return (events, None),
-            Err(status) => return (events, Some(status)),
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_stream_that_fails_before_its_first_token_is_retried_invisibly() {
     use pb::converse_stream_event::Event;
@@ -230,8 +213,9 @@ async fn a_stream_that_fails_before_its_first_token_is_retried_invisibly() {
         "drop;after=0",
         "stall;after=0",
     ] {
-        let (events, error) =
-            stream_events(&mut router, &format!("Go [sim:{directive};times=1]")).await;
+        let (events, error) = router
+            .stream(ask(&format!("Go [sim:{directive};times=1]")))
+            .await;
         assert!(error.is_none(), "{directive}: {error:?}");
         let Some(Event::Decision(decision)) = events.first() else {
             panic!("{directive}: decision first")
@@ -272,7 +256,7 @@ async fn a_stream_that_fails_after_tokens_ends_with_a_clear_status() {
         ("fail=throttlingException;after=2", Code::ResourceExhausted),
         ("drop;after=2", Code::Unavailable),
     ] {
-        let (events, error) = stream_events(&mut router, &format!("Go [sim:{directive}]")).await;
+        let (events, error) = router.stream(ask(&format!("Go [sim:{directive}]"))).await;
         let status = error.unwrap_or_else(|| panic!("{directive}: must fail"));
         assert_eq!(status.code(), code, "{directive}: {status:?}");
         assert!(

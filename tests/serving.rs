@@ -372,32 +372,12 @@ async fn tool_use_round_trip() {
     );
 }
 
-async fn collect_stream(
-    router: &mut common::TestRouter,
-    request: pb::ConverseRequest,
-) -> (Vec<pb::converse_stream_event::Event>, Option<tonic::Status>) {
-    let mut stream = router
-        .client
-        .converse_stream(request)
-        .await
-        .expect("stream opens")
-        .into_inner();
-    let mut events = Vec::new();
-    loop {
-        match stream.message().await {
-            Ok(Some(event)) => events.push(event.event.expect("event set")),
-            Ok(None) => return (events, None),
-            Err(status) => return (events, Some(status)),
-        }
-    }
-}
-
 #[tokio::test]
 async fn stream_events_arrive_in_order_with_final_usage() {
     use pb::converse_stream_event::Event;
     let mut router = start().await;
     let question = "Explain briefly why the sky is blue.";
-    let (events, error) = collect_stream(&mut router, ask(question)).await;
+    let (events, error) = router.stream(ask(question)).await;
     assert!(error.is_none(), "{error:?}");
 
     let Some(Event::Decision(decision)) = events.first() else {
@@ -469,7 +449,7 @@ async fn streamed_tool_calls_carry_start_and_input() {
         }),
         ..ask("Look something up")
     };
-    let (events, error) = collect_stream(&mut router, request).await;
+    let (events, error) = router.stream(request).await;
     assert!(error.is_none(), "{error:?}");
     let start = events.iter().find_map(|e| match e {
         Event::ContentBlockStart(s) => s.tool_use.clone(),
@@ -557,11 +537,9 @@ async fn mid_stream_exceptions_end_the_stream_with_a_status() {
         ("validationException", Code::InvalidArgument),
         ("modelStreamErrorException", Code::Internal),
     ] {
-        let (events, error) = collect_stream(
-            &mut router,
-            ask(&format!("Go on [sim:fail={kind};after=3]")),
-        )
-        .await;
+        let (events, error) = router
+            .stream(ask(&format!("Go on [sim:fail={kind};after=3]")))
+            .await;
         let status = error.unwrap_or_else(|| panic!("{kind}: the stream must end in an error"));
         assert_eq!(status.code(), code, "{kind}: {status:?}");
         assert!(
@@ -746,7 +724,7 @@ async fn invalid_requests_are_refused_before_bedrock() {
 async fn a_stalled_stream_ends_with_a_clear_status() {
     let mut router = common::start_with(|config| config.bedrock.stream_idle_timeout_ms = 200).await;
     let started = std::time::Instant::now();
-    let (events, error) = collect_stream(&mut router, ask("Keep going [sim:stall;after=2]")).await;
+    let (events, error) = router.stream(ask("Keep going [sim:stall;after=2]")).await;
     let status = error.expect("the stall must end the stream");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(

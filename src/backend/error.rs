@@ -188,43 +188,34 @@ fn unknown(err: &impl ProvideErrorMetadata) -> BackendError {
     }
 }
 
-// The SDK's error enums are #[non_exhaustive], so each needs a catch-all arm; ours has none.
-impl ServiceFailure for ConverseError {
-    fn sort(self) -> BackendError {
-        let message = message_of(&self);
-        match self {
-            Self::ThrottlingException(_) => BackendError::Throttled { message },
-            Self::ModelNotReadyException(_) => BackendError::ModelNotReady { message },
-            Self::ServiceUnavailableException(_) => BackendError::ServiceUnavailable { message },
-            Self::InternalServerException(_) => BackendError::InternalServer { message },
-            Self::ModelTimeoutException(_) => BackendError::ModelTimeout { message },
-            Self::ValidationException(_) => BackendError::Validation { message },
-            Self::AccessDeniedException(_) => BackendError::AccessDenied { message },
-            Self::ResourceNotFoundException(_) => BackendError::NotFound { message },
-            Self::ModelErrorException(_) => BackendError::ModelError { message },
-            other => unknown(&other),
+/// Implements [`ServiceFailure`] for an operation's error enum: the nine errors Converse and
+/// ConverseStream share, plus any the operation adds. The SDK's enums are #[non_exhaustive], so
+/// each needs a catch-all arm; ours has none.
+macro_rules! operation_failure {
+    ($error:ident $(, $variant:ident => $sorted:ident)*) => {
+        impl ServiceFailure for $error {
+            fn sort(self) -> BackendError {
+                let message = message_of(&self);
+                match self {
+                    Self::ThrottlingException(_) => BackendError::Throttled { message },
+                    Self::ModelNotReadyException(_) => BackendError::ModelNotReady { message },
+                    Self::ServiceUnavailableException(_) => BackendError::ServiceUnavailable { message },
+                    Self::InternalServerException(_) => BackendError::InternalServer { message },
+                    Self::ModelTimeoutException(_) => BackendError::ModelTimeout { message },
+                    Self::ValidationException(_) => BackendError::Validation { message },
+                    Self::AccessDeniedException(_) => BackendError::AccessDenied { message },
+                    Self::ResourceNotFoundException(_) => BackendError::NotFound { message },
+                    Self::ModelErrorException(_) => BackendError::ModelError { message },
+                    $(Self::$variant(_) => BackendError::$sorted { message },)*
+                    other => unknown(&other),
+                }
+            }
         }
-    }
+    };
 }
 
-impl ServiceFailure for ConverseStreamError {
-    fn sort(self) -> BackendError {
-        let message = message_of(&self);
-        match self {
-            Self::ThrottlingException(_) => BackendError::Throttled { message },
-            Self::ModelNotReadyException(_) => BackendError::ModelNotReady { message },
-            Self::ServiceUnavailableException(_) => BackendError::ServiceUnavailable { message },
-            Self::InternalServerException(_) => BackendError::InternalServer { message },
-            Self::ModelTimeoutException(_) => BackendError::ModelTimeout { message },
-            Self::ValidationException(_) => BackendError::Validation { message },
-            Self::AccessDeniedException(_) => BackendError::AccessDenied { message },
-            Self::ResourceNotFoundException(_) => BackendError::NotFound { message },
-            Self::ModelErrorException(_) => BackendError::ModelError { message },
-            Self::ModelStreamErrorException(_) => BackendError::ModelStreamError { message },
-            other => unknown(&other),
-        }
-    }
-}
+operation_failure!(ConverseError);
+operation_failure!(ConverseStreamError, ModelStreamErrorException => ModelStreamError);
 
 // Mid-stream exceptions arrive as typed variants whose `code()` is None, so the variant is the
 // only reliable signal here.

@@ -118,6 +118,21 @@ pub struct EventStream {
     idle_timeout: Duration,
 }
 
+/// Fills a Converse or ConverseStream request builder: the two have the same setters but are
+/// different types.
+macro_rules! with_parts {
+    ($builder:expr, $model_id:expr, $parts:expr) => {{
+        let parts: ConverseParts = $parts;
+        $builder
+            .model_id($model_id)
+            .set_messages(Some(parts.messages))
+            .set_system((!parts.system.is_empty()).then_some(parts.system))
+            .set_inference_config(parts.inference)
+            .set_tool_config(parts.tools)
+            .set_additional_model_request_fields(parts.additional)
+    }};
+}
+
 impl Bedrock {
     /// Builds one client per source region in `regions` (the first is the primary). With
     /// [`Auth::DefaultChain`] it checks once that credentials resolve, so a machine without any
@@ -203,16 +218,7 @@ impl Bedrock {
         model_id: &str,
         req: &ChatRequest,
     ) -> Result<Completion, BackendError> {
-        let parts = parts(req)?;
-        let output = self
-            .client(region)?
-            .converse()
-            .model_id(model_id)
-            .set_messages(Some(parts.messages))
-            .set_system((!parts.system.is_empty()).then_some(parts.system))
-            .set_inference_config(parts.inference)
-            .set_tool_config(parts.tools)
-            .set_additional_model_request_fields(parts.additional)
+        let output = with_parts!(self.client(region)?.converse(), model_id, parts(req)?)
             .send()
             .await
             .map_err(sort)?;
@@ -244,19 +250,14 @@ impl Bedrock {
         model_id: &str,
         req: &ChatRequest,
     ) -> Result<EventStream, BackendError> {
-        let parts = parts(req)?;
-        let output = self
-            .client(region)?
-            .converse_stream()
-            .model_id(model_id)
-            .set_messages(Some(parts.messages))
-            .set_system((!parts.system.is_empty()).then_some(parts.system))
-            .set_inference_config(parts.inference)
-            .set_tool_config(parts.tools)
-            .set_additional_model_request_fields(parts.additional)
-            .send()
-            .await
-            .map_err(sort)?;
+        let output = with_parts!(
+            self.client(region)?.converse_stream(),
+            model_id,
+            parts(req)?
+        )
+        .send()
+        .await
+        .map_err(sort)?;
         Ok(EventStream {
             rx: output.stream,
             idle_timeout: self.stream_idle_timeout,

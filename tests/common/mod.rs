@@ -27,6 +27,26 @@ impl TestRouter {
             .expect("started with --simulate")
     }
 
+    /// Sends a ConverseStream request and collects its events, and the status that ended it if
+    /// it did not end cleanly (a refusal before any event included).
+    pub async fn stream(
+        &mut self,
+        request: pb::ConverseRequest,
+    ) -> (Vec<pb::converse_stream_event::Event>, Option<tonic::Status>) {
+        let mut stream = match self.client.converse_stream(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return (Vec::new(), Some(status)),
+        };
+        let mut events = Vec::new();
+        loop {
+            match stream.message().await {
+                Ok(Some(event)) => events.push(event.event.expect("event set")),
+                Ok(None) => return (events, None),
+                Err(status) => return (events, Some(status)),
+            }
+        }
+    }
+
     /// The `/metrics` URL.
     pub fn metrics_url(&self) -> String {
         format!("http://{}/metrics", self.running.metrics_addr)
