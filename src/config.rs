@@ -45,6 +45,9 @@ pub struct ServerConfig {
     /// Most requests handled at once; beyond it requests are refused at once with
     /// RESOURCE_EXHAUSTED instead of queueing.
     pub max_concurrency: usize,
+    /// On SIGTERM, how long to keep accepting requests while health reports NOT_SERVING, so load
+    /// balancers stop sending before the listener closes (0 when a preStop hook already waits).
+    pub shutdown_delay_ms: u64,
     /// On SIGTERM, how long in-flight requests may take to finish before the router exits anyway.
     pub drain_timeout_ms: u64,
 }
@@ -56,6 +59,7 @@ impl Default for ServerConfig {
             metrics_listen: SocketAddr::from(([0, 0, 0, 0], 9464)),
             max_request_bytes: 20 * 1024 * 1024,
             max_concurrency: 512,
+            shutdown_delay_ms: 0,
             drain_timeout_ms: 20_000,
         }
     }

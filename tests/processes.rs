@@ -283,3 +283,69 @@ async fn sigterm_finishes_accepted_requests_refuses_new_ones_and_exits_0() {
         .expect("wait");
     assert!(status.success(), "exit status {status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_not_serving_as_soon_as_shutdown_starts() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let router = Proc::spawn(
+        Command::new(BIN)
+            .args([
+                "serve",
+                "--simulate",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .env("ROUTER__SERVER__SHUTDOWN_DELAY_MS", "1500"),
+    );
+    let grpc_addr = router.wait_for_field("grpc_addr");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    let check = |service: &str| HealthCheckRequest {
+        service: service.to_owned(),
+    };
+    for service in ["", "router.v1.PromptRouter"] {
+        let status = health
+            .check(check(service))
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
+    }
+    let pid = router.child.id().to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for service in ["", "router.v1.PromptRouter"] {
+        let status = health
+            .check(check(service))
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::NotServing as i32, "{service:?}");
+    }
+    // During the delay requests are still served: balancers are catching up.
+    let mut client = PromptRouterClient::new(channel);
+    client
+        .converse(common::ask("still served"))
+        .await
+        .expect("served during the delay");
+    drop((health, client));
+    let mut router = router;
+    let status = tokio::task::spawn_blocking(move || router.child.wait())
+        .await
+        .unwrap()
+        .expect("wait");
+    assert!(status.success());
+}

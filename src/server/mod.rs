@@ -47,6 +47,7 @@ pub struct Running {
     stop_grpc: watch::Sender<bool>,
     stop_side: watch::Sender<bool>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    shutdown_delay: Duration,
     drain_timeout: Duration,
     concurrency: Arc<Semaphore>,
     max_concurrency: usize,
@@ -171,6 +172,7 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
         stop_grpc,
         stop_side,
         grpc,
+        shutdown_delay: Duration::from_millis(config.server.shutdown_delay_ms),
         drain_timeout: Duration::from_millis(config.server.drain_timeout_ms),
         concurrency,
         max_concurrency: config.server.max_concurrency,
@@ -179,12 +181,17 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
 }
 
 impl Running {
-    /// Reports NOT_SERVING, stops accepting, lets in-flight requests finish within the drain
-    /// time (`server.drain_timeout_ms`), then stops.
+    /// Reports NOT_SERVING, keeps serving for `server.shutdown_delay_ms`, stops accepting, lets
+    /// in-flight requests finish within `server.drain_timeout_ms`, then stops.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.health
             .set_not_serving::<PromptRouterServer<RouterService>>()
             .await;
+        // The empty name is the whole server, which is what probes without a service ask about.
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        tokio::time::sleep(self.shutdown_delay).await;
         let _ = self.stop_grpc.send(true);
         let served = match tokio::time::timeout(self.drain_timeout, &mut self.grpc).await {
             Ok(joined) => joined.context("gRPC server task")?,
