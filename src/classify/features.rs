@@ -400,6 +400,11 @@ impl Scanner {
             if info.word_end && end < hay.len() && keywords::is_word_byte(hay[end]) {
                 continue;
             }
+            if info.prose
+                && (hay.get(end) == Some(&b'(') || (end > len && hay[end - len - 1] == b'.'))
+            {
+                continue;
+            }
             if let Some(f) = fams.get_mut(usize::from(info.family)) {
                 *f += 1;
             }
@@ -542,6 +547,19 @@ mod tests {
         assert_eq!(fam("Analysis and ANALYSE", Family::Analysis), 2);
         assert_eq!(fam("nothing", Family::Negation), 0);
         assert_eq!(fam("do not", Family::Negation), 1);
+    }
+
+    #[test]
+    fn prose_cues_do_not_count_inside_code() {
+        assert_eq!(fam("List three colors.", Family::SimpleTask), 1);
+        assert_eq!(fam("chars = list(text)", Family::SimpleTask), 0);
+        assert_eq!(fam("list(text)", Family::SimpleTask), 0);
+        assert_eq!(fam("Use the format below.", Family::Constraint), 1);
+        assert_eq!(fam("'{}'.format(x)", Family::Constraint), 0);
+        assert_eq!(fam("x.validate", Family::Analysis), 0);
+        // Maths and code families keep their calls: sqrt(2) is maths, len( is code.
+        assert_eq!(fam("sqrt(2)", Family::MathWord), 1);
+        assert_eq!(fam("n = len(xs)", Family::CodeKeyword), 1);
     }
 
     #[test]
