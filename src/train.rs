@@ -24,10 +24,25 @@
 //! Features without variance in the training rows (e.g. images, tools, turns when every
 //! training prompt is a single text turn) cannot be fitted: they get the prior weights in
 //! [`PRIORS`], flagged `prior: true` in the weights file.
+//!
+//! Spread ([`spread`]): the fitted logit is a calibrated estimate of `(1 + E[gain]) / 2`, and the
+//! expected gain varies little between prompts, so fitted scores bunch in a narrow band (about
+//! 0.48–0.66 on the shared sets): useless on a 0.05-bucket dashboard histogram, and too narrow
+//! for the per-request quality bias, which moves the threshold linearly towards 0 or 1. After
+//! fitting, every weight (priors included) and the bias are multiplied by one factor `k` and
+//! the bias re-centred, so the score stays literally `logistic(w·x + b)` with the same ranking
+//! (APGR and CPT unchanged) but: the median training prompt scores 0.5, and the 5th–95th
+//! percentile range of the training scores fits in [0.05, 0.95] with its farther end on the
+//! boundary. Centring on the median rather than mapping both percentiles exactly keeps the
+//! default threshold near the middle when the logits are skewed (they are: a long tail of
+//! prompts with many cues), so the quality bias has room in both directions. The score is then
+//! a rank-like complexity scale, not a probability; contributions are in these stretched logit
+//! units. The threshold is chosen after the stretch.
 
 use crate::calibrate;
 use crate::classify::{
-    DEFAULT_CLIP, FEATURE_NAMES, FORMAT_VERSION, FeatureWeight, Metadata, NUM_FEATURES, Weights,
+    DEFAULT_CLIP, FEATURE_NAMES, FORMAT_VERSION, FeatureWeight, Metadata, NUM_FEATURES, Rescale,
+    Weights,
 };
 use crate::eval::Row;
 
@@ -196,6 +211,54 @@ impl Model {
                 })
                 .collect(),
             metadata,
+        }
+    }
+}
+
+/// Training-score percentiles the stretch fits into [`SPREAD_SCORE`, 1 − `SPREAD_SCORE`].
+pub const SPREAD_QUANTILE: f64 = 0.05;
+
+/// Score the farther of the two [`SPREAD_QUANTILE`] percentiles is mapped to (its mirror image
+/// for the upper one).
+pub const SPREAD_SCORE: f64 = 0.05;
+
+impl Model {
+    /// The same ranking with logit `factor × (logit − centre)`: every weight, priors included,
+    /// times `factor`, and the bias moved accordingly.
+    pub fn rescaled(&self, r: Rescale) -> Model {
+        Model {
+            bias: r.factor * (self.bias - r.centre),
+            weight: self.weight.map(|w| r.factor * w),
+            ..self.clone()
+        }
+    }
+}
+
+/// The stretch that puts the median training logit at score 0.5 and the 5th–95th percentile
+/// range within [0.05, 0.95], the farther end on the boundary (see the module docs). Percentiles
+/// are nearest-rank on the sorted logits, so the result depends on the rows only. Degenerate
+/// data (every logit equal) gets the identity.
+pub fn spread(model: &Model, examples: &[Example]) -> Rescale {
+    let mut logits: Vec<f64> = examples.iter().map(|e| model.logit(&e.features)).collect();
+    logits.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        let last = logits.len().saturating_sub(1);
+        logits
+            .get(((q * last as f64).round() as usize).min(last))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let (low, centre, high) = (at(SPREAD_QUANTILE), at(0.5), at(1.0 - SPREAD_QUANTILE));
+    let half_width = (high - centre).max(centre - low);
+    // logit(1 − SPREAD_SCORE): the stretched logit of the farther percentile.
+    let target = ((1.0 - SPREAD_SCORE) / SPREAD_SCORE).ln();
+    let factor = target / half_width;
+    if half_width > 0.0 && factor.is_finite() {
+        Rescale { factor, centre }
+    } else {
+        Rescale {
+            factor: 1.0,
+            centre: 0.0,
         }
     }
 }
@@ -545,6 +608,67 @@ mod tests {
             fit(&ex, &TrainOptions::default()),
             Err(TrainError::BadLabel { row: 0, .. })
         ));
+    }
+
+    #[test]
+    fn spread_keeps_the_order_and_fills_the_range() {
+        // Skewed logits: a long upper tail, as on the shared sets.
+        let ex: Vec<Example> = (0..400)
+            .map(|i| {
+                let x = (i as f64 / 40.0).powi(2);
+                example(i, x, 1.0, if i % 3 == 0 || i > 300 { 0.0 } else { 1.0 })
+            })
+            .collect();
+        let m = fit(&ex, &TrainOptions::default()).unwrap();
+        let r = spread(&m, &ex);
+        assert!(r.factor > 1.0, "{r:?}");
+        let s = m.rescaled(r);
+        let mut before: Vec<f64> = ex.iter().map(|e| m.score(&e.features)).collect();
+        let mut after: Vec<f64> = ex.iter().map(|e| s.score(&e.features)).collect();
+        // Same order, prompt by prompt.
+        for i in 0..ex.len() {
+            for j in 0..ex.len() {
+                assert_eq!(
+                    before[i] < before[j],
+                    after[i] < after[j],
+                    "rows {i} and {j}"
+                );
+            }
+        }
+        before.sort_by(f64::total_cmp);
+        after.sort_by(f64::total_cmp);
+        let q = |v: &[f64], p: f64| v[(p * (v.len() - 1) as f64).round() as usize];
+        assert!(q(&before, 0.95) - q(&before, 0.05) < q(&after, 0.95) - q(&after, 0.05));
+        assert!((q(&after, 0.5) - 0.5).abs() < 1e-9);
+        let (lo, hi) = (q(&after, 0.05), q(&after, 0.95));
+        assert!(lo >= 0.05 - 1e-9 && hi <= 0.95 + 1e-9, "{lo} {hi}");
+        assert!(
+            (lo - 0.05).abs() < 1e-9 || (hi - 0.95).abs() < 1e-9,
+            "{lo} {hi}"
+        );
+        // Priors scale with the rest.
+        let images = FEATURE_NAMES.iter().position(|n| *n == "images").unwrap();
+        assert!((s.weight[images] - r.factor * m.weight[images]).abs() < 1e-12);
+    }
+
+    #[test]
+    fn spread_of_constant_logits_is_the_identity() {
+        let ex: Vec<Example> = (0..10)
+            .map(|i| Example {
+                features: [1.0; NUM_FEATURES],
+                strong: 1.0,
+                weak: (i % 2) as f64,
+                input_tokens: 10.0,
+            })
+            .collect();
+        let m = fit(&ex, &TrainOptions::default()).unwrap();
+        assert_eq!(
+            spread(&m, &ex),
+            Rescale {
+                factor: 1.0,
+                centre: 0.0
+            }
+        );
     }
 
     #[test]
