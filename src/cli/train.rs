@@ -131,7 +131,7 @@ pub fn run<R: BufRead>(
     order.sort_by(|&a, &b| model.weight[b].abs().total_cmp(&model.weight[a].abs()));
     writeln!(
         report,
-        "weights (stretched logit per standard deviation; * = prior, not fitted; 0 = fitted with the wrong sign, fixed at 0):"
+        "weights (stretched logit per standard deviation; * = prior, not fitted; 0 = fit broke its bound, fixed at the bound):"
     )?;
     for i in order {
         let mark = match (model.prior[i], model.clamped[i]) {
