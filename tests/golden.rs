@@ -239,7 +239,7 @@ fn classify(c: &Classifier, case: Case) -> Classification {
     }
     let turns = case.iter().filter(|(p, _)| *p != Part::System).count();
     acc.finish(Shape {
-        turns: u32::try_from(turns).unwrap(),
+        turns: u32::try_from(turns).unwrap_or(u32::MAX),
         ..PLAIN
     })
 }
@@ -252,7 +252,8 @@ fn scores(c: &Classifier, table: &[(&'static str, Case)]) -> Vec<(f64, &'static 
 }
 
 fn default_classifier() -> Classifier {
-    Classifier::new(Classifier::default_weights()).unwrap()
+    Classifier::new(Classifier::default_weights())
+        .unwrap_or_else(|e| panic!("default weights: {e}"))
 }
 
 #[test]
