@@ -151,7 +151,8 @@ pub fn run<R: BufRead>(
         held_out_apgr_pooled: pooled_cmp.classifier.apgr,
         method: format!(
             "logistic regression on standardised features, soft label (1 + strong - weak) / 2, \
-             L2 {} on weights, Newton's method, sign constraints on cue families; rows with crc32(id) % 5 == 0 held out; \
+             L2 {} on weights, Newton's method, sign constraints on cue families and length, floors on tokens, \
+             reasoning and analysis (train::FLOORS); rows with crc32(id) % 5 == 0 held out; \
              then every weight and the bias stretched by one factor so that the median training prompt scores 0.5 \
              and the training 5th-95th percentile scores fit in [0.05, 0.95] (see `rescale`); \
              threshold = CPT({}) point on the pooled training rows, after the stretch",
