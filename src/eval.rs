@@ -15,6 +15,13 @@
 //!   sending everything to strong: `1 − cost(routed) / cost(all strong)`, where a prompt's cost
 //!   on a model is `input price × estimated input tokens + output price × assumed output tokens`
 //!   ([`Prices`]; the output length is an assumption because it is unknown before the call).
+//!
+//! Against RouteLLM's published evaluation code (`routellm/evals/evaluate.py`): PGR, the
+//! strong-call share and APGR as a trapezoid area are the same; that code samples the curve at
+//! ten score quantiles and interpolates CPT linearly between them, while here every distinct
+//! score is a point (the exact curve of the router) and CPT is the first sweep point that
+//! reaches the target, with no interpolation, so a CPT here is one the router can actually
+//! be set to. Prices come from the config's model catalog (`eval`, `train`).
 
 /// Why metrics could not be computed.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -383,6 +390,107 @@ mod tests {
         assert!(close(op.cost_saved, 4125.0 / 9000.0));
         // A threshold equal to a score sends it to strong.
         assert_eq!(at_threshold(&rows, 0.2, &prices).unwrap().strong_share, 1.0);
+    }
+
+    #[test]
+    fn soft_labels_and_a_tie_at_the_top() {
+        // Gains by row: +0.5, +0.5 (tied at 0.8), −0.5, +1 → gap 1.5. The tie is one step:
+        // shares 0, 0.5, 0.75, 1; PGR 0, 1/1.5, 0.5/1.5, 1.
+        let rows = [
+            row(0.8, 1.0, 0.5),
+            row(0.8, 0.5, 0.0),
+            row(0.6, 0.0, 0.5),
+            row(0.2, 1.0, 0.0),
+        ];
+        let p = sweep(&rows).unwrap();
+        let shares: Vec<f64> = p.iter().map(|p| p.strong_share).collect();
+        assert_eq!(shares, [0.0, 0.5, 0.75, 1.0]);
+        let pgrs: Vec<f64> = p.iter().map(|p| p.pgr).collect();
+        for (got, want) in pgrs.iter().zip([0.0, 2.0 / 3.0, 1.0 / 3.0, 1.0]) {
+            assert!(close(*got, want), "{pgrs:?}");
+        }
+        // .5·(0 + 2/3)/2 + .25·(2/3 + 1/3)/2 + .25·(1/3 + 1)/2 = 1/6 + 1/8 + 1/6 = 11/24.
+        assert!(close(apgr(&p), 11.0 / 24.0));
+        // PGR 2/3 is first reached by the whole tie, never by half of it (no interpolation).
+        assert_eq!(cpt(&p, 0.5), Some(0.5));
+        assert_eq!(cpt(&p, 0.8), Some(1.0));
+        // Beyond every point's PGR: unreachable.
+        assert_eq!(cpt(&p, 1.01), None);
+    }
+
+    #[test]
+    fn cpt_takes_the_first_crossing_when_pgr_overshoots() {
+        // Gains +1, +1, −1, 0 → gap 1; PGR 0, 1, 2, 1, 1: CPT(80%) at share .25, even though
+        // PGR later falls back.
+        let rows = [
+            row(0.9, 1.0, 0.0),
+            row(0.8, 1.0, 0.0),
+            row(0.7, 0.0, 1.0),
+            row(0.1, 1.0, 1.0),
+        ];
+        let p = sweep(&rows).unwrap();
+        let pgrs: Vec<f64> = p.iter().map(|p| p.pgr).collect();
+        assert_eq!(pgrs, [0.0, 1.0, 2.0, 1.0, 1.0]);
+        assert_eq!(cpt(&p, 0.8), Some(0.25));
+        assert_eq!(cpt(&p, 1.5), Some(0.5));
+        // .25·(0+1)/2 + .25·(1+2)/2 + .25·(2+1)/2 + .25·(1+1)/2 = .125 + .375 + .375 + .25.
+        assert!(close(apgr(&p), 1.125));
+    }
+
+    #[test]
+    fn operating_point_matches_the_sweep_and_moves_ties_together() {
+        let rows = [
+            row(0.9, 1.0, 1.0),
+            row(0.5, 1.0, 0.0),
+            row(0.5, 1.0, 0.0),
+            row(0.1, 0.0, 0.0),
+        ];
+        let prices = Prices::default();
+        for p in sweep(&rows).unwrap() {
+            let op = at_threshold(&rows, p.threshold, &prices).unwrap();
+            assert_eq!(op.strong_share, p.strong_share);
+            assert!(close(op.pgr, p.pgr));
+        }
+        // Between 0.5 and 0.9: only the top row; at 0.5 both tied rows join it.
+        assert_eq!(
+            at_threshold(&rows, 0.6, &prices).unwrap().strong_share,
+            0.25
+        );
+        assert_eq!(
+            at_threshold(&rows, 0.5, &prices).unwrap().strong_share,
+            0.75
+        );
+    }
+
+    #[test]
+    fn cost_saved_weighs_prompts_by_their_size() {
+        // Strong costs 3·t + 15·10, fast 0.25·t + 1.25·10 (per million tokens; units cancel).
+        let prices = Prices {
+            strong_input: 3.0,
+            strong_output: 15.0,
+            weak_input: 0.25,
+            weak_output: 1.25,
+            output_tokens: 10.0,
+        };
+        let r = |score, input_tokens| Row {
+            score,
+            strong: 1.0,
+            weak: 0.0,
+            input_tokens,
+        };
+        // Long prompt strong (3·1000 + 150 = 3150), short prompt fast (0.25·100 + 12.5 = 37.5);
+        // all strong: 3150 + (300 + 150) = 3600. Saved 1 − 3187.5 / 3600.
+        let rows = [r(0.9, 1000.0), r(0.1, 100.0)];
+        let op = at_threshold(&rows, 0.5, &prices).unwrap();
+        assert!(close(op.cost_saved, 1.0 - 3187.5 / 3600.0));
+        // The other way round saves more: fast 0.25·1000 + 12.5 = 262.5, strong 450.
+        let rows = [r(0.1, 1000.0), r(0.9, 100.0)];
+        let op = at_threshold(&rows, 0.5, &prices).unwrap();
+        assert!(close(op.cost_saved, 1.0 - 712.5 / 3600.0));
+        // Everything fast saves 1 − 1/12 with these prices.
+        let op = at_threshold(&rows, 2.0, &prices).unwrap();
+        assert!(close(op.cost_saved, 11.0 / 12.0));
+        assert_eq!(op.strong_share, 0.0);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Property tests: any UTF-8 text and any request shape classify without panicking, to a
-//! finite score in [0, 1], the same every time.
+//! finite score in [0, 1] that is exactly `logistic(bias + Σ contributions)`, the same every
+//! time.
 
-use prompt_router::classify::{Classifier, Part, Shape};
+use prompt_router::classify::{Classifier, NUM_FEATURES, Part, Shape};
 use proptest::prelude::*;
 
 fn part() -> impl Strategy<Value = Part> {
@@ -55,6 +56,21 @@ proptest! {
         prop_assert!(a.values().iter().all(|v| v.is_finite()));
         prop_assert!(a.top_reasons(5).all(|(_, v)| v.is_finite()));
         prop_assert_eq!(a, run());
+    }
+
+    #[test]
+    fn score_is_the_logistic_of_bias_plus_contributions(pieces in prop::collection::vec((part(), text()), 0..4), shape in shape()) {
+        let weights = Classifier::default_weights();
+        let bias = weights.bias;
+        let c = Classifier::new(weights).unwrap();
+        let mut acc = c.begin();
+        for (p, t) in &pieces {
+            acc.push(*p, t);
+        }
+        let r = acc.finish(shape);
+        let sum: f64 = r.top_reasons(NUM_FEATURES).map(|(_, v)| v).sum();
+        prop_assert!((bias + sum - r.logit()).abs() < 1e-9);
+        prop_assert!((1.0 / (1.0 + (-r.logit()).exp()) - r.score()).abs() < 1e-12);
     }
 
     #[test]

@@ -43,11 +43,12 @@ enum Class {
     Comma,
     Underscore,
     Utf8Lead,
+    Utf8Symbol,
     Utf8Cont,
 }
 
 /// Number of byte classes.
-const NUM_CLASSES: usize = 20;
+const NUM_CLASSES: usize = 21;
 
 /// Byte → class.
 static CLASS: [u8; 256] = {
@@ -74,6 +75,9 @@ static CLASS: [u8; 256] = {
             b',' => Class::Comma,
             b'_' => Class::Underscore,
             0x80..=0xBF => Class::Utf8Cont,
+            // U+0080–U+00BF (°, ±, ·, µ, no-break space) and U+2000–U+2FFF (typographic
+            // quotes and dashes, maths operators, arrows): symbols, not letters of a script.
+            0xC2 | 0xE2 => Class::Utf8Symbol,
             0xC0..=0xFF => Class::Utf8Lead,
             _ => Class::Other,
         } as u8;
@@ -109,7 +113,6 @@ pub const FEATURE_NAMES: [&str; NUM_FEATURES] = [
     "lines",
     "avg_word_len",
     "sentence_len",
-    "upper_share",
     "digit_share",
     "numbers",
     "math_ops",
@@ -132,6 +135,7 @@ pub const FEATURE_NAMES: [&str; NUM_FEATURES] = [
     "simple_task",
     "long_output",
     "non_ascii_share",
+    "symbols",
     "system_tokens",
     "turns",
     "images",
@@ -155,7 +159,9 @@ pub(crate) struct PieceCounts {
 impl PieceCounts {
     /// Estimated tokens of this piece (see [`estimate_tokens`]).
     pub(crate) fn tokens(&self) -> f64 {
-        let lead = f64::from(self.classes[Class::Utf8Lead as usize]);
+        let lead = f64::from(
+            self.classes[Class::Utf8Lead as usize] + self.classes[Class::Utf8Symbol as usize],
+        );
         let cont = f64::from(self.classes[Class::Utf8Cont as usize]);
         estimate_tokens(f64::from(self.bytes) - lead - cont, lead)
     }
@@ -220,12 +226,20 @@ fn share(part: f64, whole: f64) -> f64 {
     if whole > 0.0 { part / whole } else { 0.0 }
 }
 
+/// Average word length is taken over the text's words plus this many words of
+/// [`PRIOR_WORD_LEN`] letters: the ratio over two or three words is noise, and a greeting
+/// should not read as an extreme of vocabulary.
+const PRIOR_WORDS: f64 = 5.0;
+
+/// Letters in a typical English word (the training prompts average 4.6).
+const PRIOR_WORD_LEN: f64 = 4.7;
+
 /// Output length a request asks for when it names none: the feature is 0 at this value.
 const NEUTRAL_MAX_TOKENS: f64 = 1024.0;
 
 /// Turns the weighted counts into the feature vector (order of [`FEATURE_NAMES`]).
 pub(crate) fn compute(t: &Totals, ctx: &Context) -> [f64; NUM_FEATURES] {
-    let lead = t.class(Class::Utf8Lead);
+    let lead = t.class(Class::Utf8Lead) + t.class(Class::Utf8Symbol);
     let cont = t.class(Class::Utf8Cont);
     let chars = t.bytes - cont;
     let ascii = chars - lead;
@@ -242,9 +256,12 @@ pub(crate) fn compute(t: &Totals, ctx: &Context) -> [f64; NUM_FEATURES] {
     [
         log_count(estimate_tokens(ascii, lead)),
         log_count(t.class(Class::Newline)),
-        share(letters, t.words).min(20.0),
+        // Letters of any script: a word of accented or non-Latin letters is as long as it looks.
+        // The prior words keep a one-word prompt from looking extreme.
+        ((letters + t.class(Class::Utf8Lead) + PRIOR_WORDS * PRIOR_WORD_LEN)
+            / (t.words + PRIOR_WORDS))
+            .min(20.0),
         log_count(t.words / (1.0 + t.family(Family::SentenceEnd))),
-        share(t.class(Class::Upper), letters),
         share(t.class(Class::Digit), chars),
         log_count(t.numbers),
         log_count(t.class(Class::MathOp) + t.class(Class::Equals)),
@@ -266,7 +283,8 @@ pub(crate) fn compute(t: &Totals, ctx: &Context) -> [f64; NUM_FEATURES] {
         log_count(t.family(Family::Negation)),
         log_count(t.family(Family::SimpleTask)),
         log_count(t.family(Family::LongOutput)),
-        share(lead, chars),
+        share(t.class(Class::Utf8Lead), chars),
+        log_count(t.class(Class::Utf8Symbol)),
         log_count(ctx.system_tokens),
         log_count(f64::from(ctx.turns.saturating_sub(1))),
         log_count(f64::from(ctx.images)),
@@ -398,6 +416,11 @@ impl Scanner {
                 }
             }
             if info.word_end && end < hay.len() && keywords::is_word_byte(hay[end]) {
+                continue;
+            }
+            if info.prose
+                && (hay.get(end) == Some(&b'(') || (end > len && hay[end - len - 1] == b'.'))
+            {
                 continue;
             }
             if let Some(f) = fams.get_mut(usize::from(info.family)) {
@@ -545,6 +568,19 @@ mod tests {
     }
 
     #[test]
+    fn prose_cues_do_not_count_inside_code() {
+        assert_eq!(fam("List three colors.", Family::SimpleTask), 1);
+        assert_eq!(fam("chars = list(text)", Family::SimpleTask), 0);
+        assert_eq!(fam("list(text)", Family::SimpleTask), 0);
+        assert_eq!(fam("Use the format below.", Family::Constraint), 1);
+        assert_eq!(fam("'{}'.format(x)", Family::Constraint), 0);
+        assert_eq!(fam("x.validate", Family::Analysis), 0);
+        // Maths and code families keep their calls: sqrt(2) is maths, len( is code.
+        assert_eq!(fam("sqrt(2)", Family::MathWord), 1);
+        assert_eq!(fam("n = len(xs)", Family::CodeKeyword), 1);
+    }
+
+    #[test]
     fn line_starts_include_the_first_line() {
         assert_eq!(fam("1. a\n2. b\n- c", Family::Enumeration), 3);
         assert_eq!(fam("x\n    y\n\tz", Family::Indentation), 2);
@@ -589,11 +625,12 @@ mod tests {
     #[test]
     fn counts_words_numbers_and_chars() {
         let s = Scanner::new().unwrap();
-        let c = s.scan("ab 12 cd3 é");
-        assert_eq!(c.words, 3);
+        let c = s.scan("ab 12 cd3 é ≤");
+        assert_eq!(c.words, 4);
         assert_eq!(c.numbers, 2);
         assert_eq!(c.classes[Class::Utf8Lead as usize], 1);
-        assert_eq!(c.classes[Class::Utf8Cont as usize], 1);
-        assert!((c.tokens() - (10.0 / 4.0 + 1.0)).abs() < 1e-12);
+        assert_eq!(c.classes[Class::Utf8Symbol as usize], 1);
+        assert_eq!(c.classes[Class::Utf8Cont as usize], 3);
+        assert!((c.tokens() - (11.0 / 4.0 + 2.0)).abs() < 1e-12);
     }
 }

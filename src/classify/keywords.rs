@@ -5,6 +5,11 @@
 //! the sides of a pattern that are alphanumeric, so "(a)" or "==" match anywhere. Patterns that
 //! start with `\n` match at the start of a line; the start of every text piece counts as a line
 //! start. Matching is ASCII case-insensitive.
+//!
+//! Natural-language cues (every family but code, maths and layout) do not count right after a
+//! `.` or right before a `(`: there the word is an identifier in code (`list(text)`,
+//! `"{}".format(x)`), not something the user asks for. Without this, code full of `list(…)`
+//! read as a "simple task" and pulled code prompts towards the fast model.
 
 /// A family of cue patterns; each family becomes one count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -410,6 +415,17 @@ pub(crate) const FAMILIES: [(Family, &[&str]); NUM_FAMILIES] = [
     ),
 ];
 
+/// Families of natural-language cues, which identifiers in code can spell by accident.
+const PROSE_FAMILIES: [Family; 7] = [
+    Family::Reasoning,
+    Family::Analysis,
+    Family::Constraint,
+    Family::MultiPart,
+    Family::Negation,
+    Family::SimpleTask,
+    Family::LongOutput,
+];
+
 /// One compiled pattern: which family it counts for and which boundaries to check.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PatternInfo {
@@ -421,6 +437,9 @@ pub(crate) struct PatternInfo {
     pub word_start: bool,
     /// The byte after the match must not be a word byte.
     pub word_end: bool,
+    /// A cue of natural-language prose: it does not count where it reads as code, i.e. right
+    /// after a `.` (a method: `.split`) or right before a `(` (a call: `list(`).
+    pub prose: bool,
 }
 
 /// Bytes that continue a word: ASCII alphanumerics, `_`, and any non-ASCII byte (so a match
@@ -449,6 +468,7 @@ pub(crate) fn patterns() -> (Vec<&'static str>, Vec<PatternInfo>) {
                 len: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
                 word_start: first.is_ascii_alphanumeric(),
                 word_end: !stem && last.is_ascii_alphanumeric(),
+                prose: PROSE_FAMILIES.contains(&FAMILIES[family].0),
             });
         }
     }

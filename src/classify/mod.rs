@@ -16,7 +16,8 @@ mod weights;
 
 pub use features::{BuildError, FEATURE_NAMES, NUM_FEATURES, estimate_tokens};
 pub use weights::{
-    DEFAULT_CLIP, FORMAT_VERSION, FeatureWeight, FileSummary, Metadata, Weights, WeightsError,
+    DEFAULT_CLIP, FORMAT_VERSION, FeatureWeight, FileSummary, Metadata, Rescale, Weights,
+    WeightsError,
 };
 
 use features::{Context, PieceCounts, Scanner, Totals};

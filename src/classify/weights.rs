@@ -81,6 +81,18 @@ pub struct FileSummary {
     pub held_out_apgr: f64,
 }
 
+/// How `train` stretched the fitted logit so that training scores fill [0, 1]: every weight
+/// and the bias were replaced by `factor × (fitted − centre)` (the bias) and `factor × fitted`
+/// (each weight). Ranking is unchanged; the threshold was chosen after the stretch.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rescale {
+    /// Multiplier applied to the fitted logit.
+    pub factor: f64,
+    /// Fitted logit that became 0 (score 0.5): the median over the training rows.
+    pub centre: f64,
+}
+
 /// Where the weights came from.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -93,6 +105,9 @@ pub struct Metadata {
     pub held_out_apgr_pooled: f64,
     /// Free-text description of the label, regularisation and threshold rule.
     pub method: String,
+    /// The stretch applied after fitting, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescale: Option<Rescale>,
 }
 
 /// A complete set of classifier weights.

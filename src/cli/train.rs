@@ -2,9 +2,10 @@
 //! file and pooled, and writes the weights file.
 //!
 //! Split: a row is held out iff `crc32(id) % 5 == 0` ([`is_held_out`]); the weights are fitted
-//! on the other rows of every file pooled (each row counts once). The stored threshold is chosen
-//! on the pooled training rows ([`choose_threshold`]). Every input line must parse: a bad line
-//! stops the run with its file and line number.
+//! on the other rows of every file pooled (each row counts once), the logit is stretched
+//! ([`train::spread`]), and the stored threshold is chosen on the pooled training rows
+//! ([`choose_threshold`]). Every input line must parse: a bad line stops the run with its file
+//! and line number.
 
 use std::io::{BufRead, Write};
 
@@ -91,13 +92,18 @@ pub fn run<R: BufRead>(
         .map(|(name, r)| read_file(&extractor, name, r))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let train_rows: Vec<Example> = files.iter().flat_map(|f| f.train.iter().cloned()).collect();
-    let model = train::fit(&train_rows, &opts.train)?;
+    let fitted = train::fit(&train_rows, &opts.train)?;
+    let rescale = train::spread(&fitted, &train_rows);
+    let model = fitted.rescaled(rescale);
     let threshold = choose_threshold(&model, &train_rows, &opts.train)?;
     writeln!(
         report,
-        "fitted on {} training rows in {} Newton iterations; threshold {:.4} = CPT({:.0}%) point on the training rows",
+        "fitted on {} training rows in {} Newton iterations; logit stretched ×{:.4} around {:.4} \
+         (median training prompt → 0.5); threshold {:.4} = CPT({:.0}%) point on the training rows",
         train_rows.len(),
         model.iterations,
+        rescale.factor,
+        rescale.centre,
         threshold,
         opts.train.target_pgr * 100.0
     )?;
@@ -125,7 +131,7 @@ pub fn run<R: BufRead>(
     order.sort_by(|&a, &b| model.weight[b].abs().total_cmp(&model.weight[a].abs()));
     writeln!(
         report,
-        "weights (per standard deviation; * = prior, not fitted; 0 = fitted with the wrong sign, fixed at 0):"
+        "weights (stretched logit per standard deviation; * = prior, not fitted; 0 = fit broke its bound, fixed at the bound):"
     )?;
     for i in order {
         let mark = match (model.prior[i], model.clamped[i]) {
@@ -145,10 +151,14 @@ pub fn run<R: BufRead>(
         held_out_apgr_pooled: pooled_cmp.classifier.apgr,
         method: format!(
             "logistic regression on standardised features, soft label (1 + strong - weak) / 2, \
-             L2 {} on weights, Newton's method, sign constraints on cue families; rows with crc32(id) % 5 == 0 held out; \
-             threshold = CPT({}) point on the pooled training rows",
+             L2 {} on weights, Newton's method, sign constraints on cue families and length, floors on tokens, \
+             reasoning and analysis (train::FLOORS); rows with crc32(id) % 5 == 0 held out; \
+             then every weight and the bias stretched by one factor so that the median training prompt scores 0.5 \
+             and the training 5th-95th percentile scores fit in [0.05, 0.95] (see `rescale`); \
+             threshold = CPT({}) point on the pooled training rows, after the stretch",
             opts.train.l2, opts.train.target_pgr
         ),
+        rescale: Some(rescale),
     };
     let weights = model.to_weights(threshold, metadata);
     weights_out.write_all(weights.to_json()?.as_bytes())?;
