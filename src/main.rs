@@ -294,7 +294,6 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
     let options = cli::train::TrainCliOptions {
         train: fit,
         prices: prices(&config, args.output_tokens),
-        date: cli::today_utc(),
     };
     let inputs = args
         .files

@@ -16,7 +16,7 @@ use crate::{
 /// Reads a weights file written by `train`, or returns the built-in weights for `None`.
 pub fn load_weights(path: Option<&Path>) -> anyhow::Result<Weights> {
     match path {
-        None => Ok(Classifier::default_weights()),
+        None => Classifier::default_weights().context("loading the built-in weights"),
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading weights file {}", path.display()))?;

@@ -252,7 +252,7 @@ fn scores(c: &Classifier, table: &[(&'static str, Case)]) -> Vec<(f64, &'static 
 }
 
 fn default_classifier() -> Classifier {
-    Classifier::new(Classifier::default_weights())
+    Classifier::new(Classifier::default_weights().unwrap())
         .unwrap_or_else(|e| panic!("default weights: {e}"))
 }
 

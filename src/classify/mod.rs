@@ -87,10 +87,10 @@ impl Classifier {
         })
     }
 
-    /// The committed default weights (`weights/default.json`). A unit test guarantees the
-    /// committed file is valid; were it not, this returns [`Weights::neutral`].
-    pub fn default_weights() -> Weights {
-        Weights::from_json(DEFAULT_WEIGHTS).unwrap_or_else(|_| Weights::neutral())
+    /// The committed default weights (`weights/default.json`). A unit test keeps the committed
+    /// file valid; an error here still surfaces at start-up rather than routing on neutral weights.
+    pub fn default_weights() -> Result<Weights, WeightsError> {
+        Weights::from_json(DEFAULT_WEIGHTS)
     }
 
     /// Default routing threshold from the weights.
@@ -227,7 +227,7 @@ mod tests {
     #[test]
     fn default_weights_file_is_valid() {
         let w = Weights::from_json(DEFAULT_WEIGHTS).unwrap();
-        assert_eq!(Classifier::default_weights(), w);
+        assert_eq!(Classifier::default_weights().unwrap(), w);
         assert!(w.threshold > 0.0 && w.threshold < 1.0);
     }
 
@@ -239,17 +239,17 @@ mod tests {
 
     #[test]
     fn contributions_sum_to_the_logit() {
-        let c = Classifier::new(Classifier::default_weights()).unwrap();
+        let c = Classifier::new(Classifier::default_weights().unwrap()).unwrap();
         let r = c.classify_prompt("Prove that sqrt(2) is irrational, step by step.");
         let sum: f64 = r.top_reasons(NUM_FEATURES).map(|(_, v)| v).sum();
-        let bias = Classifier::default_weights().bias;
+        let bias = Classifier::default_weights().unwrap().bias;
         assert!((bias + sum - r.logit()).abs() < 1e-9);
         assert!((logistic(r.logit()) - r.score()).abs() < 1e-12);
     }
 
     #[test]
     fn top_reasons_are_sorted_by_magnitude() {
-        let c = Classifier::new(Classifier::default_weights()).unwrap();
+        let c = Classifier::new(Classifier::default_weights().unwrap()).unwrap();
         let r = c.classify_prompt("def f(x):\n    return x * 2\n\nWhy does this fail?");
         let v: Vec<f64> = r.top_reasons(5).map(|(_, c)| c.abs()).collect();
         assert_eq!(v.len(), 5);

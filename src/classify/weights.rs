@@ -97,8 +97,6 @@ pub struct Rescale {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Metadata {
-    /// Date of training (YYYY-MM-DD, UTC).
-    pub trained: String,
     /// One summary per training file.
     pub files: Vec<FileSummary>,
     /// APGR on all held-out rows pooled.

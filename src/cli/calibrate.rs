@@ -87,7 +87,7 @@ mod tests {
 
     #[test]
     fn share_on_prompts_and_bad_line() {
-        let c = Classifier::new(Classifier::default_weights()).unwrap();
+        let c = Classifier::new(Classifier::default_weights().unwrap()).unwrap();
         let input = "{\"prompt\":\"hi\"}\n{\"prompt\":\"Prove that there are infinitely many primes, step by step.\"}\n";
         let mut out = Vec::new();
         let cal = run(&c, Target::Share(0.5), input.as_bytes(), &mut out).unwrap();

@@ -134,28 +134,6 @@ fn single_prompt(text: String) -> pb::ConverseRequest {
     }
 }
 
-/// Today's date (UTC) as YYYY-MM-DD, for the weights metadata.
-pub fn today_utc() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    civil_date(i64::try_from(secs / 86_400).unwrap_or(0))
-}
-
-/// Days since 1970-01-01 → YYYY-MM-DD (Howard Hinnant's civil-from-days).
-fn civil_date(days: i64) -> String {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,12 +190,5 @@ mod tests {
         assert!(r.labels().is_err());
         let r = Request::parse(r#"{"prompt":"x","strong_score":1,"weak_score":0}"#).unwrap();
         assert_eq!(r.labels().unwrap(), (1.0, 0.0));
-    }
-
-    #[test]
-    fn dates() {
-        assert_eq!(civil_date(0), "1970-01-01");
-        assert_eq!(civil_date(19_723), "2024-01-01");
-        assert_eq!(civil_date(20_513), "2026-03-01");
     }
 }

@@ -24,8 +24,6 @@ pub struct TrainCliOptions {
     pub train: TrainOptions,
     /// Prices for the cost figures in the report.
     pub prices: Prices,
-    /// Date recorded in the metadata (YYYY-MM-DD).
-    pub date: String,
 }
 
 struct FileRows {
@@ -146,7 +144,6 @@ pub fn run<R: BufRead>(
         )?;
     }
     let metadata = Metadata {
-        trained: opts.date.clone(),
         files: summaries,
         held_out_apgr_pooled: pooled_cmp.classifier.apgr,
         method: format!(
@@ -194,7 +191,6 @@ mod tests {
         let opts = TrainCliOptions {
             train: TrainOptions::default(),
             prices: Prices::default(),
-            date: "2026-01-01".into(),
         };
         let mut wout = Vec::new();
         let mut report = Vec::new();
@@ -225,7 +221,6 @@ mod tests {
         let opts = TrainCliOptions {
             train: TrainOptions::default(),
             prices: Prices::default(),
-            date: String::new(),
         };
         let err = run(
             vec![("x.jsonl".to_owned(), "{\"prompt\":\"a\"}\n".as_bytes())],
