@@ -252,7 +252,8 @@ fn scores(c: &Classifier, table: &[(&'static str, Case)]) -> Vec<(f64, &'static 
 }
 
 fn default_classifier() -> Classifier {
-    Classifier::new(Classifier::default_weights().unwrap())
+    Classifier::default_weights()
+        .and_then(Classifier::new)
         .unwrap_or_else(|e| panic!("default weights: {e}"))
 }
 
