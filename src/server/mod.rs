@@ -13,7 +13,10 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::server::HealthReporter;
 
-pub use self::service::{REQUEST_ID, Router, RouterService};
+pub use self::{
+    service::{REQUEST_ID, Router, RouterService},
+    status::code_label,
+};
 use crate::{
     backend::{Auth, Bedrock},
     config::Config,
