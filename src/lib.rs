@@ -17,6 +17,7 @@ pub mod config;
 pub mod cost;
 pub mod decide;
 pub mod eval;
+pub mod load;
 pub mod pb;
 pub mod policy;
 pub mod request;

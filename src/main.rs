@@ -14,10 +14,12 @@ use prompt_router::{
     config::{Config, LogFormat},
     decide::Decider,
     eval::Prices,
+    load,
     server::{self, Options},
     setup, sim, telemetry,
     train::TrainOptions,
 };
+use tonic_health::pb::health_check_response::ServingStatus;
 
 /// Routes each conversation to the cheapest Claude model on Amazon Bedrock that can answer it.
 #[derive(Debug, Parser)]
@@ -43,6 +45,10 @@ enum Command {
     Train(TrainArgs),
     /// Find the threshold that sends a target share to strong, or recovers a target quality gap.
     Calibrate(CalibrateArgs),
+    /// Send a fixed-rate mix of prompts to a running router and summarise the replies.
+    Load(LoadArgs),
+    /// Ask a router's gRPC health service; exit 0 when it is SERVING, 1 otherwise.
+    Health(HealthArgs),
 }
 
 #[derive(Debug, Args)]
@@ -166,6 +172,48 @@ struct CalibrateArgs {
     file: Option<PathBuf>,
 }
 
+#[derive(Debug, Args)]
+struct LoadArgs {
+    /// The router's gRPC address (host:port or http:// URL).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:50051")]
+    target: String,
+    /// Requests per second, e.g. 50 or 50/s.
+    #[arg(long, value_name = "R/s", value_parser = load::parse_rate)]
+    rate: f64,
+    /// How long to send, e.g. 30s, 5m.
+    #[arg(long, value_name = "D", value_parser = load::parse_duration)]
+    duration: std::time::Duration,
+    /// JSON lines of samples ({"prompt"} or a router.v1 request, optional "stream", "name");
+    /// the built-in mix when absent.
+    #[arg(long, value_name = "FILE.jsonl")]
+    prompts: Option<PathBuf>,
+    /// Most requests in flight; a slot that finds them all busy is counted, not sent.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    concurrency: usize,
+    /// Deadline of each request, e.g. 30s.
+    #[arg(long, value_name = "D", default_value = "60s", value_parser = load::parse_duration)]
+    timeout: std::time::Duration,
+    /// Seed of the sample choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct HealthArgs {
+    /// The router's gRPC address (host:port or http:// URL).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:50051")]
+    addr: String,
+    /// The service to ask about; "" (the default) is the whole server.
+    #[arg(long, default_value = "")]
+    service: String,
+    /// Give up after this long, e.g. 2s.
+    #[arg(long, value_name = "D", default_value = "2s", value_parser = load::parse_duration)]
+    timeout: std::time::Duration,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -176,6 +224,8 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval(&args),
         Command::Train(args) => train(&args),
         Command::Calibrate(args) => calibrate(&args),
+        Command::Load(args) => runtime().and_then(|rt| rt.block_on(load(args))),
+        Command::Health(args) => runtime().and_then(|rt| rt.block_on(health(&args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -236,6 +286,45 @@ async fn shutdown_signal() -> anyhow::Result<()> {
         ctrl_c = tokio::signal::ctrl_c() => ctrl_c.context("waiting for Ctrl-C")?,
         _ = term.recv() => {}
     }
+    Ok(())
+}
+
+async fn load(args: LoadArgs) -> anyhow::Result<()> {
+    let samples = match &args.prompts {
+        Some(path) => load::samples::read(input(Some(path))?)
+            .with_context(|| format!("reading {}", path.display()))?,
+        None => load::samples::built_in(),
+    };
+    let options = load::LoadOptions {
+        target: args.target,
+        rate: args.rate,
+        duration: args.duration,
+        concurrency: args.concurrency,
+        timeout: args.timeout,
+        seed: args.seed,
+    };
+    let summary = load::run(&options, &samples).await?;
+    let mut out = stdout();
+    if args.json {
+        serde_json::to_writer(&mut out, &summary)?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "{summary}")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+async fn health(args: &HealthArgs) -> anyhow::Result<()> {
+    let status = cli::health::check(&args.addr, &args.service, args.timeout).await?;
+    writeln!(stdout(), "{}", status.as_str_name())?;
+    anyhow::ensure!(
+        status == ServingStatus::Serving,
+        "{} reports {} for service {:?}",
+        args.addr,
+        status.as_str_name(),
+        args.service
+    );
     Ok(())
 }
 

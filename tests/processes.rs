@@ -178,6 +178,8 @@ fn every_command_has_help() {
         &["eval"],
         &["train"],
         &["calibrate"],
+        &["load"],
+        &["health"],
     ] {
         let output = Command::new(BIN)
             .args(command)

@@ -10,6 +10,7 @@
 pub mod calibrate;
 pub mod classify;
 pub mod eval;
+pub mod health;
 pub mod train;
 
 use anyhow::{Context as _, bail};

@@ -19,7 +19,10 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 
 use self::dispatch::Resilience;
-pub use self::service::{REQUEST_ID, Router, RouterService};
+pub use self::{
+    service::{REQUEST_ID, Router, RouterService},
+    status::code_label,
+};
 use crate::{
     backend::{Auth, Bedrock},
     config::Config,

@@ -1,0 +1,193 @@
+//! The load generator against an in-process router and simulator: the schedule sends exactly
+//! rate × duration requests on time, its summary agrees with the router's own counters to the
+//! nano-dollar, a saturated router shows up as requests not sent rather than a slower schedule,
+//! and the `load` subcommand prints the same summary as JSON. One test: the metrics recorder is
+//! process-wide, so runs must not overlap.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use prompt_router::{
+    load::{self, LoadOptions, Sample, Summary},
+    sim::LatencyConfig,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_prompt-router");
+
+/// `router_*` series of a scrape, values as written.
+fn scrape(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter(|l| l.starts_with("router_"))
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            (series.to_owned(), value.to_owned())
+        })
+        .collect()
+}
+
+/// Sum of the series of `family` whose labels contain every `filter`.
+fn sum(series: &BTreeMap<String, String>, family: &str, filters: &[&str]) -> f64 {
+    series
+        .iter()
+        .filter(|(name, _)| {
+            (name.as_str() == family || name.starts_with(&format!("{family}{{")))
+                && filters.iter().all(|f| name.contains(f))
+        })
+        .map(|(_, v)| v.parse::<f64>().unwrap())
+        .sum()
+}
+
+/// Exact nano-dollars of the money counters, which are rendered with nine decimals.
+fn nanodollars(series: &BTreeMap<String, String>, family: &str) -> u64 {
+    series
+        .iter()
+        .filter(|(name, _)| name.as_str() == family || name.starts_with(&format!("{family}{{")))
+        .map(|(_, v)| {
+            let (whole, fraction) = v.split_once('.').unwrap();
+            assert_eq!(fraction.len(), 9, "{v}");
+            whole.parse::<u64>().unwrap() * 1_000_000_000 + fraction.parse::<u64>().unwrap()
+        })
+        .sum()
+}
+
+fn samples() -> Vec<Sample> {
+    let mut samples = load::samples::built_in();
+    for (name, stream) in [("throttled", false), ("throttled-stream", true)] {
+        samples.push(Sample {
+            name: name.to_owned(),
+            request: load::samples::ask("Busy? [sim:fail=ThrottlingException]"),
+            stream,
+        });
+    }
+    samples
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_keeps_its_schedule_and_agrees_with_the_router() {
+    let router = common::start().await;
+    router.sim().set_latency(LatencyConfig {
+        ttft_ms: 5,
+        per_token_ms: 0,
+    });
+    let options = LoadOptions {
+        target: router.running.grpc_addr.to_string(),
+        rate: 40.0,
+        duration: Duration::from_millis(2500),
+        concurrency: 64,
+        timeout: Duration::from_secs(10),
+        seed: 11,
+    };
+    let summary = load::run(&options, &samples()).await.expect("load runs");
+
+    assert_eq!(summary.planned, 100, "rate × duration");
+    assert_eq!(summary.sent + summary.not_sent, summary.planned);
+    assert_eq!(summary.not_sent, 0, "{summary}");
+    // The last slot is due at 2.475 s; the run cannot end before it.
+    assert!(summary.elapsed_s >= 2.475, "{summary}");
+    assert!(summary.elapsed_s < 2.475 + 10.0, "{summary}");
+    let errors: u64 = summary.errors.values().sum();
+    assert_eq!(summary.ok + errors, summary.sent);
+    assert!(
+        summary
+            .errors
+            .get("resource_exhausted")
+            .is_some_and(|n| *n > 0),
+        "{summary}"
+    );
+    assert!(
+        summary.strong > 0 && summary.fast > 0,
+        "both tiers: {summary}"
+    );
+    assert_eq!(summary.strong + summary.fast, summary.ok);
+    assert!(summary.ttft.is_some(), "some samples stream");
+    assert!(summary.latency.p50_ms <= summary.latency.p99_ms);
+    assert!(summary.latency.p99_ms <= summary.latency.max_ms);
+
+    // The router counted the same requests, tiers, failures and money.
+    let series = scrape(&common::http_get(&router.metrics_url()).await);
+    let requests = "router_requests_total";
+    assert_eq!(sum(&series, requests, &[]), summary.sent as f64);
+    assert_eq!(
+        sum(&series, requests, &["outcome=\"ok\""]),
+        summary.ok as f64
+    );
+    for (code, count) in &summary.errors {
+        assert_eq!(
+            sum(&series, requests, &[&format!("outcome=\"{code}\"")]),
+            *count as f64,
+            "{code}"
+        );
+    }
+    let ok_tier = |tier: &str| {
+        sum(
+            &series,
+            requests,
+            &["outcome=\"ok\"", &format!("tier=\"{tier}\"")],
+        )
+    };
+    assert_eq!(ok_tier("strong"), summary.strong as f64);
+    assert_eq!(ok_tier("fast"), summary.fast as f64);
+    assert_eq!(
+        nanodollars(&series, "router_cost_usd_total"),
+        summary.cost_nanodollars
+    );
+    assert_eq!(
+        nanodollars(&series, "router_baseline_cost_usd_total"),
+        summary.baseline_nanodollars
+    );
+    assert!(summary.savings_share() > 0.0 && summary.savings_share() < 1.0);
+
+    // The subcommand: same machinery, summary as JSON on stdout.
+    let target = options.target.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(BIN)
+            .args([
+                "load",
+                "--target",
+                &target,
+                "--rate",
+                "20/s",
+                "--duration",
+                "500ms",
+                "--json",
+            ])
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let cli: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON summary");
+    assert_eq!(cli["planned"], 10);
+    assert_eq!(cli["sent"], 10);
+    assert_eq!(cli["ok"], 10, "built-in samples all succeed: {cli}");
+
+    // A saturated router: two slots, answers that take 300 ms, 20 slots a second. Requests
+    // that find no free slot are counted, and the schedule does not slow down for them.
+    router.sim().set_latency(LatencyConfig {
+        ttft_ms: 300,
+        per_token_ms: 0,
+    });
+    let saturated = LoadOptions {
+        rate: 20.0,
+        duration: Duration::from_secs(1),
+        concurrency: 2,
+        ..options
+    };
+    let summary: Summary = load::run(&saturated, &samples()).await.expect("load runs");
+    assert_eq!(summary.planned, 20);
+    assert_eq!(summary.sent + summary.not_sent, 20);
+    assert!(summary.not_sent >= 10, "{summary}");
+    assert!(summary.sent >= 2, "{summary}");
+    assert!(summary.latency.p50_ms >= 300.0, "{summary}");
+    assert!(
+        summary.elapsed_s < 2.0,
+        "the schedule did not stretch: {summary}"
+    );
+}
