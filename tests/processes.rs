@@ -351,3 +351,31 @@ async fn health_reports_not_serving_as_soon_as_shutdown_starts() {
         .expect("wait");
     assert!(status.success());
 }
+
+#[tokio::test]
+async fn an_independent_aws_client_parses_the_simulator() {
+    let sim = Proc::spawn(Command::new(BIN).args(["simulate", "--listen", "127.0.0.1:0"]));
+    let endpoint = sim.wait_for_field("endpoint");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/boto3_check.py");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("python3").arg(script).arg(&endpoint).output()
+    })
+    .await
+    .unwrap()
+    .expect("python3 must be installed (scripts/test installs boto3)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "boto3 check failed (scripts/test installs boto3):\n{stdout}\n{stderr}"
+    );
+    for check in [
+        "converse ok",
+        "converse_stream ok",
+        "error ok: ThrottlingException 429",
+        "typed ValidationException ok",
+        "mid-stream exception ok",
+    ] {
+        assert!(stdout.contains(check), "{check}:\n{stdout}");
+    }
+}
