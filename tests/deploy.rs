@@ -348,10 +348,14 @@ fn probes_ports_and_drain_match_the_router() {
     let pod = &base.deployment()["spec"]["template"]["spec"];
     let grace = u64_at(pod, "/terminationGracePeriodSeconds");
     let pre_stop = u64_at(container, "/lifecycle/preStop/sleep/seconds");
-    let drain = config.bedrock.call_timeout_ms.div_ceil(1000);
     assert!(
-        grace >= pre_stop + drain,
-        "terminationGracePeriodSeconds {grace} < preStop {pre_stop} s + call timeout {drain} s"
+        config.server.drain_timeout_ms >= config.bedrock.call_timeout_ms,
+        "the drain must outlast a call without a deadline"
+    );
+    let drain = config.server.drain_timeout_ms.div_ceil(1000);
+    assert!(
+        grace > pre_stop + drain,
+        "terminationGracePeriodSeconds {grace} <= preStop {pre_stop} s + drain {drain} s"
     );
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(
