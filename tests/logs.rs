@@ -5,63 +5,31 @@
 
 mod common;
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
+
+use common::process::{Proc, serve_simulated};
 
 use prompt_router::pb::{self, prompt_router_client::PromptRouterClient};
 use serde_json::Value;
 use tonic::transport::Channel;
 
-const BIN: &str = env!("CARGO_BIN_EXE_prompt-router");
 /// A marker no log line may hold unless prompts are logged.
 const SECRET: &str = "zebra-umbrella-4711";
 
 /// `prompt-router serve --simulate --log-format json`, its stderr parsed line by line.
 struct Router {
-    child: Child,
-    lines: mpsc::Receiver<String>,
+    process: Proc,
     seen: Vec<String>,
 }
 
 impl Router {
     fn start(log_prompts: bool) -> Self {
-        let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--simulate",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-            ])
-            .env("RUST_LOG", "info")
-            .env(
-                "ROUTER__TELEMETRY__LOG_PROMPTS",
-                if log_prompts { "true" } else { "false" },
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let process = Proc::spawn(serve_simulated(&["--log-format", "json"]).env(
+            "ROUTER__TELEMETRY__LOG_PROMPTS",
+            if log_prompts { "true" } else { "false" },
+        ));
         Self {
-            child,
-            lines,
+            process,
             seen: Vec::new(),
         }
     }
@@ -71,7 +39,7 @@ impl Router {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
+            let line = self.process.lines.recv_timeout(left).unwrap_or_else(|_| {
                 panic!("no log line for {what}; saw:\n{}", self.seen.join("\n"))
             });
             self.seen.push(line.clone());
@@ -101,13 +69,6 @@ impl Router {
         PromptRouterClient::connect(format!("http://{addr}"))
             .await
             .expect("connect")
-    }
-}
-
-impl Drop for Router {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -4,74 +4,10 @@
 
 mod common;
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
+use common::process::{BIN, Proc, serve_simulated};
 use prompt_router::pb::prompt_router_client::PromptRouterClient;
-
-const BIN: &str = env!("CARGO_BIN_EXE_prompt-router");
-
-/// A child process whose stderr lines are forwarded to a channel.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Proc {
-    fn spawn(command: &mut Command) -> Self {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env("RUST_LOG", "info")
-            .spawn()
-            .expect("spawn");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self { child, lines }
-    }
-
-    /// Waits for a log line holding `key=VALUE` and returns VALUE.
-    fn wait_for_field(&self, key: &str) -> String {
-        let needle = format!("{key}=");
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(Duration::from_secs(30))
-                .expect("process output");
-            if let Some(at) = line.find(&needle) {
-                let value = &line[at + needle.len()..];
-                return value.split_whitespace().next().unwrap().to_owned();
-            }
-        }
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill");
-        self.child.wait().expect("wait")
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
 
 #[tokio::test]
 async fn serve_works_against_a_separately_started_simulator() {
@@ -232,18 +168,7 @@ fn route_prints_one_decision_per_prompt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_accepted_requests_refuses_new_ones_and_exits_0() {
-    let router = Proc::spawn(
-        Command::new(BIN)
-            .args([
-                "serve",
-                "--simulate",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ])
-            .env("ROUTER__SERVER__DRAIN_TIMEOUT_MS", "10000"),
-    );
+    let router = Proc::spawn(serve_simulated(&[]).env("ROUTER__SERVER__DRAIN_TIMEOUT_MS", "10000"));
     let grpc_addr = router.wait_for_field("grpc_addr");
     let endpoint = format!("http://{grpc_addr}");
     let client = PromptRouterClient::connect(endpoint.clone())
@@ -259,11 +184,7 @@ async fn sigterm_finishes_accepted_requests_refuses_new_ones_and_exits_0() {
         });
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let pid = router.child.id().to_string();
-    Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
+    router.sigterm();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let refused = match PromptRouterClient::connect(endpoint).await {
@@ -291,18 +212,7 @@ async fn health_reports_not_serving_as_soon_as_shutdown_starts() {
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
-    let router = Proc::spawn(
-        Command::new(BIN)
-            .args([
-                "serve",
-                "--simulate",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ])
-            .env("ROUTER__SERVER__SHUTDOWN_DELAY_MS", "1500"),
-    );
+    let router = Proc::spawn(serve_simulated(&[]).env("ROUTER__SERVER__SHUTDOWN_DELAY_MS", "1500"));
     let grpc_addr = router.wait_for_field("grpc_addr");
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}"))
         .unwrap()
@@ -322,11 +232,7 @@ async fn health_reports_not_serving_as_soon_as_shutdown_starts() {
             .status;
         assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
     }
-    let pid = router.child.id().to_string();
-    Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
+    router.sigterm();
     tokio::time::sleep(Duration::from_millis(300)).await;
     for service in ["", "router.v1.PromptRouter"] {
         let status = health

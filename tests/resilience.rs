@@ -160,7 +160,7 @@ async fn a_200ms_deadline_against_a_slow_model_cancels_the_upstream_call() {
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     // Near 200 ms, far from the model's 5 s; the upper bound leaves room for a loaded CI machine.
     assert!(
-        took >= Duration::from_millis(180) && took < Duration::from_millis(1_000),
+        took >= Duration::from_millis(170) && took < Duration::from_millis(1_000),
         "{took:?}"
     );
     // The simulator sees its client go away: the upstream request is gone, not left running.
@@ -232,16 +232,7 @@ async fn a_stream_that_fails_before_its_first_token_is_retried_invisibly() {
             metadata.fallback.as_ref().unwrap().kind,
             pb::FallbackKind::Region as i32
         );
-        let text: String = events
-            .iter()
-            .filter_map(|e| match e {
-                Event::Delta(pb::Delta {
-                    delta: Some(pb::delta::Delta::Text(t)),
-                    ..
-                }) => Some(t.as_str()),
-                _ => None,
-            })
-            .collect();
+        let text = common::streamed_text(&events);
         assert!(
             text.starts_with(&format!("[{HAIKU_US}]")),
             "{directive}: one clean answer, nothing doubled"

@@ -34,8 +34,10 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// How many top features a decision names.
 const REASONS: usize = 3;
 /// Answer slightly before the caller's deadline so the caller gets DEADLINE_EXCEEDED from us
-/// (with a message) rather than a bare cancellation from the transport's own timer.
-const DEADLINE_MARGIN: Duration = Duration::from_millis(3);
+/// (with a message) rather than a bare cancellation from its own or the transport's timer, which
+/// started earlier than ours (the request spent time on the wire). A tenth of the budget, at
+/// most 20 ms.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 /// Events buffered per stream between the upstream reader and the caller.
 const STREAM_BUFFER: usize = 32;
 
@@ -90,8 +92,9 @@ impl Context {
                 !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
             })
             .map_or_else(|| format!("{:032x}", fastrand::u128(..)), str::to_owned);
-        let budget =
-            grpc_timeout(metadata).map_or(call_timeout, |t| t.saturating_sub(DEADLINE_MARGIN));
+        let budget = grpc_timeout(metadata).map_or(call_timeout, |t| {
+            t.saturating_sub(DEADLINE_MARGIN.min(t / 10))
+        });
         let span = tracing::info_span!(
             "request",
             rpc,

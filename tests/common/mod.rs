@@ -2,6 +2,8 @@
 //! Bedrock simulator behind the real SDK client, and a real tonic client.
 #![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
+pub mod process;
+
 use prompt_router::{
     config::Config,
     pb::{self, prompt_router_client::PromptRouterClient},
@@ -123,6 +125,20 @@ pub const PNG_1X1: &[u8] = &[
     0x00, 0x03, 0x01, 0x01, 0x00, 0x18, 0xDD, 0x8D, 0xB0, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4E,
     0x44, 0xAE, 0x42, 0x60, 0x82,
 ];
+
+/// The concatenated text deltas of a stream's events.
+pub fn streamed_text(events: &[pb::converse_stream_event::Event]) -> String {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            pb::converse_stream_event::Event::Delta(pb::Delta {
+                delta: Some(pb::delta::Delta::Text(t)),
+                ..
+            }) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect()
+}
 
 /// All text of a reply message.
 pub fn reply_text(response: &pb::ConverseResponse) -> String {

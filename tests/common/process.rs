@@ -1,0 +1,95 @@
+//! The `prompt-router` binary as a child process, its stderr read line by line.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_prompt-router");
+
+/// `prompt-router serve --simulate` on ephemeral ports, plus `extra` arguments.
+pub fn serve_simulated(extra: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args([
+            "serve",
+            "--simulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .args(extra);
+    command
+}
+
+/// A running child whose stderr lines arrive on a channel; killed when dropped.
+pub struct Proc {
+    /// The child process.
+    pub child: Child,
+    /// Its stderr, one line per message.
+    pub lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    /// Spawns `command` with `RUST_LOG=info`, stdin and stdout closed, stderr captured.
+    pub fn spawn(command: &mut Command) -> Self {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", "info")
+            .spawn()
+            .expect("spawn");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Waits for a text log line holding `key=VALUE` and returns VALUE.
+    pub fn wait_for_field(&self, key: &str) -> String {
+        let needle = format!("{key}=");
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(30))
+                .expect("process output");
+            if let Some(at) = line.find(&needle) {
+                let value = &line[at + needle.len()..];
+                return value.split_whitespace().next().expect("a value").to_owned();
+            }
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+    }
+
+    /// Sends SIGTERM and waits for the exit (blocking: call it off the async runtime).
+    pub fn terminate(mut self) -> ExitStatus {
+        self.sigterm();
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
