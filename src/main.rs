@@ -143,9 +143,15 @@ struct TrainArgs {
     /// Where to write the weights.
     #[arg(long, value_name = "FILE", default_value = "weights/default.json")]
     out: PathBuf,
-    /// L2 regularisation strength.
+    /// L2 pull of size and shape features towards their prior weights.
     #[arg(long)]
     l2: Option<f64>,
+    /// L2 pull of cue families towards their prior weights.
+    #[arg(long)]
+    cue_l2: Option<f64>,
+    /// Smallest share of the logit's spread the length term must carry (0 turns it off).
+    #[arg(long)]
+    length_share: Option<f64>,
     /// Quality-gap recovery the stored default threshold must reach on the training rows.
     #[arg(long)]
     target_pgr: Option<f64>,
@@ -376,6 +382,12 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
     let mut fit = TrainOptions::default();
     if let Some(l2) = args.l2 {
         fit.l2 = l2;
+    }
+    if let Some(l2) = args.cue_l2 {
+        fit.cue_l2 = l2;
+    }
+    if let Some(share) = args.length_share {
+        fit.length_share = share;
     }
     if let Some(target) = args.target_pgr {
         fit.target_pgr = target;

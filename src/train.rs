@@ -1,8 +1,7 @@
 //! Training. PURE: fits the classifier's linear score on feature vectors.
 //!
-//! Model: L2-regularised logistic regression on standardised features, fitted by Newton's
-//! method from zero (deterministic: no randomness, no data-order dependence beyond float
-//! summation order).
+//! Model: logistic regression on standardised features, fitted by Newton's method from zero
+//! (deterministic: no randomness, no data-order dependence beyond float summation order).
 //!
 //! Label: the soft label `y = (1 + strong_score − weak_score) / 2`. Routing a prompt to the strong
 //! model gains `strong − weak` in quality, and APGR only depends on the order in which prompts
@@ -12,34 +11,45 @@
 //! towards 0.5 instead of being dropped, and rows where only the fast model is right pull down.
 //! In cross-validation on the training rows this beat "strong wins vs not" and "drop ties".
 //!
-//! Signs: cue families whose direction is known a priori (reasoning, code, maths, constraints,
-//! multi-part structure, and length itself push towards strong; simple-task cues push towards
-//! fast) are constrained to that sign ([`NON_NEGATIVE`], [`NON_POSITIVE`]), and length and the
-//! two families that ask for multi-step work (reasoning, analysis) to at least a small floor
-//! ([`FLOORS`]). A feature whose fitted weight breaks its bound is fixed at the bound and the
-//! rest refitted, until none is left (an active-set loop, deterministic). The labelled sets
-//! have quirks (e.g. on MMLU the fast model does as well as the strong one on maths-heavy
-//! questions), and letting them flip a general cue would carry badly to other domains; in
-//! cross-validation on the training rows, including folds split by MMLU subject, the
-//! constrained fit also scored higher.
+//! Priors ([`PRIORS`]): the labelled sets are two narrow domains (multiple-choice exam questions,
+//! and one fixed code-execution instruction). What they can say about a cue family is mostly
+//! what a handful of their subjects say: on MMLU the maths cues pull towards the fast model (in
+//! high-school mathematics the weak model beats the strong one on average), and no row asks for
+//! a proof, an essay or a program. So the L2 penalty pulls every weight towards a documented prior weight
+//! instead of towards 0 — cue families ([`CUE_FAMILIES`], rare in both sets) with
+//! `cue_l2`, size and shape features (which vary on every row) with `l2` — and a prior's sign is
+//! also a bound: a fit that breaks it fixes the weight at 0 and refits the rest (an active-set
+//! loop, deterministic). Features without a prior are fitted freely towards 0.
 //!
-//! Features without variance in the training rows (e.g. images, tools, turns when every
-//! training prompt is a single text turn) cannot be fitted: they get the prior weights in
-//! [`PRIORS`], flagged `prior: true` in the weights file.
+//! Length backbone ([`length_backbone`]): length is the one signal known to carry to every
+//! domain, and the shape features fitted on two sets may be noise in a third. After fitting,
+//! the `tokens` weight alone is raised (nothing refitted) until the length term has at least
+//! `length_share` of the standard deviation of the logit on the training rows. On a prompt set
+//! where every other feature is uninformative the ranking then stays close to length-only
+//! rather than drifting to random.
+//!
+//! Features without variance in the training rows (images, tools, turns, system prompts, code
+//! fences, output limits: every training prompt is a single text turn) cannot be fitted: they
+//! get their prior weight, standardised by the typical value and spread in [`UNSEEN`], and are
+//! flagged `prior: true` in the weights file.
+//!
+//! Model selection (the prior sizes are judgement; `l2`, `cue_l2` and `length_share` were chosen
+//! on the training rows only): 5-fold cross-validation, the same with MMLU folds grouped by
+//! subject, MMLU → CRUXEval and CRUXEval → MMLU transfer, the training rows with every feature but
+//! length shuffled (an uninformative set), and the out-of-domain suite in `tests/ood_suite.rs`.
 //!
 //! Spread ([`spread`]): the fitted logit is a calibrated estimate of `(1 + E[gain]) / 2`, and the
-//! expected gain varies little between prompts, so fitted scores bunch in a narrow band (about
-//! 0.48–0.66 on the shared sets): useless on a 0.05-bucket dashboard histogram, and too narrow
-//! for the per-request quality bias, which moves the threshold linearly towards 0 or 1. After
-//! fitting, every weight (priors included) and the bias are multiplied by one factor `k` and
-//! the bias re-centred, so the score stays literally `logistic(w·x + b)` with the same ranking
-//! (APGR and CPT unchanged) but: the median training prompt scores 0.5, and the 5th–95th
-//! percentile range of the training scores fits in [0.05, 0.95] with its farther end on the
-//! boundary. Centring on the median rather than mapping both percentiles exactly keeps the
-//! default threshold near the middle when the logits are skewed (they are: a long tail of
-//! prompts with many cues), so the quality bias has room in both directions. The score is then
-//! a rank-like complexity scale, not a probability; contributions are in these stretched logit
-//! units. The threshold is chosen after the stretch.
+//! expected gain varies little between prompts, so fitted scores bunch in a narrow band: useless
+//! on a 0.05-bucket dashboard histogram, and too narrow for the per-request quality bias, which
+//! moves the threshold linearly towards 0 or 1. After fitting, every weight (priors included)
+//! and the bias are multiplied by one factor `k` and the bias re-centred, so the score stays
+//! literally `logistic(w·x + b)` with the same ranking (APGR and CPT unchanged) but: the median
+//! training prompt scores 0.5, and the 5th–95th percentile range of the training scores fits in
+//! [0.05, 0.95] with its farther end on the boundary. Centring on the median rather than mapping
+//! both percentiles exactly keeps the default threshold near the middle when the logits are
+//! skewed, so the quality bias has room in both directions. The score is then a rank-like
+//! complexity scale, not a probability; contributions are in these stretched logit units. The
+//! threshold is chosen after the stretch.
 
 use crate::calibrate;
 use crate::classify::{
@@ -65,7 +75,7 @@ pub enum TrainError {
         weak: f64,
     },
     /// An option out of range.
-    #[error("option `{0}` must be a positive finite number")]
+    #[error("option `{0}` is out of range")]
     BadOption(&'static str),
     /// The Newton iteration produced a non-finite value.
     #[error("training diverged")]
@@ -91,9 +101,14 @@ pub struct Example {
 /// Training settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainOptions {
-    /// L2 penalty on the standardised weights; the objective is
-    /// `Σ cross-entropy + l2/2 · ‖w‖² + BIAS_L2/2 · bias²`.
+    /// L2 penalty pulling the standardised weight of a size or shape feature towards its prior;
+    /// the objective is `Σ cross-entropy + Σᵢ λᵢ/2 · (wᵢ − priorᵢ)² + BIAS_L2/2 · bias²`.
     pub l2: f64,
+    /// The same penalty for the [`CUE_FAMILIES`].
+    pub cue_l2: f64,
+    /// Smallest share, in [0, 1), of the logit's standard deviation on the training rows that
+    /// the length term must carry ([`length_backbone`]); 0 turns the backbone off.
+    pub length_share: f64,
     /// Newton iterations at most.
     pub max_iterations: usize,
     /// Stop when no parameter moves more than this.
@@ -108,7 +123,9 @@ pub struct TrainOptions {
 impl Default for TrainOptions {
     fn default() -> Self {
         Self {
-            l2: 5.0,
+            l2: 1000.0,
+            cue_l2: 2000.0,
+            length_share: 0.6,
             max_iterations: 100,
             tolerance: 1e-10,
             clip: DEFAULT_CLIP,
@@ -117,67 +134,87 @@ impl Default for TrainOptions {
     }
 }
 
-/// Prior (weight, typical value, scale) for features the labelled data cannot fit. Typical
-/// values are those of a single-turn text prompt with no system prompt, images, tools or
-/// output limit. The sizes are judgement, chosen to be comparable with the fitted weight of
-/// `tokens` per standard deviation: an image, a tool list, a long system prompt, a long
-/// conversation, a fenced code block and a large output limit each push towards the strong
-/// model.
-pub const PRIORS: [(&str, f64, f64, f64); 6] = [
-    ("code_fences", 0.05, 0.0, 1.0),
-    ("system_tokens", 0.02, 0.0, 2.0),
-    ("turns", 0.03, 0.0, 1.0),
-    ("images", 0.08, 0.0, 1.0),
-    ("tools", 0.05, 0.0, 1.0),
-    ("max_tokens", 0.04, 0.0, 1.0),
+/// Prior weight of each feature whose direction routing research documents, in logit (before
+/// the stretch) per unit of the feature value; count features are `ln(1 + count)`, so the unit
+/// is one e-fold of the count. For gains this small the logit is about twice the expected
+/// quality gain of the strong model, so `reasoning` at 0.25 says one "prove" or "derive"
+/// (ln 2 ≈ 0.69 units) adds about 0.09 to it, `tokens` at 0.10 that doubling a prompt adds about
+/// 0.035. Directions: multi-step reasoning, analysis, maths, code, constraints, multi-part
+/// structure, requested long output and length push towards the strong model (the categories
+/// where strong and fast models differ most in routing benchmarks), lookups and chit-chat
+/// towards the fast one. Sizes are judgement, set so that two or three strong cues outweigh a
+/// prompt several times shorter. Features absent here (word and sentence length, commas,
+/// quotes, negation, non-ASCII share) have no documented direction: fitted freely, pulled to 0.
+pub const PRIORS: [(&str, f64); 24] = [
+    ("tokens", 0.10),
+    ("lines", 0.02),
+    ("numbers", 0.05),
+    ("math_ops", 0.08),
+    ("math_words", 0.20),
+    ("latex", 0.10),
+    ("code_syntax", 1.0),
+    ("code_keywords", 0.12),
+    ("code_fences", 0.15),
+    ("indentation", 0.05),
+    ("questions", 0.05),
+    ("enumerations", 0.05),
+    ("multipart", 0.10),
+    ("reasoning", 0.25),
+    ("analysis", 0.20),
+    ("constraints", 0.10),
+    ("long_output", 0.15),
+    ("simple_task", -0.25),
+    ("symbols", 0.03),
+    ("system_tokens", 0.01),
+    ("turns", 0.03),
+    ("images", 0.08),
+    ("tools", 0.05),
+    ("max_tokens", 0.04),
 ];
 
-/// Smallest weight (per standard deviation, before the stretch) of features whose importance
-/// the labelled sets cannot show. They hardly ever ask to prove, derive or compare (MMLU is
-/// multiple choice, CRUXEval one fixed instruction), so the fit alone gives the reasoning and
-/// analysis families almost nothing, yet they are what marks a hard request in everyday
-/// traffic; and their prompts are all 50–600 tokens long, so nothing in them shows that a
-/// one-word greeting is easier than a page-long brief. The floors are judgement (the length
-/// floor is about what the fit gives length without the cue floors). In 5-fold cross-validation
-/// on the training rows, all three together move APGR from 0.6538 to 0.6539 on MMLU and from
-/// 0.5134 to 0.5099 on CRUXEval.
-pub const FLOORS: [(&str, f64); 3] = [("tokens", 0.04), ("reasoning", 0.02), ("analysis", 0.02)];
-
-/// Features whose weight may not be negative.
-pub const NON_NEGATIVE: [&str; 16] = [
-    "tokens",
-    "lines",
-    "sentence_len",
+/// Keyword families held to their priors with `cue_l2`: each fires on a few percent of the
+/// labelled rows, mostly in a few MMLU subjects, so its fitted weight says more about those
+/// subjects than about the cue.
+pub const CUE_FAMILIES: [&str; 11] = [
     "reasoning",
     "analysis",
-    "code_keywords",
-    "code_syntax",
-    "code_fences",
     "math_words",
-    "math_ops",
     "latex",
+    "code_keywords",
+    "code_fences",
     "constraints",
     "multipart",
     "enumerations",
-    "questions",
     "long_output",
+    "simple_task",
 ];
 
-/// Features whose weight may not be positive.
-pub const NON_POSITIVE: [&str; 1] = ["simple_task"];
+/// Typical value and spread of the features the labelled data has no variance in (every
+/// training prompt is one text turn with no system prompt, image, tool, output limit or code
+/// fence): the value of such a prompt, and a spread of one e-fold (two for system prompts,
+/// whose sizes vary more).
+pub const UNSEEN: [(&str, f64, f64); 6] = [
+    ("code_fences", 0.0, 1.0),
+    ("system_tokens", 0.0, 2.0),
+    ("turns", 0.0, 1.0),
+    ("images", 0.0, 1.0),
+    ("tools", 0.0, 1.0),
+    ("max_tokens", 0.0, 1.0),
+];
 
-/// The bound feature `i` breaks with `weight`, if any: its floor (or 0) when below it, 0 when
-/// positive for a feature that must not be.
+/// The prior weight of feature `i` per unit of its value (0 if it has none).
+fn prior_per_unit(i: usize) -> f64 {
+    PRIORS
+        .iter()
+        .find(|p| p.0 == FEATURE_NAMES[i])
+        .map_or(0.0, |p| p.1)
+}
+
+/// The bound feature `i` breaks with `weight`, if any: 0 when the weight's sign is the
+/// opposite of its prior's.
 fn broken_bound(i: usize, weight: f64) -> Option<f64> {
-    let name = FEATURE_NAMES[i];
-    let floor = FLOORS.iter().find(|f| f.0 == name).map_or(0.0, |f| f.1);
-    if weight < floor && NON_NEGATIVE.contains(&name) {
-        Some(floor)
-    } else if weight > 0.0 && NON_POSITIVE.contains(&name) {
-        Some(0.0)
-    } else {
-        None
-    }
+    let prior = prior_per_unit(i);
+    (prior * weight < 0.0).then_some(0.0)
 }
 
 /// A fitted linear score.
@@ -195,8 +232,11 @@ pub struct Model {
     pub clip: f64,
     /// Which weights are priors rather than fitted.
     pub prior: [bool; NUM_FEATURES],
-    /// Which weights were fixed at their bound (0 or a [`FLOORS`] value) because the fit broke it.
+    /// Which weights were fixed at 0 because the fit gave them the opposite sign of their prior.
     pub clamped: [bool; NUM_FEATURES],
+    /// How much [`length_backbone`] added to the `tokens` weight (0 if length already had its
+    /// share).
+    pub length_boost: f64,
     /// Newton iterations used.
     pub iterations: usize,
 }
@@ -297,16 +337,32 @@ const BIAS_L2: f64 = 1e-6;
 /// Standard deviation below which a feature counts as constant.
 const CONSTANT: f64 = 1e-9;
 
-/// Fits the model on `examples`.
+/// Index of the `tokens` feature, which the length backbone raises.
+fn tokens_index() -> usize {
+    FEATURE_NAMES
+        .iter()
+        .position(|n| *n == "tokens")
+        .unwrap_or(0)
+}
+
+/// Fits the model on `examples`: penalised fit towards the priors under their signs, then the
+/// length backbone.
 pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<Model, TrainError> {
     if examples.is_empty() {
         return Err(TrainError::Empty);
     }
-    if !(opts.clip.is_finite() && opts.clip > 0.0) {
+    let positive = |v: f64| v.is_finite() && v > 0.0;
+    if !positive(opts.clip) {
         return Err(TrainError::BadOption("clip"));
     }
-    if !(opts.l2.is_finite() && opts.l2 > 0.0) {
+    if !positive(opts.l2) {
         return Err(TrainError::BadOption("l2"));
+    }
+    if !positive(opts.cue_l2) {
+        return Err(TrainError::BadOption("cue_l2"));
+    }
+    if !(0.0..1.0).contains(&opts.length_share) {
+        return Err(TrainError::BadOption("length_share"));
     }
     for (row, e) in examples.iter().enumerate() {
         let ok = |v: f64| (0.0..=1.0).contains(&v);
@@ -337,16 +393,27 @@ pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<Model, TrainErro
             fitted.push(i);
         } else {
             prior[i] = true;
-            match PRIORS.iter().find(|p| p.0 == FEATURE_NAMES[i]) {
-                Some(&(_, w, typical, s)) => {
-                    weight[i] = w;
+            match UNSEEN.iter().find(|u| u.0 == FEATURE_NAMES[i]) {
+                Some(&(_, typical, spread)) => {
                     mean[i] = typical;
-                    scale[i] = s;
+                    scale[i] = spread;
+                    weight[i] = prior_per_unit(i) * spread;
                 }
                 None => mean[i] = m,
             }
         }
     }
+    // Penalty strength and centre per standardised weight: the prior per unit times the spread.
+    let penalty: Vec<(f64, f64)> = (0..NUM_FEATURES)
+        .map(|i| {
+            let l2 = if CUE_FAMILIES.contains(&FEATURE_NAMES[i]) {
+                opts.cue_l2
+            } else {
+                opts.l2
+            };
+            (l2, prior_per_unit(i) * scale[i])
+        })
+        .collect();
     let labels: Vec<f64> = examples
         .iter()
         .map(|e| (1.0 + e.strong - e.weak) / 2.0)
@@ -370,17 +437,18 @@ pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<Model, TrainErro
             .iter()
             .map(|e| {
                 (0..NUM_FEATURES)
-                    .filter(|&i| clamped[i])
+                    .filter(|&i| clamped[i] || prior[i])
                     .map(|i| weight[i] * z(e, i))
                     .sum()
             })
             .collect();
-        let (theta, used) = newton(&rows, &offsets, &labels, opts)?;
+        let free_penalty: Vec<(f64, f64)> = fitted.iter().map(|&i| penalty[i]).collect();
+        let (theta, used) = newton(&rows, &offsets, &labels, &free_penalty, opts)?;
         iterations += used;
-        let broken: Vec<(usize, f64)> = fitted
+        let broken: Vec<usize> = fitted
             .iter()
             .zip(&theta[1..])
-            .filter_map(|(&i, &w)| broken_bound(i, w).map(|b| (i, b)))
+            .filter_map(|(&i, &w)| broken_bound(i, w).map(|_| i))
             .collect();
         if broken.is_empty() {
             for (&i, &w) in fitted.iter().zip(&theta[1..]) {
@@ -388,13 +456,13 @@ pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<Model, TrainErro
             }
             break theta[0];
         }
-        for &(i, bound) in &broken {
+        for &i in &broken {
             clamped[i] = true;
-            weight[i] = bound;
+            weight[i] = 0.0;
         }
         fitted.retain(|&i| !clamped[i]);
     };
-    Ok(Model {
+    let mut model = Model {
         bias,
         weight,
         mean,
@@ -403,16 +471,66 @@ pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<Model, TrainErro
         prior,
         clamped,
         iterations,
-    })
+        length_boost: 0.0,
+    };
+    model.length_boost = length_backbone(&model, examples, opts.length_share);
+    model.weight[tokens_index()] += model.length_boost;
+    Ok(model)
+}
+
+/// How much to add to the `tokens` weight, nothing else changed, so that the length term's
+/// standard deviation over `examples` is at least `share` times the logit's. With length term
+/// `(w + d)·z` and the logit `L + d·z`, the share is reached where
+/// `(w + d)²·Var z = share²·Var(L + d·z)`, a quadratic in `d` with one positive root when the
+/// share is not yet met (`w ≥ 0`: length's prior is positive and its sign a bound). 0 when
+/// the share is already met, `share` is 0, or length does not vary.
+pub fn length_backbone(model: &Model, examples: &[Example], share: f64) -> f64 {
+    let t = tokens_index();
+    let n = examples.len() as f64;
+    if share <= 0.0 || examples.is_empty() {
+        return 0.0;
+    }
+    let pairs: Vec<(f64, f64)> = examples
+        .iter()
+        .map(|e| {
+            let z =
+                ((e.features[t] - model.mean[t]) / model.scale[t]).clamp(-model.clip, model.clip);
+            (z, model.logit(&e.features))
+        })
+        .collect();
+    let (mz, ml) = pairs
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (z, l)| (a + z / n, b + l / n));
+    let (mut var_z, mut var_l, mut cov) = (0.0, 0.0, 0.0);
+    for (z, l) in &pairs {
+        var_z += (z - mz) * (z - mz) / n;
+        var_l += (l - ml) * (l - ml) / n;
+        cov += (z - mz) * (l - ml) / n;
+    }
+    let w = model.weight[t];
+    let s2 = share * share;
+    let a = (1.0 - s2) * var_z;
+    let b = 2.0 * (w * var_z - s2 * cov);
+    let c = w * w * var_z - s2 * var_l;
+    if var_z <= CONSTANT || c >= 0.0 || w < 0.0 {
+        return 0.0;
+    }
+    (-b + (b * b - 4.0 * a * c).sqrt()) / (2.0 * a)
 }
 
 fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
 }
 
-/// Objective: Σ cross-entropy + l2/2 · ‖θ without bias‖² + BIAS_L2/2 · bias², each row's logit
-/// shifted by its offset.
-fn objective(rows: &[Vec<f64>], offsets: &[f64], labels: &[f64], theta: &[f64], l2: f64) -> f64 {
+/// Objective: Σ cross-entropy + Σ λ/2 · (θ − centre)² over the weights + BIAS_L2/2 · bias², each
+/// row's logit shifted by its offset; `penalty[j]` is (λ, centre) of weight j (θ[j + 1]).
+fn objective(
+    rows: &[Vec<f64>],
+    offsets: &[f64],
+    labels: &[f64],
+    theta: &[f64],
+    penalty: &[(f64, f64)],
+) -> f64 {
     let mut loss = 0.0;
     for ((x, &y), &o) in rows.iter().zip(labels).zip(offsets) {
         let z: f64 = o + x.iter().zip(theta).map(|(a, b)| a * b).sum::<f64>();
@@ -420,7 +538,13 @@ fn objective(rows: &[Vec<f64>], offsets: &[f64], labels: &[f64], theta: &[f64], 
         loss += z.max(0.0) + (-z.abs()).exp().ln_1p() - y * z;
     }
     let bias = theta.first().copied().unwrap_or(0.0);
-    loss + l2 / 2.0 * theta.iter().skip(1).map(|t| t * t).sum::<f64>() + BIAS_L2 / 2.0 * bias * bias
+    let l2: f64 = theta
+        .iter()
+        .skip(1)
+        .zip(penalty)
+        .map(|(t, &(l, c))| l / 2.0 * (t - c) * (t - c))
+        .sum();
+    loss + l2 + BIAS_L2 / 2.0 * bias * bias
 }
 
 /// Newton's method with step halving; returns the parameters and the iterations used.
@@ -428,11 +552,12 @@ fn newton(
     rows: &[Vec<f64>],
     offsets: &[f64],
     labels: &[f64],
+    penalty: &[(f64, f64)],
     opts: &TrainOptions,
 ) -> Result<(Vec<f64>, usize), TrainError> {
     let k = rows.first().map_or(1, Vec::len);
     let mut theta = vec![0.0; k];
-    let mut current = objective(rows, offsets, labels, &theta, opts.l2);
+    let mut current = objective(rows, offsets, labels, &theta, penalty);
     for iter in 1..=opts.max_iterations {
         let mut grad = vec![0.0; k];
         let mut hess = vec![0.0; k * k];
@@ -451,9 +576,9 @@ fn newton(
         }
         grad[0] += BIAS_L2 * theta[0];
         hess[0] += BIAS_L2;
-        for a in 1..k {
-            grad[a] += opts.l2 * theta[a];
-            hess[a * k + a] += opts.l2;
+        for (a, &(l2, centre)) in (1..k).zip(penalty) {
+            grad[a] += l2 * (theta[a] - centre);
+            hess[a * k + a] += l2;
         }
         for a in 0..k {
             for b in 0..a {
@@ -470,7 +595,7 @@ fn newton(
                 .zip(&step)
                 .map(|(a, s)| a - t * s)
                 .collect::<Vec<_>>();
-            value = objective(rows, offsets, labels, &next, opts.l2);
+            value = objective(rows, offsets, labels, &next, penalty);
             if value <= current || t < 1e-6 {
                 break;
             }
@@ -614,29 +739,135 @@ mod tests {
         (f, ex)
     }
 
-    #[test]
-    fn wrong_signs_are_clamped_to_zero() {
-        let (f, ex) = against("lines");
-        let m = fit(&ex, &TrainOptions::default()).unwrap();
-        assert!(m.clamped[f]);
-        assert_eq!(m.weight[f], 0.0);
-        assert!(m.weight[0] > 0.0);
+    /// Options under which the data outweighs the priors, without the backbone.
+    fn data_led() -> TrainOptions {
+        TrainOptions {
+            l2: 1.0,
+            cue_l2: 1.0,
+            length_share: 0.0,
+            ..TrainOptions::default()
+        }
+    }
+
+    fn index(name: &str) -> usize {
+        FEATURE_NAMES.iter().position(|n| *n == name).unwrap()
     }
 
     #[test]
-    fn floored_features_are_clamped_to_their_floor() {
-        let (f, ex) = against("reasoning");
-        let m = fit(&ex, &TrainOptions::default()).unwrap();
+    fn wrong_signs_are_clamped_to_zero() {
+        let (f, ex) = against("lines");
+        let m = fit(&ex, &data_led()).unwrap();
         assert!(m.clamped[f]);
-        assert_eq!(m.weight[f], 0.02);
+        assert_eq!(m.weight[f], 0.0);
         assert!(m.weight[0] > 0.0);
-        // The fixed weight is part of the logit the rest was fitted around.
-        let unfloored = {
-            let mut u = m.clone();
-            u.weight[f] = 0.0;
-            u
+        // A negative prior bounds from above.
+        let (f, ex) = against("simple_task");
+        let mut flipped = ex.clone();
+        for e in &mut flipped {
+            e.features[f] = 1.0 - e.features[f];
+        }
+        let m = fit(&flipped, &data_led()).unwrap();
+        assert!(m.clamped[f]);
+        assert_eq!(m.weight[f], 0.0);
+    }
+
+    #[test]
+    fn uninformative_features_keep_their_prior() {
+        // The gain follows length only; "reasoning" varies but says nothing.
+        let r = index("reasoning");
+        let ex: Vec<Example> = (0..400)
+            .map(|i| {
+                let mut e = example(
+                    i,
+                    i as f64,
+                    1.0,
+                    if i % 5 < 2 || i < 200 { 1.0 } else { 0.0 },
+                );
+                e.features[r] = ((i / 2) % 2) as f64;
+                e
+            })
+            .collect();
+        let prior = 0.25 * 0.5; // per unit × standard deviation of a 0/1 feature split evenly
+        let held = fit(&ex, &TrainOptions::default()).unwrap();
+        assert!(
+            (held.weight[r] - prior).abs() < 0.2 * prior,
+            "{}",
+            held.weight[r]
+        );
+        // Pulled towards 0 instead, it would have been about 0.
+        let free = fit(&ex, &data_led()).unwrap();
+        assert!(free.weight[r].abs() < 0.2 * prior, "{}", free.weight[r]);
+    }
+
+    #[test]
+    fn cue_families_are_held_tighter_than_shape_features() {
+        let opts = TrainOptions {
+            l2: 1.0,
+            cue_l2: 1e6,
+            length_share: 0.0,
+            ..TrainOptions::default()
         };
-        assert_ne!(m.logit(&ex[0].features), unfloored.logit(&ex[0].features));
+        // Both fight their positive prior; only the shape feature is let go to its bound.
+        let (cue, ex) = against("reasoning");
+        let m = fit(&ex, &opts).unwrap();
+        assert!(!m.clamped[cue] && m.weight[cue] > 0.0, "{}", m.weight[cue]);
+        let (shape, ex) = against("numbers");
+        let m = fit(&ex, &opts).unwrap();
+        assert!(m.clamped[shape]);
+    }
+
+    /// Sd of the length term over the sd of the logit, on `ex`.
+    fn length_share(m: &Model, ex: &[Example]) -> f64 {
+        let sd = |v: &[f64]| {
+            let mean = v.iter().sum::<f64>() / v.len() as f64;
+            (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+        };
+        let term: Vec<f64> = ex
+            .iter()
+            .map(|e| m.weight[0] * ((e.features[0] - m.mean[0]) / m.scale[0]).clamp(-3.0, 3.0))
+            .collect();
+        let logit: Vec<f64> = ex.iter().map(|e| m.logit(&e.features)).collect();
+        sd(&term) / sd(&logit)
+    }
+
+    #[test]
+    fn length_backbone_guarantees_its_share() {
+        // The gain follows "lines" closely and length only loosely.
+        let l = index("lines");
+        let ex: Vec<Example> = (0..300)
+            .map(|i| {
+                let mut e = example(i, ((i * 37) % 300) as f64 + (i as f64) * 0.3, 1.0, 1.0);
+                e.features[l] = (i % 10) as f64;
+                e.weak = if i % 10 > 4 { 0.0 } else { 1.0 };
+                e
+            })
+            .collect();
+        let off = fit(&ex, &data_led()).unwrap();
+        assert_eq!(off.length_boost, 0.0);
+        assert!(length_share(&off, &ex) < 0.6);
+        let on = fit(
+            &ex,
+            &TrainOptions {
+                length_share: 0.6,
+                ..data_led()
+            },
+        )
+        .unwrap();
+        assert!(on.length_boost > 0.0);
+        assert!((length_share(&on, &ex) - 0.6).abs() < 1e-9);
+        // Nothing else moved.
+        assert_eq!(on.weight[l], off.weight[l]);
+        assert_eq!(on.weight[0], off.weight[0] + on.length_boost);
+        // A share already met is left alone.
+        let met = fit(
+            &ex,
+            &TrainOptions {
+                length_share: 0.01,
+                ..data_led()
+            },
+        )
+        .unwrap();
+        assert_eq!(met.length_boost, 0.0);
     }
 
     #[test]
@@ -671,7 +902,7 @@ mod tests {
                 example(i, x, 1.0, if i % 3 == 0 || i > 300 { 0.0 } else { 1.0 })
             })
             .collect();
-        let m = fit(&ex, &TrainOptions::default()).unwrap();
+        let m = fit(&ex, &data_led()).unwrap();
         let r = spread(&m, &ex);
         assert!(r.factor > 1.0, "{r:?}");
         let s = m.rescaled(r);

@@ -27,10 +27,8 @@ enum Class {
     Other,
     Lower,
     Upper,
-    Digit,
     Newline,
     Question,
-    Pipe,
     Brace,
     Paren,
     Bracket,
@@ -48,7 +46,7 @@ enum Class {
 }
 
 /// Number of byte classes.
-const NUM_CLASSES: usize = 21;
+const NUM_CLASSES: usize = 19;
 
 /// Byte → class.
 static CLASS: [u8; 256] = {
@@ -59,10 +57,8 @@ static CLASS: [u8; 256] = {
         t[b] = match c {
             b'a'..=b'z' => Class::Lower,
             b'A'..=b'Z' => Class::Upper,
-            b'0'..=b'9' => Class::Digit,
             b'\n' => Class::Newline,
             b'?' => Class::Question,
-            b'|' => Class::Pipe,
             b'{' | b'}' => Class::Brace,
             b'(' | b')' => Class::Paren,
             b'[' | b']' => Class::Bracket,
@@ -113,7 +109,6 @@ pub const FEATURE_NAMES: [&str; NUM_FEATURES] = [
     "lines",
     "avg_word_len",
     "sentence_len",
-    "digit_share",
     "numbers",
     "math_ops",
     "math_words",
@@ -125,7 +120,6 @@ pub const FEATURE_NAMES: [&str; NUM_FEATURES] = [
     "questions",
     "enumerations",
     "multipart",
-    "pipes",
     "quotes",
     "commas",
     "reasoning",
@@ -144,7 +138,7 @@ pub const FEATURE_NAMES: [&str; NUM_FEATURES] = [
 ];
 
 /// Number of features.
-pub const NUM_FEATURES: usize = 32;
+pub const NUM_FEATURES: usize = 30;
 
 /// Raw counts for one text piece.
 #[derive(Debug, Clone, Copy, Default)]
@@ -262,7 +256,6 @@ pub(crate) fn compute(t: &Totals, ctx: &Context) -> [f64; NUM_FEATURES] {
             / (t.words + PRIOR_WORDS))
             .min(20.0),
         log_count(t.words / (1.0 + t.family(Family::SentenceEnd))),
-        share(t.class(Class::Digit), chars),
         log_count(t.numbers),
         log_count(t.class(Class::MathOp) + t.class(Class::Equals)),
         log_count(t.family(Family::MathWord)),
@@ -274,7 +267,6 @@ pub(crate) fn compute(t: &Totals, ctx: &Context) -> [f64; NUM_FEATURES] {
         log_count(t.class(Class::Question)),
         log_count(t.family(Family::Enumeration)),
         log_count(t.family(Family::MultiPart)),
-        log_count(t.class(Class::Pipe)),
         log_count(t.class(Class::Quote)),
         log_count(t.class(Class::Comma)),
         log_count(t.family(Family::Reasoning)),

@@ -96,10 +96,12 @@ pub fn run<R: BufRead>(
     let threshold = choose_threshold(&model, &train_rows, &opts.train)?;
     writeln!(
         report,
-        "fitted on {} training rows in {} Newton iterations; logit stretched ×{:.4} around {:.4} \
-         (median training prompt → 0.5); threshold {:.4} = CPT({:.0}%) point on the training rows",
+        "fitted on {} training rows in {} Newton iterations; length backbone added {:.4} to the tokens \
+         weight; logit stretched ×{:.4} around {:.4} (median training prompt → 0.5); threshold {:.4} = \
+         CPT({:.0}%) point on the training rows",
         train_rows.len(),
         model.iterations,
+        fitted.length_boost,
         rescale.factor,
         rescale.centre,
         threshold,
@@ -129,7 +131,7 @@ pub fn run<R: BufRead>(
     order.sort_by(|&a, &b| model.weight[b].abs().total_cmp(&model.weight[a].abs()));
     writeln!(
         report,
-        "weights (stretched logit per standard deviation; * = prior, not fitted; 0 = fit broke its bound, fixed at the bound):"
+        "weights (stretched logit per standard deviation; * = prior, not fitted; 0 = fit broke its prior's sign, fixed at 0):"
     )?;
     for i in order {
         let mark = match (model.prior[i], model.clamped[i]) {
@@ -148,12 +150,14 @@ pub fn run<R: BufRead>(
         held_out_apgr_pooled: pooled_cmp.classifier.apgr,
         method: format!(
             "logistic regression on standardised features, soft label (1 + strong - weak) / 2, \
-             L2 {} on weights, Newton's method, sign constraints on cue families and length, floors on tokens, \
-             reasoning and analysis (train::FLOORS); rows with crc32(id) % 5 == 0 held out; \
+             Newton's method; L2 towards documented prior weights (train::PRIORS), {} for size and shape \
+             features and {} for cue families (train::CUE_FAMILIES), prior signs as bounds; length backbone: \
+             tokens weight raised so the length term carries {} of the logit's standard deviation on the \
+             training rows; rows with crc32(id) % 5 == 0 held out; \
              then every weight and the bias stretched by one factor so that the median training prompt scores 0.5 \
              and the training 5th-95th percentile scores fit in [0.05, 0.95] (see `rescale`); \
              threshold = CPT({}) point on the pooled training rows, after the stretch",
-            opts.train.l2, opts.train.target_pgr
+            opts.train.l2, opts.train.cue_l2, opts.train.length_share, opts.train.target_pgr
         ),
         rescale: Some(rescale),
     };
