@@ -82,6 +82,10 @@ async fn every_target_failing_fails_fast_with_the_right_code() {
             took < Duration::from_secs(1),
             "{kind}: failed in {took:?}, well inside the 10 s deadline"
         );
+        println!(
+            "every target failing with {kind}: {:?} after 3 attempts in {took:?}",
+            status.code()
+        );
     }
     // A refusal of the request itself is final: one attempt, no retry.
     let status = router
@@ -157,6 +161,10 @@ async fn a_200ms_deadline_against_a_slow_model_cancels_the_upstream_call() {
         .await
         .expect_err("too slow");
     let took = started.elapsed();
+    println!(
+        "200 ms deadline against a 5 s model: {:?} after {took:?}",
+        status.code()
+    );
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     // Near 200 ms, far from the model's 5 s; the upper bound leaves room for a loaded CI machine.
     assert!(
@@ -355,11 +363,13 @@ async fn overload_is_refused_quickly_and_the_rest_succeed() {
     }
     let mut ok = 0;
     let mut refused = 0;
+    let mut slowest_refusal = Duration::ZERO;
     while let Some(joined) = calls.join_next().await {
         let (result, took) = joined.unwrap();
         match result {
             Ok(()) => ok += 1,
             Err(status) => {
+                slowest_refusal = slowest_refusal.max(took);
                 assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
                 assert!(status.message().contains("server.max_concurrency"));
                 assert!(
@@ -370,5 +380,8 @@ async fn overload_is_refused_quickly_and_the_rest_succeed() {
             }
         }
     }
+    println!(
+        "overload: 12 calls, limit 4: {ok} ok, {refused} refused, slowest refusal {slowest_refusal:?}"
+    );
     assert_eq!((ok, refused), (4, 8));
 }
