@@ -33,6 +33,11 @@ async fn a_throttled_call_moves_to_the_next_region() {
         .expect("answered from the fallback region")
         .into_inner();
     assert_eq!(reply.attempts, 2);
+    // The backoff is reported apart: it is neither Bedrock's time nor the router's own work.
+    let latency = reply.latency.unwrap();
+    assert!(latency.retry_wait_ms <= 25.0, "{latency:?}");
+    let parts = latency.upstream_ms + latency.retry_wait_ms + latency.overhead_us / 1e3;
+    assert!((latency.total_ms - parts).abs() < 0.01, "{latency:?}");
     let decision = reply.decision.unwrap();
     assert_eq!(
         (decision.model_id.as_str(), decision.region.as_str()),

@@ -228,6 +228,7 @@ impl<'a> Dispatcher<'a> {
                     return Err(walk.exhausted(self.request_id));
                 }
                 tokio::time::sleep(delay).await;
+                record.backoff(delay);
                 record.retry(&self.catalog.model(previous.tier).invoke_id, err.kind());
                 if let Some(kind) = Move::between(*previous, target) {
                     record.fallback(&model.invoke_id, kind);

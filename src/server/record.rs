@@ -26,6 +26,7 @@ pub struct Record {
     classify: Option<(Duration, f64)>,
     route: Option<(Tier, Basis, String)>,
     upstream: Duration,
+    waited: Duration,
     attempts: u32,
     ttft: Option<Duration>,
     answered: Option<(Usage, Cost)>,
@@ -43,6 +44,7 @@ impl Record {
             classify: None,
             route: None,
             upstream: Duration::ZERO,
+            waited: Duration::ZERO,
             attempts: 0,
             ttft: None,
             answered: None,
@@ -137,9 +139,27 @@ impl Record {
         self.attempts
     }
 
+    /// Notes a backoff wait before a retry.
+    pub fn backoff(&mut self, waited: Duration) {
+        self.waited += waited;
+    }
+
     /// Time spent upstream so far.
     pub fn upstream(&self) -> Duration {
         self.upstream
+    }
+
+    /// Time spent backing off between attempts so far.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+
+    /// The router's own share of `total`: what is neither an upstream call nor a backoff wait,
+    /// so retries under throttling do not read as a slow router.
+    pub fn overhead(&self, total: Duration) -> Duration {
+        total
+            .saturating_sub(self.upstream)
+            .saturating_sub(self.waited)
     }
 
     /// Ends the request with `code` and emits everything.
@@ -165,8 +185,7 @@ impl Record {
             histogram!(telemetry::COMPLEXITY_SCORE).record(score);
         }
         if self.attempts > 0 {
-            histogram!(telemetry::OVERHEAD)
-                .record(total.saturating_sub(self.upstream).as_secs_f64());
+            histogram!(telemetry::OVERHEAD).record(self.overhead(total).as_secs_f64());
         }
         if let Some(ttft) = self.ttft {
             histogram!(telemetry::TIME_TO_FIRST_TOKEN, "model" => model.clone())

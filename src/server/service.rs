@@ -319,7 +319,6 @@ impl Router {
         } = completion;
         let cost = self.cost(model, usage);
         record.answered(usage, cost);
-        let total = record.started().elapsed();
         Ok(pb::ConverseResponse {
             message: Some(pb::Message {
                 role: pb::Role::Assistant as i32,
@@ -330,7 +329,7 @@ impl Router {
             decision: Some(decision),
             cost_usd: cost.actual.as_usd(),
             baseline_cost_usd: cost.baseline.as_usd(),
-            latency: Some(latency(total, record.upstream(), None)),
+            latency: Some(latency(record)),
             attempts: record.attempts(),
             request_id: ctx.request_id.clone(),
             fallback,
@@ -519,11 +518,7 @@ impl StreamJob {
                 usage: Some(pb_usage(usage)),
                 cost_usd: cost.actual.as_usd(),
                 baseline_cost_usd: cost.baseline.as_usd(),
-                latency: Some(latency(
-                    self.record.started().elapsed(),
-                    self.record.upstream(),
-                    self.record.time_to_first_token(),
-                )),
+                latency: Some(latency(&self.record)),
                 attempts: self.record.attempts(),
                 request_id: self.request_id.clone(),
                 fallback,
@@ -630,12 +625,16 @@ fn pb_usage(usage: Usage) -> pb::Usage {
     }
 }
 
-fn latency(total: Duration, upstream: Duration, ttft: Option<Duration>) -> pb::Latency {
+fn latency(record: &Record) -> pb::Latency {
+    let total = record.started().elapsed();
     pb::Latency {
-        upstream_ms: upstream.as_secs_f64() * 1e3,
-        overhead_us: total.saturating_sub(upstream).as_secs_f64() * 1e6,
-        time_to_first_token_ms: ttft.map_or(0.0, |t| t.as_secs_f64() * 1e3),
+        upstream_ms: record.upstream().as_secs_f64() * 1e3,
+        overhead_us: record.overhead(total).as_secs_f64() * 1e6,
+        time_to_first_token_ms: record
+            .time_to_first_token()
+            .map_or(0.0, |t| t.as_secs_f64() * 1e3),
         total_ms: total.as_secs_f64() * 1e3,
+        retry_wait_ms: record.waited().as_secs_f64() * 1e3,
     }
 }
 
