@@ -227,8 +227,10 @@ impl<'a> Dispatcher<'a> {
                     // Backing off would use up the caller's time: report the real cause now.
                     return Err(walk.exhausted(self.request_id));
                 }
+                // The timer wakes on millisecond ticks, later than asked: count what was slept.
+                let slept = std::time::Instant::now();
                 tokio::time::sleep(delay).await;
-                record.backoff(delay);
+                record.backoff(slept.elapsed());
                 record.retry(&self.catalog.model(previous.tier).invoke_id, err.kind());
                 if let Some(kind) = Move::between(*previous, target) {
                     record.fallback(&model.invoke_id, kind);
