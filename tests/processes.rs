@@ -223,29 +223,20 @@ async fn health_reports_not_serving_as_soon_as_shutdown_starts() {
         .await
         .unwrap();
     let mut health = HealthClient::new(channel.clone());
-    let check = |service: &str| HealthCheckRequest {
-        service: service.to_owned(),
-    };
-    for service in ["", "router.v1.PromptRouter"] {
-        let status = health
-            .check(check(service))
-            .await
-            .unwrap()
-            .into_inner()
-            .status;
-        assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
+    // Both names: the router's own, and "" (the whole server) that probes without a name ask about.
+    async fn expect_all(health: &mut HealthClient<tonic::transport::Channel>, want: ServingStatus) {
+        for service in ["", "router.v1.PromptRouter"] {
+            let request = HealthCheckRequest {
+                service: service.to_owned(),
+            };
+            let status = health.check(request).await.unwrap().into_inner().status;
+            assert_eq!(status, want as i32, "{service:?}");
+        }
     }
+    expect_all(&mut health, ServingStatus::Serving).await;
     router.sigterm();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    for service in ["", "router.v1.PromptRouter"] {
-        let status = health
-            .check(check(service))
-            .await
-            .unwrap()
-            .into_inner()
-            .status;
-        assert_eq!(status, ServingStatus::NotServing as i32, "{service:?}");
-    }
+    expect_all(&mut health, ServingStatus::NotServing).await;
     // During the delay requests are still served: balancers are catching up.
     let mut client = PromptRouterClient::new(channel);
     client

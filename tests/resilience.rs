@@ -27,11 +27,9 @@ fn with_deadline<T>(message: T, deadline: Duration) -> tonic::Request<T> {
 async fn a_throttled_call_moves_to_the_next_region() {
     let mut router = start_with(|_| {}).await;
     let reply = router
-        .client
-        .converse(ask("Hello [sim:fail=ThrottlingException;region=us-east-1]"))
+        .ask("Hello [sim:fail=ThrottlingException;region=us-east-1]")
         .await
-        .expect("answered from the fallback region")
-        .into_inner();
+        .expect("answered from the fallback region");
     assert_eq!(reply.attempts, 2);
     // The backoff is reported apart: it is neither Bedrock's time nor the router's own work.
     let latency = reply.latency.unwrap();
@@ -117,12 +115,7 @@ async fn every_target_failing_fails_fast_with_the_right_code() {
 async fn a_strong_request_degrades_to_fast_when_strong_fails_everywhere() {
     let mut router = start_with(|config| config.routing.threshold = Some(0.0)).await;
     let prompt = format!("Explain monads [sim:fail=ServiceUnavailableException;model={SONNET}]");
-    let reply = router
-        .client
-        .converse(ask(&prompt))
-        .await
-        .expect("degraded answer")
-        .into_inner();
+    let reply = router.ask(&prompt).await.expect("degraded answer");
     let decision = reply.decision.clone().unwrap();
     assert_eq!(decision.tier, pb::Tier::Fast as i32);
     assert_eq!(decision.basis, pb::DecisionBasis::Fallback as i32);
@@ -268,13 +261,7 @@ async fn a_stream_that_fails_after_tokens_ends_with_a_clear_status() {
             "{directive}: {}",
             status.message()
         );
-        assert_eq!(
-            events
-                .iter()
-                .filter(|e| matches!(e, pb::converse_stream_event::Event::Delta(_)))
-                .count(),
-            2
-        );
+        assert_eq!(common::delta_count(&events), 2);
     }
     assert_eq!(
         router.sim().stats().received,
@@ -287,11 +274,9 @@ async fn a_stream_that_fails_after_tokens_ends_with_a_clear_status() {
 async fn a_dropped_connection_is_retried() {
     let mut router = start_with(|_| {}).await;
     let reply = router
-        .client
-        .converse(ask("Hello [sim:drop;times=1]"))
+        .ask("Hello [sim:drop;times=1]")
         .await
-        .expect("retried")
-        .into_inner();
+        .expect("retried");
     assert_eq!(reply.attempts, 2);
     assert_eq!(reply.fallback.unwrap().reason, "connection");
 }
@@ -315,22 +300,12 @@ async fn a_failing_target_is_ejected_probed_and_restored() {
         })
         .unwrap();
     for _ in 0..2 {
-        let reply = router
-            .client
-            .converse(ask("hi"))
-            .await
-            .expect("fallback")
-            .into_inner();
+        let reply = router.ask("hi").await.expect("fallback");
         assert_eq!(reply.attempts, 2);
     }
     // Two failures in a row: us-east-1 is ejected, so the next call goes straight to us-west-2.
     let before = router.sim().stats().received;
-    let reply = router
-        .client
-        .converse(ask("hi"))
-        .await
-        .expect("answer")
-        .into_inner();
+    let reply = router.ask("hi").await.expect("answer");
     assert_eq!(reply.attempts, 1);
     assert_eq!(reply.fallback.unwrap().reason, "ejected");
     assert_eq!(router.sim().stats().received, before + 1);
@@ -339,12 +314,7 @@ async fn a_failing_target_is_ejected_probed_and_restored() {
     router.sim().set_faults(FaultConfig::default()).unwrap();
     tokio::time::sleep(Duration::from_millis(350)).await;
     for _ in 0..3 {
-        let reply = router
-            .client
-            .converse(ask("hi"))
-            .await
-            .expect("answer")
-            .into_inner();
+        let reply = router.ask("hi").await.expect("answer");
         assert_eq!(
             (reply.attempts, reply.decision.unwrap().region.as_str()),
             (1, "us-east-1")

@@ -548,11 +548,7 @@ async fn mid_stream_exceptions_end_the_stream_with_a_status() {
             status.message()
         );
         assert!(matches!(events.first(), Some(Event::Decision(_))));
-        let deltas = events
-            .iter()
-            .filter(|e| matches!(e, Event::Delta(_)))
-            .count();
-        assert_eq!(deltas, 3, "{kind}");
+        assert_eq!(common::delta_count(&events), 3, "{kind}");
         assert!(
             !events.iter().any(|e| matches!(e, Event::Metadata(_))),
             "{kind}: no metadata after a failure"
@@ -732,13 +728,7 @@ async fn a_stalled_stream_ends_with_a_clear_status() {
         "{}",
         status.message()
     );
-    assert_eq!(
-        events
-            .iter()
-            .filter(|e| matches!(e, pb::converse_stream_event::Event::Delta(_)))
-            .count(),
-        2
-    );
+    assert_eq!(common::delta_count(&events), 2);
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     // The router dropped the upstream stream, closing its connection.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;

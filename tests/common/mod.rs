@@ -49,6 +49,14 @@ impl TestRouter {
         }
     }
 
+    /// A Converse call of one user turn.
+    pub async fn ask(&mut self, text: &str) -> Result<pb::ConverseResponse, tonic::Status> {
+        self.client
+            .converse(ask(text))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     /// The `/metrics` URL.
     pub fn metrics_url(&self) -> String {
         format!("http://{}/metrics", self.running.metrics_addr)
@@ -138,6 +146,14 @@ pub fn streamed_text(events: &[pb::converse_stream_event::Event]) -> String {
             _ => None,
         })
         .collect()
+}
+
+/// How many delta events a stream carried.
+pub fn delta_count(events: &[pb::converse_stream_event::Event]) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e, pb::converse_stream_event::Event::Delta(_)))
+        .count()
 }
 
 /// All text of a reply message.
