@@ -73,11 +73,7 @@ pub fn for_pgr(rows: &[Row], target: f64) -> Result<Calibration, CalibrateError>
         return Err(CalibrateError::Target(target));
     }
     let points = eval::sweep(rows)?;
-    let best = points
-        .iter()
-        .filter(|p| p.pgr >= target)
-        .min_by(|a, b| a.strong_share.total_cmp(&b.strong_share))
-        .ok_or(CalibrateError::Unreachable(target))?;
+    let best = eval::cpt_point(&points, target).ok_or(CalibrateError::Unreachable(target))?;
     Ok(Calibration {
         threshold: best.threshold,
         strong_share: best.strong_share,

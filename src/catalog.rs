@@ -1,7 +1,7 @@
 //! The two model tiers as the router calls them: which id to send (inference profile or base
 //! model), prices, limits and capabilities. Built once from a validated [`Config`].
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use crate::{
     config::{Config, ModelConfig},
@@ -38,10 +38,9 @@ impl fmt::Display for Tier {
 pub struct Model {
     /// Its tier.
     pub tier: Tier,
-    /// The Bedrock base model id.
-    pub base_id: String,
     /// The id sent to Bedrock: the geography's inference profile, or the base id when on demand.
-    pub invoke_id: String,
+    /// Shared, because every request's metric labels carry it.
+    pub invoke_id: Arc<str>,
     /// Token prices.
     pub prices: Prices,
     /// Most output tokens in one call.
@@ -71,14 +70,13 @@ impl Catalog {
             CatalogError(format!("no geography for region {}", config.bedrock.region))
         })?;
         let model = |tier: Tier, m: &ModelConfig| -> Result<Model, CatalogError> {
-            let invoke_id = if m.on_demand {
-                m.id.clone()
+            let invoke_id: Arc<str> = if m.on_demand {
+                Arc::from(m.id.as_str())
             } else {
-                format!("{}.{}", geography.prefix(), m.id)
+                Arc::from(format!("{}.{}", geography.prefix(), m.id))
             };
             Ok(Model {
                 tier,
-                base_id: m.id.clone(),
                 invoke_id,
                 prices: Prices {
                     input: price_from_usd_per_mtok(m.input_usd_per_mtok).map_err(CatalogError)?,
@@ -118,11 +116,11 @@ mod tests {
     fn default_catalog_calls_us_profiles() {
         let catalog = Catalog::from_config(&Config::default()).expect("catalog");
         assert_eq!(
-            catalog.model(Tier::Strong).invoke_id,
+            &*catalog.model(Tier::Strong).invoke_id,
             "us.anthropic.claude-3-5-sonnet-20241022-v2:0"
         );
         assert_eq!(
-            catalog.model(Tier::Fast).invoke_id,
+            &*catalog.model(Tier::Fast).invoke_id,
             "us.anthropic.claude-3-haiku-20240307-v1:0"
         );
         assert_eq!(
@@ -150,11 +148,11 @@ mod tests {
         assert_eq!(config.geography(), Some(Geography::Apac));
         let catalog = Catalog::from_config(&config).expect("catalog");
         assert_eq!(
-            catalog.model(Tier::Strong).invoke_id,
+            &*catalog.model(Tier::Strong).invoke_id,
             "apac.anthropic.claude-3-5-sonnet-20241022-v2:0"
         );
         assert_eq!(
-            catalog.model(Tier::Fast).invoke_id,
+            &*catalog.model(Tier::Fast).invoke_id,
             "anthropic.claude-3-haiku-20240307-v1:0"
         );
     }

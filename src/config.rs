@@ -430,16 +430,30 @@ impl Config {
                 format!("{url:?} is not an http:// or https:// URL"),
             ));
         }
-        if self.bedrock.connect_timeout_ms == 0 {
-            return Err(ConfigError::invalid(
+        for (field, value) in [
+            (
                 "bedrock.connect_timeout_ms",
-                "must be above 0",
-            ));
+                self.bedrock.connect_timeout_ms,
+            ),
+            ("bedrock.call_timeout_ms", self.bedrock.call_timeout_ms),
+            (
+                "bedrock.stream_idle_timeout_ms",
+                self.bedrock.stream_idle_timeout_ms,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(field, "must be above 0"));
+            }
         }
-        if self.bedrock.call_timeout_ms == 0 {
+        if let Some(own) = Geography::of_region(&self.bedrock.region)
+            && own != geography
+        {
             return Err(ConfigError::invalid(
-                "bedrock.call_timeout_ms",
-                "must be above 0",
+                "bedrock.geography",
+                format!(
+                    "\"{geography}\" profiles cannot be called from region {:?}, which is in \"{own}\"",
+                    self.bedrock.region
+                ),
             ));
         }
         if self.server.max_request_bytes < 1024 {
@@ -793,6 +807,16 @@ mod tests {
                 "server.max_concurrency",
             ),
             ("[limits]\nmax_messages = 0\n", &[], "limits.max_messages"),
+            (
+                "[bedrock]\nstream_idle_timeout_ms = 0\n",
+                &[],
+                "bedrock.stream_idle_timeout_ms",
+            ),
+            (
+                "[bedrock]\ngeography = \"apac\"\n",
+                &[],
+                "bedrock.geography",
+            ),
         ];
         for (file, env, field) in cases {
             let err = load_str(file, env).expect_err(file);

@@ -75,12 +75,12 @@ impl Cost {
     }
 }
 
-/// Prices `usage` at `prices`.
+/// Prices `usage` at `prices`. Saturates rather than wrapping: validated prices (at most
+/// $1,000 per million tokens) keep a whole request far below the limit.
 pub fn price(usage: Usage, prices: Prices) -> Nanodollars {
-    Nanodollars(
-        u64::from(usage.input_tokens) * prices.input
-            + u64::from(usage.output_tokens) * prices.output,
-    )
+    let input = u64::from(usage.input_tokens).saturating_mul(prices.input);
+    let output = u64::from(usage.output_tokens).saturating_mul(prices.output);
+    Nanodollars(input.saturating_add(output))
 }
 
 /// Converts a price in USD per million tokens into nano-dollars per token, refusing prices the
@@ -96,9 +96,9 @@ pub fn price_from_usd_per_mtok(usd_per_mtok: f64) -> Result<u64, String> {
             "{usd_per_mtok} is finer than the $0.001 per million tokens the cost counters can represent"
         ));
     }
-    if rounded > 1e12 {
+    if rounded > 1e6 {
         return Err(format!(
-            "{usd_per_mtok} USD per million tokens is implausibly high"
+            "{usd_per_mtok} USD per million tokens is above the $1,000 the cost counters allow"
         ));
     }
     Ok(rounded as u64)
@@ -126,6 +126,8 @@ mod tests {
         assert_eq!(price_from_usd_per_mtok(0.075), Ok(75));
         assert!(price_from_usd_per_mtok(0.0001).is_err());
         assert!(price_from_usd_per_mtok(-1.0).is_err());
+        assert_eq!(price_from_usd_per_mtok(1_000.0), Ok(1_000_000));
+        assert!(price_from_usd_per_mtok(1_000.001).is_err());
         assert!(price_from_usd_per_mtok(f64::NAN).is_err());
     }
 

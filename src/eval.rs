@@ -155,11 +155,15 @@ pub fn apgr(points: &[Point]) -> f64 {
 
 /// CPT(x): the smallest strong share among sweep points with PGR ≥ x, if any.
 pub fn cpt(points: &[Point], x: f64) -> Option<f64> {
+    cpt_point(points, x).map(|p| p.strong_share)
+}
+
+/// The sweep point where [`cpt`] is reached: the lowest strong share whose PGR is at least `x`.
+pub fn cpt_point(points: &[Point], x: f64) -> Option<&Point> {
     points
         .iter()
         .filter(|p| p.pgr >= x)
-        .map(|p| p.strong_share)
-        .reduce(f64::min)
+        .min_by(|a, b| a.strong_share.total_cmp(&b.strong_share))
 }
 
 /// Routing results at one threshold.

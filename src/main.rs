@@ -335,10 +335,11 @@ async fn health(args: &HealthArgs) -> anyhow::Result<()> {
 }
 
 fn classify(args: &ClassifyArgs, plain_text: bool) -> anyhow::Result<()> {
-    let (_, decider) = args.model.decider()?;
+    let (config, decider) = args.model.decider()?;
     let options = cli::classify::ClassifyOptions {
         reasons: args.reasons,
         plain_text,
+        limits: config.limits,
     };
     let summary = cli::classify::run(&decider, options, input(args.file.as_deref())?, stdout())?;
     if summary.errors > 0 {
@@ -367,6 +368,7 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
         threshold: decider.policy.threshold(),
         prices: prices(&config, args.output_tokens),
         json: args.json,
+        limits: config.limits,
     };
     cli::eval::run(
         &decider.classifier,
@@ -395,6 +397,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
     let options = cli::train::TrainCliOptions {
         train: fit,
         prices: prices(&config, args.output_tokens),
+        limits: config.limits,
     };
     let inputs = args
         .files
@@ -412,7 +415,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
 }
 
 fn calibrate(args: &CalibrateArgs) -> anyhow::Result<()> {
-    let (_, decider) = args.model.decider()?;
+    let (config, decider) = args.model.decider()?;
     let target = match (args.target_share, args.target_pgr) {
         (Some(share), _) => Target::Share(share),
         (None, Some(pgr)) => Target::Pgr(pgr),
@@ -420,6 +423,7 @@ fn calibrate(args: &CalibrateArgs) -> anyhow::Result<()> {
     };
     cli::calibrate::run(
         &decider.classifier,
+        &config.limits,
         target,
         input(args.file.as_deref())?,
         stdout(),

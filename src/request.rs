@@ -21,6 +21,7 @@ pub struct ChatRequest {
     pub tools: Option<Tools>,
     /// How to choose the model.
     pub routing: Routing,
+    images: usize,
 }
 
 /// One turn.
@@ -198,6 +199,8 @@ pub struct Limits {
     pub max_images: usize,
     /// Largest image, in bytes.
     pub max_image_bytes: usize,
+    /// Most tools one request may declare.
+    pub max_tools: usize,
 }
 
 impl Default for Limits {
@@ -207,6 +210,7 @@ impl Default for Limits {
             max_messages: 1_000,
             max_images: 20,
             max_image_bytes: 3_750_000,
+            max_tools: 256,
         }
     }
 }
@@ -221,6 +225,57 @@ const MAX_CALLER_LEN: usize = 64;
 /// Bedrock's limits on stop sequences and top_k for Anthropic models.
 const MAX_STOP_SEQUENCES: usize = 2_500;
 const MAX_TOP_K: u32 = 500;
+
+/// A field's path in the request (`messages[2].content[0].image`), written out only when an
+/// error names it, so a valid request costs no formatting.
+#[derive(Debug, Clone, Copy)]
+struct Field<'a> {
+    parent: Option<&'a Field<'a>>,
+    name: &'static str,
+    index: Option<usize>,
+}
+
+impl<'a> Field<'a> {
+    /// A top-level list element, e.g. `messages[2]`.
+    fn indexed(name: &'static str, index: usize) -> Self {
+        Self {
+            parent: None,
+            name,
+            index: Some(index),
+        }
+    }
+
+    /// A field inside this one.
+    fn child(&'a self, name: &'static str) -> Field<'a> {
+        Field {
+            parent: Some(self),
+            name,
+            index: None,
+        }
+    }
+
+    /// A list element inside this one.
+    fn item(&'a self, name: &'static str, index: usize) -> Field<'a> {
+        Field {
+            parent: Some(self),
+            name,
+            index: Some(index),
+        }
+    }
+}
+
+impl std::fmt::Display for Field<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(parent) = self.parent {
+            write!(f, "{parent}.")?;
+        }
+        f.write_str(self.name)?;
+        match self.index {
+            Some(i) => write!(f, "[{i}]"),
+            None => Ok(()),
+        }
+    }
+}
 
 fn invalid(field: impl std::fmt::Display, message: impl std::fmt::Display) -> InvalidRequest {
     InvalidRequest(format!("{field}: {message}"))
@@ -241,9 +296,9 @@ impl ChatRequest {
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let messages = messages(req.messages, limits)?;
+        let (messages, images) = messages(req.messages, limits)?;
         let inference = inference(req.inference_config.unwrap_or_default())?;
-        let tools = req.tool_config.map(tools).transpose()?;
+        let tools = req.tool_config.map(|cfg| tools(cfg, limits)).transpose()?;
         let routing = routing(req.routing.unwrap_or_default())?;
         Ok(Self {
             messages,
@@ -251,24 +306,13 @@ impl ChatRequest {
             inference,
             tools,
             routing,
+            images,
         })
     }
 
-    /// Number of images anywhere in the request.
+    /// Number of images anywhere in the request (counted once, by validation).
     pub fn image_count(&self) -> usize {
-        self.messages
-            .iter()
-            .flat_map(|t| &t.content)
-            .map(|b| match b {
-                Block::Image(_) => 1,
-                Block::ToolResult(r) => r
-                    .content
-                    .iter()
-                    .filter(|c| matches!(c, ToolResultBlock::Image(_)))
-                    .count(),
-                Block::Text(_) | Block::ToolUse(_) => 0,
-            })
-            .sum()
+        self.images
     }
 
     /// Number of declared tools.
@@ -277,7 +321,8 @@ impl ChatRequest {
     }
 }
 
-fn messages(raw: Vec<pb::Message>, limits: &Limits) -> Result<Vec<Turn>, InvalidRequest> {
+/// The validated turns and the number of images they hold.
+fn messages(raw: Vec<pb::Message>, limits: &Limits) -> Result<(Vec<Turn>, usize), InvalidRequest> {
     if raw.is_empty() {
         return Err(invalid("messages", "at least one message is required"));
     }
@@ -295,19 +340,19 @@ fn messages(raw: Vec<pb::Message>, limits: &Limits) -> Result<Vec<Turn>, Invalid
     let mut images = 0usize;
     let mut turns = Vec::with_capacity(count);
     for (i, message) in raw.into_iter().enumerate() {
-        let field = format!("messages[{i}]");
+        let field = Field::indexed("messages", i);
         let role = match pb::Role::try_from(message.role) {
             Ok(pb::Role::User) => Role::User,
             Ok(pb::Role::Assistant) => Role::Assistant,
             Ok(pb::Role::Unspecified) => {
                 return Err(invalid(
-                    format!("{field}.role"),
+                    field.child("role"),
                     "must be ROLE_USER or ROLE_ASSISTANT",
                 ));
             }
             Err(_) => {
                 return Err(invalid(
-                    format!("{field}.role"),
+                    field.child("role"),
                     format!("unknown role {}", message.role),
                 ));
             }
@@ -323,17 +368,17 @@ fn messages(raw: Vec<pb::Message>, limits: &Limits) -> Result<Vec<Turn>, Invalid
             } else {
                 "roles must alternate between user and assistant".to_owned()
             };
-            return Err(invalid(format!("{field}.role"), message));
+            return Err(invalid(field.child("role"), message));
         }
         if i + 1 == count && role != Role::User {
             return Err(invalid(
-                format!("{field}.role"),
+                field.child("role"),
                 "the last message must be from the user",
             ));
         }
         if message.content.is_empty() {
             return Err(invalid(
-                format!("{field}.content"),
+                field.child("content"),
                 "at least one content block is required",
             ));
         }
@@ -342,22 +387,16 @@ fn messages(raw: Vec<pb::Message>, limits: &Limits) -> Result<Vec<Turn>, Invalid
             .into_iter()
             .enumerate()
             .map(|(j, block)| {
-                content_block(
-                    &format!("{field}.content[{j}]"),
-                    block,
-                    role,
-                    limits,
-                    &mut images,
-                )
+                content_block(&field.item("content", j), block, role, limits, &mut images)
             })
             .collect::<Result<Vec<_>, _>>()?;
         turns.push(Turn { role, content });
     }
-    Ok(turns)
+    Ok((turns, images))
 }
 
 fn content_block(
-    field: &str,
+    field: &Field<'_>,
     block: pb::ContentBlock,
     role: Role,
     limits: &Limits,
@@ -371,13 +410,13 @@ fn content_block(
         )),
         Some(B::Text(text)) => {
             if text.trim().is_empty() {
-                Err(invalid(format!("{field}.text"), "must not be empty"))
+                Err(invalid(field.child("text"), "must not be empty"))
             } else {
                 Ok(Block::Text(text))
             }
         }
         Some(B::Image(img)) => Ok(Block::Image(image(
-            &format!("{field}.image"),
+            &field.child("image"),
             img,
             limits,
             images,
@@ -385,24 +424,24 @@ fn content_block(
         Some(B::ToolUse(tool_use)) => {
             if role != Role::Assistant {
                 return Err(invalid(
-                    format!("{field}.tool_use"),
+                    field.child("tool_use"),
                     "only assistant messages can hold tool calls",
                 ));
             }
             if tool_use.tool_use_id.is_empty() {
                 return Err(invalid(
-                    format!("{field}.tool_use.tool_use_id"),
+                    field.child("tool_use").child("tool_use_id"),
                     "must not be empty",
                 ));
             }
             if tool_use.name.is_empty() {
                 return Err(invalid(
-                    format!("{field}.tool_use.name"),
+                    field.child("tool_use").child("name"),
                     "must not be empty",
                 ));
             }
             let input = json_object(
-                &format!("{field}.tool_use.input_json"),
+                &field.child("tool_use").child("input_json"),
                 &tool_use.input_json,
             )?;
             Ok(Block::ToolUse(ToolUse {
@@ -414,13 +453,13 @@ fn content_block(
         Some(B::ToolResult(result)) => {
             if role != Role::User {
                 return Err(invalid(
-                    format!("{field}.tool_result"),
+                    field.child("tool_result"),
                     "only user messages can hold tool results",
                 ));
             }
             if result.tool_use_id.is_empty() {
                 return Err(invalid(
-                    format!("{field}.tool_result.tool_use_id"),
+                    field.child("tool_result").child("tool_use_id"),
                     "must not be empty",
                 ));
             }
@@ -429,7 +468,7 @@ fn content_block(
                 Ok(pb::ToolResultStatus::Error) => true,
                 Err(_) => {
                     return Err(invalid(
-                        format!("{field}.tool_result.status"),
+                        field.child("tool_result").child("status"),
                         format!("unknown tool result status {}", result.status),
                     ));
                 }
@@ -440,7 +479,7 @@ fn content_block(
                 .enumerate()
                 .map(|(k, c)| {
                     tool_result_block(
-                        &format!("{field}.tool_result.content[{k}]"),
+                        &field.child("tool_result").item("content", k),
                         c,
                         limits,
                         images,
@@ -457,7 +496,7 @@ fn content_block(
 }
 
 fn tool_result_block(
-    field: &str,
+    field: &Field<'_>,
     block: pb::ToolResultContent,
     limits: &Limits,
     images: &mut usize,
@@ -468,9 +507,9 @@ fn tool_result_block(
         Some(B::Text(text)) => Ok(ToolResultBlock::Text(text)),
         Some(B::Json(json)) => serde_json::from_str(&json)
             .map(ToolResultBlock::Json)
-            .map_err(|e| invalid(format!("{field}.json"), format!("not valid JSON: {e}"))),
+            .map_err(|e| invalid(field.child("json"), format!("not valid JSON: {e}"))),
         Some(B::Image(img)) => Ok(ToolResultBlock::Image(image(
-            &format!("{field}.image"),
+            &field.child("image"),
             img,
             limits,
             images,
@@ -479,7 +518,7 @@ fn tool_result_block(
 }
 
 fn image(
-    field: &str,
+    field: &Field<'_>,
     img: pb::Image,
     limits: &Limits,
     images: &mut usize,
@@ -491,13 +530,13 @@ fn image(
         Ok(pb::ImageFormat::Webp) => ImageFormat::Webp,
         Ok(pb::ImageFormat::Unspecified) => {
             return Err(invalid(
-                format!("{field}.format"),
+                field.child("format"),
                 "must be set (PNG, JPEG, GIF or WEBP)",
             ));
         }
         Err(_) => {
             return Err(invalid(
-                format!("{field}.format"),
+                field.child("format"),
                 format!("unknown image format {}", img.format),
             ));
         }
@@ -510,11 +549,11 @@ fn image(
         ));
     }
     if img.data.is_empty() {
-        return Err(invalid(format!("{field}.data"), "must not be empty"));
+        return Err(invalid(field.child("data"), "must not be empty"));
     }
     if img.data.len() > limits.max_image_bytes {
         return Err(invalid(
-            format!("{field}.data"),
+            field.child("data"),
             format!(
                 "{} bytes exceed the limit of {}",
                 img.data.len(),
@@ -524,7 +563,7 @@ fn image(
     }
     if !format.matches(&img.data) {
         return Err(invalid(
-            format!("{field}.data"),
+            field.child("data"),
             format!(
                 "the bytes are not a {} image",
                 format.as_str().to_ascii_uppercase()
@@ -537,7 +576,7 @@ fn image(
     })
 }
 
-fn json_object(field: &str, text: &str) -> Result<Value, InvalidRequest> {
+fn json_object(field: &Field<'_>, text: &str) -> Result<Value, InvalidRequest> {
     let value: Value =
         serde_json::from_str(text).map_err(|e| invalid(field, format!("not valid JSON: {e}")))?;
     if value.is_object() {
@@ -593,16 +632,27 @@ fn inference(cfg: pb::InferenceConfig) -> Result<Inference, InvalidRequest> {
     })
 }
 
-fn tools(cfg: pb::ToolConfig) -> Result<Tools, InvalidRequest> {
+fn tools(cfg: pb::ToolConfig, limits: &Limits) -> Result<Tools, InvalidRequest> {
     if cfg.tools.is_empty() {
         return Err(invalid(
             "tool_config.tools",
             "at least one tool is required when tool_config is set",
         ));
     }
+    if cfg.tools.len() > limits.max_tools {
+        return Err(invalid(
+            "tool_config.tools",
+            format!(
+                "{} tools exceed the limit of {}",
+                cfg.tools.len(),
+                limits.max_tools
+            ),
+        ));
+    }
     let mut specs: Vec<ToolSpec> = Vec::with_capacity(cfg.tools.len());
+    let mut names = std::collections::HashSet::with_capacity(cfg.tools.len());
     for (i, tool) in cfg.tools.into_iter().enumerate() {
-        let field = format!("tool_config.tools[{i}]");
+        let field = Field::indexed("tool_config.tools", i);
         let valid_name = !tool.name.is_empty()
             && tool.name.len() <= 64
             && tool
@@ -611,20 +661,18 @@ fn tools(cfg: pb::ToolConfig) -> Result<Tools, InvalidRequest> {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if !valid_name {
             return Err(invalid(
-                format!("{field}.name"),
+                field.child("name"),
                 format!("{:?} is not 1 to 64 letters, digits, '_' or '-'", tool.name),
             ));
         }
-        if specs.iter().any(|s| s.name == tool.name) {
+        // A set, not a scan of the names so far: a request may hold many tools.
+        if !names.insert(tool.name.clone()) {
             return Err(invalid(
-                format!("{field}.name"),
+                field.child("name"),
                 format!("duplicate tool name {:?}", tool.name),
             ));
         }
-        let input_schema = json_object(
-            &format!("{field}.input_schema_json"),
-            &tool.input_schema_json,
-        )?;
+        let input_schema = json_object(&field.child("input_schema_json"), &tool.input_schema_json)?;
         specs.push(ToolSpec {
             name: tool.name,
             description: tool.description,
@@ -930,6 +978,60 @@ mod tests {
         let err = ChatRequest::from_pb(image_request(pb::ImageFormat::Png as i32, PNG), &limits)
             .expect_err("limit");
         assert!(err.0.contains("more than 0 images"), "{}", err.0);
+    }
+
+    #[test]
+    fn tools_are_limited_and_unique() {
+        let tool = |name: &str| pb::Tool {
+            name: name.to_owned(),
+            description: String::new(),
+            input_schema_json: "{}".to_owned(),
+        };
+        let with_tools = |tools: Vec<pb::Tool>| pb::ConverseRequest {
+            tool_config: Some(pb::ToolConfig {
+                tools,
+                tool_choice: None,
+            }),
+            ..request(vec![user("Hello")])
+        };
+        let err = check(with_tools(vec![tool("a"), tool("b"), tool("a")])).expect_err("duplicate");
+        assert_eq!(
+            err.0,
+            "tool_config.tools[2].name: duplicate tool name \"a\""
+        );
+        let limits = Limits {
+            max_tools: 2,
+            ..Limits::default()
+        };
+        let err = ChatRequest::from_pb(with_tools(vec![tool("a"), tool("b"), tool("c")]), &limits)
+            .expect_err("limit");
+        assert_eq!(err.0, "tool_config.tools: 3 tools exceed the limit of 2");
+    }
+
+    #[test]
+    fn nested_fields_are_named_in_full() {
+        let req = request(vec![pb::Message {
+            role: pb::Role::User as i32,
+            content: vec![
+                text_block("Here is the result"),
+                pb::ContentBlock {
+                    block: Some(pb::content_block::Block::ToolResult(pb::ToolResult {
+                        tool_use_id: "t1".to_owned(),
+                        content: vec![pb::ToolResultContent {
+                            block: Some(pb::tool_result_content::Block::Json("{".to_owned())),
+                        }],
+                        status: 0,
+                    })),
+                },
+            ],
+        }]);
+        let err = check(req).expect_err("bad json");
+        assert!(
+            err.0
+                .starts_with("messages[0].content[1].tool_result.content[0].json: not valid JSON"),
+            "{}",
+            err.0
+        );
     }
 
     #[test]

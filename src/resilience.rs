@@ -160,7 +160,7 @@ pub struct Breaker {
 
 /// Where a breaker is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BreakerState {
+enum BreakerState {
     /// Requests flow.
     Closed,
     /// Ejected until the instant.
@@ -221,11 +221,6 @@ impl Breaker {
     /// Whether the target is being skipped (open, or waiting on a probe).
     pub fn is_open(&self) -> bool {
         !matches!(self.state, BreakerState::Closed)
-    }
-
-    /// The current state.
-    pub fn state(&self) -> BreakerState {
-        self.state
     }
 }
 

@@ -54,7 +54,7 @@
 use crate::calibrate;
 use crate::classify::{
     DEFAULT_CLIP, FEATURE_NAMES, FORMAT_VERSION, FeatureWeight, Metadata, NUM_FEATURES, Rescale,
-    Weights,
+    Weights, contribution, logistic,
 };
 use crate::eval::Row;
 
@@ -246,14 +246,14 @@ impl Model {
     pub fn logit(&self, x: &[f64; NUM_FEATURES]) -> f64 {
         let mut z = self.bias;
         for (i, &v) in x.iter().enumerate() {
-            z += self.weight[i] * ((v - self.mean[i]) / self.scale[i]).clamp(-self.clip, self.clip);
+            z += contribution(self.weight[i], v, self.mean[i], self.scale[i], self.clip);
         }
         z
     }
 
     /// The score in [0, 1] for one feature vector.
     pub fn score(&self, x: &[f64; NUM_FEATURES]) -> f64 {
-        1.0 / (1.0 + (-self.logit(x)).exp())
+        logistic(self.logit(x))
     }
 
     /// The weights file for this model.
@@ -518,10 +518,6 @@ pub fn length_backbone(model: &Model, examples: &[Example], share: f64) -> f64 {
     (-b + (b * b - 4.0 * a * c).sqrt()) / (2.0 * a)
 }
 
-fn sigmoid(z: f64) -> f64 {
-    1.0 / (1.0 + (-z).exp())
-}
-
 /// Objective: Σ cross-entropy + Σ λ/2 · (θ − centre)² over the weights + BIAS_L2/2 · bias², each
 /// row's logit shifted by its offset; `penalty[j]` is (λ, centre) of weight j (θ[j + 1]).
 fn objective(
@@ -563,7 +559,7 @@ fn newton(
         let mut hess = vec![0.0; k * k];
         for ((x, &y), &o) in rows.iter().zip(labels).zip(offsets) {
             let z: f64 = o + x.iter().zip(&theta).map(|(a, b)| a * b).sum::<f64>();
-            let p = sigmoid(z);
+            let p = logistic(z);
             let r = p - y;
             let w = p * (1.0 - p);
             for a in 0..k {

@@ -5,6 +5,8 @@
 //! copies only paths that exist; the dashboard and provisioning files are well formed.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod common;
+
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -21,8 +23,6 @@ use serde::Deserialize as _;
 use serde_json::Value;
 use tonic::server::NamedService;
 use tonic_health::pb::health_check_response::ServingStatus;
-
-const BIN: &str = env!("CARGO_BIN_EXE_prompt-router");
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -367,10 +367,14 @@ fn probes_ports_and_drain_match_the_router() {
 /// Runs the binary off the runtime, so the in-process router keeps serving meanwhile.
 async fn run_bin(args: &[&str]) -> std::process::Output {
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    tokio::task::spawn_blocking(move || std::process::Command::new(BIN).args(args).output())
-        .await
-        .unwrap()
-        .unwrap()
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(common::process::BIN)
+            .args(args)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap()
 }
 
 /// The probes' questions, asked of a router started with the ConfigMap's config.

@@ -7,62 +7,14 @@
 
 mod common;
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
+
+use common::exposition::Scrape;
 
 use prompt_router::{
-    load::{self, LoadOptions, Sample, Summary},
+    load::{self, LoadOptions, Summary},
     sim::LatencyConfig,
 };
-
-const BIN: &str = env!("CARGO_BIN_EXE_prompt-router");
-
-/// `router_*` series of a scrape, values as written.
-fn scrape(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .filter(|l| l.starts_with("router_"))
-        .map(|l| {
-            let (series, value) = l.rsplit_once(' ').unwrap();
-            (series.to_owned(), value.to_owned())
-        })
-        .collect()
-}
-
-/// Sum of the series of `family` whose labels contain every `filter`.
-fn sum(series: &BTreeMap<String, String>, family: &str, filters: &[&str]) -> f64 {
-    series
-        .iter()
-        .filter(|(name, _)| {
-            (name.as_str() == family || name.starts_with(&format!("{family}{{")))
-                && filters.iter().all(|f| name.contains(f))
-        })
-        .map(|(_, v)| v.parse::<f64>().unwrap())
-        .sum()
-}
-
-/// Exact nano-dollars of the money counters, which are rendered with nine decimals.
-fn nanodollars(series: &BTreeMap<String, String>, family: &str) -> u64 {
-    series
-        .iter()
-        .filter(|(name, _)| name.as_str() == family || name.starts_with(&format!("{family}{{")))
-        .map(|(_, v)| {
-            let (whole, fraction) = v.split_once('.').unwrap();
-            assert_eq!(fraction.len(), 9, "{v}");
-            whole.parse::<u64>().unwrap() * 1_000_000_000 + fraction.parse::<u64>().unwrap()
-        })
-        .sum()
-}
-
-fn samples() -> Vec<Sample> {
-    let mut samples = load::samples::built_in();
-    for (name, stream) in [("throttled", false), ("throttled-stream", true)] {
-        samples.push(Sample {
-            name: name.to_owned(),
-            request: load::samples::ask("Busy? [sim:fail=ThrottlingException]"),
-            stream,
-        });
-    }
-    samples
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_keeps_its_schedule_and_agrees_with_the_router() {
@@ -79,7 +31,12 @@ async fn load_keeps_its_schedule_and_agrees_with_the_router() {
         timeout: Duration::from_secs(10),
         seed: 11,
     };
-    let summary = load::run(&options, &samples()).await.expect("load runs");
+    let summary = load::run(
+        &options,
+        &common::throttled_mix("Busy? [sim:fail=ThrottlingException]"),
+    )
+    .await
+    .expect("load runs");
 
     assert_eq!(summary.planned, 100, "rate × duration");
     assert_eq!(summary.sent + summary.not_sent, summary.planned);
@@ -106,35 +63,27 @@ async fn load_keeps_its_schedule_and_agrees_with_the_router() {
     assert!(summary.latency.p99_ms <= summary.latency.max_ms);
 
     // The router counted the same requests, tiers, failures and money.
-    let series = scrape(&common::http_get(&router.metrics_url()).await);
+    let scrape = Scrape::parse(&common::http_get(&router.metrics_url()).await);
     let requests = "router_requests_total";
-    assert_eq!(sum(&series, requests, &[]), summary.sent as f64);
-    assert_eq!(
-        sum(&series, requests, &["outcome=\"ok\""]),
-        summary.ok as f64
-    );
+    assert_eq!(scrape.sum(requests, &[]), summary.sent as f64);
+    assert_eq!(scrape.sum(requests, &["outcome=\"ok\""]), summary.ok as f64);
     for (code, count) in &summary.errors {
         assert_eq!(
-            sum(&series, requests, &[&format!("outcome=\"{code}\"")]),
+            scrape.sum(requests, &[&format!("outcome=\"{code}\"")]),
             *count as f64,
             "{code}"
         );
     }
-    let ok_tier = |tier: &str| {
-        sum(
-            &series,
-            requests,
-            &["outcome=\"ok\"", &format!("tier=\"{tier}\"")],
-        )
-    };
+    let ok_tier =
+        |tier: &str| scrape.sum(requests, &["outcome=\"ok\"", &format!("tier=\"{tier}\"")]);
     assert_eq!(ok_tier("strong"), summary.strong as f64);
     assert_eq!(ok_tier("fast"), summary.fast as f64);
     assert_eq!(
-        nanodollars(&series, "router_cost_usd_total"),
+        scrape.nanodollars("router_cost_usd_total"),
         summary.cost_nanodollars
     );
     assert_eq!(
-        nanodollars(&series, "router_baseline_cost_usd_total"),
+        scrape.nanodollars("router_baseline_cost_usd_total"),
         summary.baseline_nanodollars
     );
     assert!(summary.savings_share() > 0.0 && summary.savings_share() < 1.0);
@@ -142,7 +91,7 @@ async fn load_keeps_its_schedule_and_agrees_with_the_router() {
     // The subcommand: same machinery, summary as JSON on stdout.
     let target = options.target.clone();
     let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(BIN)
+        std::process::Command::new(common::process::BIN)
             .args([
                 "load",
                 "--target",
@@ -180,7 +129,12 @@ async fn load_keeps_its_schedule_and_agrees_with_the_router() {
         concurrency: 2,
         ..options
     };
-    let summary: Summary = load::run(&saturated, &samples()).await.expect("load runs");
+    let summary: Summary = load::run(
+        &saturated,
+        &common::throttled_mix("Busy? [sim:fail=ThrottlingException]"),
+    )
+    .await
+    .expect("load runs");
     assert_eq!(summary.planned, 20);
     assert_eq!(summary.sent + summary.not_sent, 20);
     assert!(summary.not_sent >= 10, "{summary}");

@@ -5,38 +5,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
-use common::{ask, ask_forced, http_get, start};
+use common::{ask, ask_forced, exposition::Scrape, http_get, start};
 use prompt_router::pb;
 
 const SONNET_US: &str = "us.anthropic.claude-3-5-sonnet-20241022-v2:0";
 const HAIKU_US: &str = "us.anthropic.claude-3-haiku-20240307-v1:0";
-
-/// Parses the exposition into `series → value` and `family → type`.
-fn parse(text: &str) -> (BTreeMap<String, f64>, BTreeMap<String, String>) {
-    let mut series = BTreeMap::new();
-    let mut types = BTreeMap::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').unwrap();
-            types.insert(name.to_owned(), kind.to_owned());
-        } else if !line.starts_with('#') && !line.is_empty() {
-            let (name, value) = line.rsplit_once(' ').unwrap();
-            series.insert(name.to_owned(), value.parse().unwrap());
-        }
-    }
-    (series, types)
-}
-
-fn value(series: &BTreeMap<String, f64>, key: &str) -> f64 {
-    *series.get(key).unwrap_or_else(|| {
-        panic!(
-            "missing series {key}; have: {:#?}",
-            series.keys().collect::<Vec<_>>()
-        )
-    })
-}
 
 #[tokio::test]
 async fn metrics_follow_known_traffic_exactly() {
@@ -79,8 +52,21 @@ async fn metrics_follow_known_traffic_exactly() {
         .converse(ask("Throttle me [sim:fail=ThrottlingException]"))
         .await
         .expect_err("throttled");
+    // A caller that gives up mid-call: the request and its upstream call both count, cancelled.
+    let mut client = router.client.clone();
+    let abandoned = tokio::spawn(async move {
+        client
+            .converse(ask_forced(
+                "Wait for me [sim:ttft=5000]",
+                pb::RoutingMode::ForceStrong,
+            ))
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    abandoned.abort();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
 
-    let (series, types) = parse(&http_get(&router.metrics_url()).await);
+    let scrape = Scrape::parse(&http_get(&router.metrics_url()).await);
     for (family, kind) in [
         ("router_requests_total", "counter"),
         ("router_request_duration_seconds", "histogram"),
@@ -96,7 +82,7 @@ async fn metrics_follow_known_traffic_exactly() {
         ("router_inflight_requests", "gauge"),
     ] {
         assert_eq!(
-            types.get(family).map(String::as_str),
+            scrape.types.get(family).map(String::as_str),
             Some(kind),
             "{family}"
         );
@@ -105,33 +91,29 @@ async fn metrics_follow_known_traffic_exactly() {
     let s = strong.usage.unwrap();
     let f = fast_a.usage.unwrap();
     assert_eq!(
-        value(
-            &series,
-            &format!("router_tokens_total{{model=\"{SONNET_US}\",direction=\"input\"}}")
-        ),
+        scrape.value(&format!(
+            "router_tokens_total{{model=\"{SONNET_US}\",direction=\"input\"}}"
+        )),
         f64::from(s.input_tokens)
     );
     assert_eq!(
-        value(
-            &series,
-            &format!("router_tokens_total{{model=\"{SONNET_US}\",direction=\"output\"}}")
-        ),
+        scrape.value(&format!(
+            "router_tokens_total{{model=\"{SONNET_US}\",direction=\"output\"}}"
+        )),
         f64::from(s.output_tokens)
     );
     let fast_in = f.input_tokens + fast_b.input_tokens;
     let fast_out = f.output_tokens + fast_b.output_tokens;
     assert_eq!(
-        value(
-            &series,
-            &format!("router_tokens_total{{model=\"{HAIKU_US}\",direction=\"input\"}}")
-        ),
+        scrape.value(&format!(
+            "router_tokens_total{{model=\"{HAIKU_US}\",direction=\"input\"}}"
+        )),
         f64::from(fast_in)
     );
     assert_eq!(
-        value(
-            &series,
-            &format!("router_tokens_total{{model=\"{HAIKU_US}\",direction=\"output\"}}")
-        ),
+        scrape.value(&format!(
+            "router_tokens_total{{model=\"{HAIKU_US}\",direction=\"output\"}}"
+        )),
         f64::from(fast_out)
     );
 
@@ -141,27 +123,20 @@ async fn metrics_follow_known_traffic_exactly() {
     let baseline = sonnet_cost + u64::from(fast_in) * 3_000 + u64::from(fast_out) * 15_000;
     let dollars = |nano: u64| nano as f64 / 1e9;
     assert_eq!(
-        value(
-            &series,
-            &format!("router_cost_usd_total{{model=\"{SONNET_US}\"}}")
-        ),
+        scrape.value(&format!("router_cost_usd_total{{model=\"{SONNET_US}\"}}")),
         dollars(sonnet_cost)
     );
     assert_eq!(
-        value(
-            &series,
-            &format!("router_cost_usd_total{{model=\"{HAIKU_US}\"}}")
-        ),
+        scrape.value(&format!("router_cost_usd_total{{model=\"{HAIKU_US}\"}}")),
         dollars(haiku_cost)
     );
     assert_eq!(
-        value(&series, "router_baseline_cost_usd_total"),
+        scrape.value("router_baseline_cost_usd_total"),
         dollars(baseline)
     );
 
     assert_eq!(
-        value(
-            &series,
+        scrape.value(
             &format!(
                 "router_requests_total{{tier=\"strong\",model=\"{SONNET_US}\",outcome=\"ok\",reason=\"forced\"}}"
             )
@@ -169,8 +144,7 @@ async fn metrics_follow_known_traffic_exactly() {
         1.0
     );
     assert_eq!(
-        value(
-            &series,
+        scrape.value(
             &format!(
                 "router_requests_total{{tier=\"fast\",model=\"{HAIKU_US}\",outcome=\"ok\",reason=\"forced\"}}"
             )
@@ -178,15 +152,13 @@ async fn metrics_follow_known_traffic_exactly() {
         2.0
     );
     assert_eq!(
-        value(
-            &series,
+        scrape.value(
             "router_requests_total{tier=\"none\",model=\"none\",outcome=\"invalid_argument\",reason=\"none\"}"
         ),
         1.0
     );
     assert_eq!(
-        value(
-            &series,
+        scrape.value(
             &format!(
                 "router_requests_total{{tier=\"fast\",model=\"{HAIKU_US}\",outcome=\"resource_exhausted\",reason=\"score\"}}"
             )
@@ -203,32 +175,28 @@ async fn metrics_follow_known_traffic_exactly() {
         let key = format!(
             "router_upstream_errors_total{{model=\"{model}\",region=\"{region}\",kind=\"throttling\"}}"
         );
-        assert_eq!(value(&series, &key), 1.0, "{key}");
+        assert_eq!(scrape.value(&key), 1.0, "{key}");
     }
     assert_eq!(
-        value(
-            &series,
-            &format!("router_retries_total{{model=\"{HAIKU_US}\",kind=\"throttling\"}}")
-        ),
+        scrape.value(&format!(
+            "router_retries_total{{model=\"{HAIKU_US}\",kind=\"throttling\"}}"
+        )),
         2.0
     );
     assert_eq!(
-        value(
-            &series,
-            &format!("router_fallbacks_total{{model=\"{HAIKU_US}\",kind=\"region\"}}")
-        ),
+        scrape.value(&format!(
+            "router_fallbacks_total{{model=\"{HAIKU_US}\",kind=\"region\"}}"
+        )),
         1.0
     );
     assert_eq!(
-        value(
-            &series,
-            &format!("router_fallbacks_total{{model=\"{SONNET_US}\",kind=\"escalate\"}}")
-        ),
+        scrape.value(&format!(
+            "router_fallbacks_total{{model=\"{SONNET_US}\",kind=\"escalate\"}}"
+        )),
         1.0
     );
     assert_eq!(
-        value(
-            &series,
+        scrape.value(
             &format!(
                 "router_upstream_duration_seconds_count{{model=\"{SONNET_US}\",region=\"us-east-1\",outcome=\"ok\"}}"
             )
@@ -236,29 +204,47 @@ async fn metrics_follow_known_traffic_exactly() {
         1.0
     );
     assert_eq!(
-        value(&series, "router_overhead_seconds_count"),
-        4.0,
-        "every request that went upstream"
-    );
-    assert_eq!(
-        value(&series, "router_classify_duration_seconds_count"),
-        4.0,
-        "every valid request"
-    );
-    assert_eq!(
-        value(
-            &series,
-            &format!("router_time_to_first_token_seconds_count{{model=\"{HAIKU_US}\"}}")
+        scrape.value(
+            &format!(
+                "router_requests_total{{tier=\"strong\",model=\"{SONNET_US}\",outcome=\"cancelled\",reason=\"forced\"}}"
+            )
         ),
         1.0
     );
     assert_eq!(
-        value(&series, "router_complexity_score_bucket{le=\"+Inf\"}"),
-        4.0
+        scrape.value(
+            &format!(
+                "router_upstream_duration_seconds_count{{model=\"{SONNET_US}\",region=\"us-east-1\",outcome=\"cancelled\"}}"
+            )
+        ),
+        1.0,
+        "the upstream call cut short by the caller is counted too"
     );
-    assert_eq!(value(&series, "router_inflight_requests"), 0.0);
+    assert_eq!(
+        scrape.value("router_overhead_seconds_count"),
+        5.0,
+        "every request that went upstream"
+    );
+    assert_eq!(
+        scrape.value("router_classify_duration_seconds_count"),
+        5.0,
+        "every valid request"
+    );
+    assert_eq!(
+        scrape.value(&format!(
+            "router_time_to_first_token_seconds_count{{model=\"{HAIKU_US}\"}}"
+        )),
+        1.0
+    );
+    assert_eq!(
+        scrape.value("router_complexity_score_bucket{le=\"+Inf\"}"),
+        5.0
+    );
+    assert_eq!(scrape.value("router_inflight_requests"), 0.0);
     assert!(
-        series.contains_key("router_overhead_seconds_bucket{le=\"0.00001\"}"),
+        scrape
+            .series
+            .contains_key("router_overhead_seconds_bucket{le=\"0.00001\"}"),
         "µs buckets"
     );
 }

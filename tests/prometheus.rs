@@ -310,14 +310,7 @@ fn rules() -> (BTreeMap<String, String>, BTreeMap<String, String>) {
 /// The built-in mix plus throttled (unary and streamed) and invalid requests, so every error
 /// panel and the error-ratio alerts have something to show.
 fn samples() -> Vec<Sample> {
-    let mut samples = load::samples::built_in();
-    for (name, stream) in [("throttled", false), ("throttled-stream", true)] {
-        samples.push(Sample {
-            name: name.to_owned(),
-            request: load::samples::ask("Quick one [sim:fail=ThrottlingException]"),
-            stream,
-        });
-    }
+    let mut samples = common::throttled_mix("Quick one [sim:fail=ThrottlingException]");
     samples.push(Sample {
         name: "invalid".to_owned(),
         request: pb::ConverseRequest::default(),

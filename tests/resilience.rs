@@ -257,7 +257,7 @@ async fn a_stream_that_fails_after_tokens_ends_with_a_clear_status() {
         let status = error.unwrap_or_else(|| panic!("{directive}: must fail"));
         assert_eq!(status.code(), code, "{directive}: {status:?}");
         assert!(
-            status.message().contains("after 2 streamed tokens"),
+            status.message().contains("after 2 text deltas"),
             "{directive}: {}",
             status.message()
         );
@@ -359,4 +359,68 @@ async fn overload_is_refused_quickly_and_the_rest_succeed() {
         "overload: 12 calls, limit 4: {ok} ok, {refused} refused, slowest refusal {slowest_refusal:?}"
     );
     assert_eq!((ok, refused), (4, 8));
+}
+
+#[tokio::test]
+async fn a_caller_that_stops_reading_cannot_hold_its_slot_past_the_deadline() {
+    let mut router = start_with(|config| config.server.max_concurrency = 1).await;
+    // A 1 KiB HTTP/2 window: a caller that never reads stops the stream within a few dozen events,
+    // far fewer than the answer's 3,000.
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", router.running.grpc_addr))
+            .unwrap()
+            .initial_stream_window_size(1024)
+            .connect()
+            .await
+            .unwrap();
+    let mut slow_reader = pb::prompt_router_client::PromptRouterClient::new(channel);
+    let mut stalled = slow_reader
+        .converse_stream(with_deadline(
+            ask("Talk a lot [sim:tokens=3000]"),
+            Duration::from_millis(400),
+        ))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The slot is free again: the relay gave up at the deadline instead of waiting on the caller.
+    let reply = router
+        .ask("are you free?")
+        .await
+        .expect("the slot was released");
+    assert_eq!(reply.attempts, 1);
+    // The stalled caller, reading at last, gets the buffered events and then the deadline.
+    let status = loop {
+        match stalled.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("a cut-short stream must not end as if complete"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+}
+
+#[tokio::test]
+async fn streams_failing_before_their_first_event_eject_the_target() {
+    let mut router = start_with(|config| config.resilience.breaker_failures = 2).await;
+    for _ in 0..2 {
+        let (events, error) = router
+            .stream(ask(
+                "Go [sim:fail=throttlingException;after=0;region=us-east-1]",
+            ))
+            .await;
+        assert!(error.is_none(), "{error:?}");
+        let Some(pb::converse_stream_event::Event::Metadata(metadata)) = events.last() else {
+            panic!("metadata last")
+        };
+        assert_eq!(metadata.attempts, 2);
+    }
+    let before = router.sim().stats().received;
+    let (events, error) = router.stream(ask("Go")).await;
+    assert!(error.is_none(), "{error:?}");
+    let Some(pb::converse_stream_event::Event::Decision(decision)) = events.first() else {
+        panic!("decision first")
+    };
+    assert_eq!(decision.region, "us-west-2", "us-east-1 is ejected");
+    assert_eq!(router.sim().stats().received, before + 1);
 }

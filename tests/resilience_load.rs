@@ -25,14 +25,6 @@ fn rule(error: BedrockError, rate: f64) -> FaultRule {
     }
 }
 
-fn sum(metrics: &str, family: &str, label: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&format!("{family}{{")) && l.contains(label))
-        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_and_5xx_on_the_first_region_lose_no_request() {
     let router = start_with(|_| {}).await;
@@ -101,41 +93,32 @@ async fn throttling_and_5xx_on_the_first_region_lose_no_request() {
         .unwrap_or(0);
     assert_eq!(fallbacks.len(), 1, "only region fallbacks: {fallbacks:?}");
 
-    let metrics = common::http_get(&router.metrics_url()).await;
-    assert_eq!(sum(&metrics, "router_retries_total", ""), retries as f64);
+    let scrape = common::exposition::Scrape::parse(&common::http_get(&router.metrics_url()).await);
+    assert_eq!(scrape.sum("router_retries_total", &[""]), retries as f64);
     assert_eq!(
-        sum(&metrics, "router_fallbacks_total", "kind=\"region\""),
+        scrape.sum("router_fallbacks_total", &["kind=\"region\""]),
         region_fallbacks as f64
     );
     assert_eq!(
-        sum(&metrics, "router_requests_total", "outcome=\"ok\""),
+        scrape.sum("router_requests_total", &["outcome=\"ok\""]),
         REQUESTS as f64
     );
     assert_eq!(
-        sum(
-            &metrics,
-            "router_upstream_errors_total",
-            "region=\"us-east-1\""
-        ),
+        scrape.sum("router_upstream_errors_total", &["region=\"us-east-1\""]),
         retries as f64,
         "every upstream error was in the first region"
     );
-    assert!(
-        metrics.contains("# TYPE router_circuit_open gauge"),
-        "{metrics}"
+    assert_eq!(
+        scrape.types.get("router_circuit_open").map(String::as_str),
+        Some("gauge")
     );
     println!(
         "requests {REQUESTS}, ok {REQUESTS}, attempts {attempts}, retries {retries}, region fallbacks {region_fallbacks}, \
          throttled {}, unavailable {}",
-        sum(
-            &metrics,
+        scrape.sum("router_upstream_errors_total", &["kind=\"throttling\""]),
+        scrape.sum(
             "router_upstream_errors_total",
-            "kind=\"throttling\""
-        ),
-        sum(
-            &metrics,
-            "router_upstream_errors_total",
-            "kind=\"service_unavailable\""
+            &["kind=\"service_unavailable\""]
         ),
     );
 }

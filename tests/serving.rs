@@ -543,7 +543,7 @@ async fn mid_stream_exceptions_end_the_stream_with_a_status() {
         let status = error.unwrap_or_else(|| panic!("{kind}: the stream must end in an error"));
         assert_eq!(status.code(), code, "{kind}: {status:?}");
         assert!(
-            status.message().contains("after 3 streamed tokens"),
+            status.message().contains("after 3 text deltas"),
             "{kind}: {}",
             status.message()
         );
@@ -724,7 +724,7 @@ async fn a_stalled_stream_ends_with_a_clear_status() {
     let status = error.expect("the stall must end the stream");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(
-        status.message().contains("after 2 streamed tokens"),
+        status.message().contains("after 2 text deltas"),
         "{}",
         status.message()
     );

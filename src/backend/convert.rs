@@ -23,11 +23,18 @@ pub struct ConverseParts {
     pub additional: Option<Document>,
 }
 
-/// Builds the SDK's request shapes from a validated request.
-pub fn converse_parts(req: &ChatRequest) -> Result<ConverseParts, BuildError> {
-    let messages = req
-        .messages
-        .iter()
+/// Builds the SDK's request shapes from a validated request, moving its text and image bytes
+/// rather than copying them.
+pub fn converse_parts(req: ChatRequest) -> Result<ConverseParts, BuildError> {
+    let ChatRequest {
+        messages,
+        system,
+        inference: inf,
+        tools,
+        ..
+    } = req;
+    let messages = messages
+        .into_iter()
         .map(|turn| {
             let role = match turn.role {
                 Role::User => bt::ConversationRole::User,
@@ -35,7 +42,7 @@ pub fn converse_parts(req: &ChatRequest) -> Result<ConverseParts, BuildError> {
             };
             let content = turn
                 .content
-                .iter()
+                .into_iter()
                 .map(content_block)
                 .collect::<Result<Vec<_>, _>>()?;
             bt::Message::builder()
@@ -44,26 +51,10 @@ pub fn converse_parts(req: &ChatRequest) -> Result<ConverseParts, BuildError> {
                 .build()
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let system = req
-        .system
-        .iter()
-        .map(|s| bt::SystemContentBlock::Text(s.clone()))
+    let system = system
+        .into_iter()
+        .map(bt::SystemContentBlock::Text)
         .collect();
-    let inf = &req.inference;
-    let inference = (inf.max_tokens.is_some()
-        || inf.temperature.is_some()
-        || inf.top_p.is_some()
-        || !inf.stop_sequences.is_empty())
-    .then(|| {
-        bt::InferenceConfiguration::builder()
-            .set_max_tokens(inf.max_tokens.map(clamp_i32))
-            .set_temperature(inf.temperature)
-            .set_top_p(inf.top_p)
-            .set_stop_sequences(
-                (!inf.stop_sequences.is_empty()).then(|| inf.stop_sequences.clone()),
-            )
-            .build()
-    });
     let additional = inf.top_k.map(|k| {
         Document::Object(
             [(
@@ -73,7 +64,19 @@ pub fn converse_parts(req: &ChatRequest) -> Result<ConverseParts, BuildError> {
             .into(),
         )
     });
-    let tools = req.tools.as_ref().map(tool_config).transpose()?;
+    let inference = (inf.max_tokens.is_some()
+        || inf.temperature.is_some()
+        || inf.top_p.is_some()
+        || !inf.stop_sequences.is_empty())
+    .then(|| {
+        bt::InferenceConfiguration::builder()
+            .set_max_tokens(inf.max_tokens.map(clamp_i32))
+            .set_temperature(inf.temperature)
+            .set_top_p(inf.top_p)
+            .set_stop_sequences((!inf.stop_sequences.is_empty()).then_some(inf.stop_sequences))
+            .build()
+    });
+    let tools = tools.map(tool_config).transpose()?;
     Ok(ConverseParts {
         messages,
         system,
@@ -83,26 +86,26 @@ pub fn converse_parts(req: &ChatRequest) -> Result<ConverseParts, BuildError> {
     })
 }
 
-fn content_block(block: &Block) -> Result<bt::ContentBlock, BuildError> {
+fn content_block(block: Block) -> Result<bt::ContentBlock, BuildError> {
     Ok(match block {
-        Block::Text(text) => bt::ContentBlock::Text(text.clone()),
+        Block::Text(text) => bt::ContentBlock::Text(text),
         Block::Image(image) => bt::ContentBlock::Image(image_block(image)?),
         Block::ToolUse(tool_use) => bt::ContentBlock::ToolUse(
             bt::ToolUseBlock::builder()
-                .tool_use_id(&tool_use.id)
-                .name(&tool_use.name)
+                .tool_use_id(tool_use.id)
+                .name(tool_use.name)
                 .input(to_document(&tool_use.input))
                 .build()?,
         ),
         Block::ToolResult(result) => {
             let content = result
                 .content
-                .iter()
+                .into_iter()
                 .map(|c| {
                     Ok(match c {
-                        ToolResultBlock::Text(t) => bt::ToolResultContentBlock::Text(t.clone()),
+                        ToolResultBlock::Text(t) => bt::ToolResultContentBlock::Text(t),
                         ToolResultBlock::Json(v) => {
-                            bt::ToolResultContentBlock::Json(to_document(v))
+                            bt::ToolResultContentBlock::Json(to_document(&v))
                         }
                         ToolResultBlock::Image(i) => {
                             bt::ToolResultContentBlock::Image(image_block(i)?)
@@ -112,7 +115,7 @@ fn content_block(block: &Block) -> Result<bt::ContentBlock, BuildError> {
                 .collect::<Result<Vec<_>, BuildError>>()?;
             bt::ContentBlock::ToolResult(
                 bt::ToolResultBlock::builder()
-                    .tool_use_id(&result.tool_use_id)
+                    .tool_use_id(result.tool_use_id)
                     .set_content(Some(content))
                     .status(if result.is_error {
                         bt::ToolResultStatus::Error
@@ -125,7 +128,7 @@ fn content_block(block: &Block) -> Result<bt::ContentBlock, BuildError> {
     })
 }
 
-fn image_block(image: &Image) -> Result<bt::ImageBlock, BuildError> {
+fn image_block(image: Image) -> Result<bt::ImageBlock, BuildError> {
     let format = match image.format {
         ImageFormat::Png => bt::ImageFormat::Png,
         ImageFormat::Jpeg => bt::ImageFormat::Jpeg,
@@ -134,24 +137,24 @@ fn image_block(image: &Image) -> Result<bt::ImageBlock, BuildError> {
     };
     bt::ImageBlock::builder()
         .format(format)
-        .source(bt::ImageSource::Bytes(Blob::new(image.data.clone())))
+        .source(bt::ImageSource::Bytes(Blob::new(image.data)))
         .build()
 }
 
-fn tool_config(tools: &Tools) -> Result<bt::ToolConfiguration, BuildError> {
+fn tool_config(tools: Tools) -> Result<bt::ToolConfiguration, BuildError> {
     let specs = tools
         .specs
-        .iter()
+        .into_iter()
         .map(|spec| {
             bt::ToolSpecification::builder()
-                .name(&spec.name)
-                .set_description((!spec.description.is_empty()).then(|| spec.description.clone()))
                 .input_schema(bt::ToolInputSchema::Json(to_document(&spec.input_schema)))
+                .name(spec.name)
+                .set_description((!spec.description.is_empty()).then_some(spec.description))
                 .build()
                 .map(bt::Tool::ToolSpec)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let choice = match &tools.choice {
+    let choice = match tools.choice {
         ToolChoice::Auto => bt::ToolChoice::Auto(bt::AutoToolChoice::builder().build()),
         ToolChoice::Any => bt::ToolChoice::Any(bt::AnyToolChoice::builder().build()),
         ToolChoice::Tool(name) => {

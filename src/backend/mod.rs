@@ -18,14 +18,15 @@ use aws_sdk_bedrockruntime::{
 };
 use serde_json::Value;
 
+pub use self::convert::ConverseParts;
 pub use self::error::BackendError;
-use self::{convert::ConverseParts, error::sort};
+use self::error::sort;
 use crate::{config::BedrockConfig, cost::Usage, request::ChatRequest};
 
 /// The Bedrock Runtime clients the router calls models with, one per source region.
 #[derive(Debug, Clone)]
 pub struct Bedrock {
-    regions: Vec<(String, Client)>,
+    regions: Vec<Client>,
     stream_idle_timeout: Duration,
 }
 
@@ -180,7 +181,7 @@ impl Bedrock {
                 if let Some(url) = &config.endpoint_url {
                     builder = builder.endpoint_url(url);
                 }
-                (region.clone(), Client::from_conf(builder.build()))
+                Client::from_conf(builder.build())
             })
             .collect();
         Ok(Self {
@@ -189,25 +190,10 @@ impl Bedrock {
         })
     }
 
-    /// The name of source region number `index` ("?" if out of range).
-    pub fn region_name(&self, index: usize) -> &str {
-        self.regions
-            .get(index)
-            .map_or("?", |(name, _)| name.as_str())
-    }
-
-    /// How many source regions there are.
-    pub fn region_count(&self) -> usize {
-        self.regions.len()
-    }
-
     fn client(&self, region: usize) -> Result<&Client, BackendError> {
-        self.regions
-            .get(region)
-            .map(|(_, client)| client)
-            .ok_or_else(|| BackendError::Build {
-                message: format!("no client for region index {region}"),
-            })
+        self.regions.get(region).ok_or_else(|| BackendError::Build {
+            message: format!("no client for region index {region}"),
+        })
     }
 
     /// Calls Converse on `model_id` through source region number `region` and waits for the
@@ -216,9 +202,9 @@ impl Bedrock {
         &self,
         region: usize,
         model_id: &str,
-        req: &ChatRequest,
+        parts: ConverseParts,
     ) -> Result<Completion, BackendError> {
-        let output = with_parts!(self.client(region)?.converse(), model_id, parts(req)?)
+        let output = with_parts!(self.client(region)?.converse(), model_id, parts)
             .send()
             .await
             .map_err(sort)?;
@@ -248,16 +234,12 @@ impl Bedrock {
         &self,
         region: usize,
         model_id: &str,
-        req: &ChatRequest,
+        parts: ConverseParts,
     ) -> Result<EventStream, BackendError> {
-        let output = with_parts!(
-            self.client(region)?.converse_stream(),
-            model_id,
-            parts(req)?
-        )
-        .send()
-        .await
-        .map_err(sort)?;
+        let output = with_parts!(self.client(region)?.converse_stream(), model_id, parts)
+            .send()
+            .await
+            .map_err(sort)?;
         Ok(EventStream {
             rx: output.stream,
             idle_timeout: self.stream_idle_timeout,
@@ -296,7 +278,8 @@ async fn check_credentials(shared: &aws_config::SdkConfig) -> Result<(), SetupEr
         .map_err(|e| SetupError::NoCredentials(e.to_string()))
 }
 
-fn parts(req: &ChatRequest) -> Result<ConverseParts, BackendError> {
+/// Turns a validated request into what every attempt sends, once per request: attempts clone it.
+pub fn prepare(req: ChatRequest) -> Result<ConverseParts, BackendError> {
     convert::converse_parts(req).map_err(|e| BackendError::Build {
         message: e.to_string(),
     })

@@ -154,7 +154,7 @@ impl Accumulator<'_> {
         let mut contributions = [0.0; NUM_FEATURES];
         let mut logit = d.bias;
         for (i, c) in contributions.iter_mut().enumerate() {
-            *c = d.weight[i] * ((values[i] - d.mean[i]) / d.scale[i]).clamp(-d.clip, d.clip);
+            *c = contribution(d.weight[i], values[i], d.mean[i], d.scale[i], d.clip);
             logit += *c;
         }
         Classification {
@@ -168,8 +168,14 @@ impl Accumulator<'_> {
 }
 
 /// `1 / (1 + e^−x)`, in [0, 1] for every finite or infinite x.
-fn logistic(x: f64) -> f64 {
+pub fn logistic(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
+}
+
+/// A feature's contribution to the logit: its weight times its standardised value, clipped to
+/// ±`clip` standard deviations. Serving and training both score with this.
+pub fn contribution(weight: f64, value: f64, mean: f64, scale: f64, clip: f64) -> f64 {
+    weight * ((value - mean) / scale).clamp(-clip, clip)
 }
 
 /// The result of classifying one conversation.

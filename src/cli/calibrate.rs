@@ -8,10 +8,10 @@ use std::io::{BufRead, Write};
 use anyhow::Context as _;
 use serde::Serialize;
 
-use super::Request;
+use super::{row, scored_lines};
 use crate::calibrate;
 use crate::classify::Classifier;
-use crate::eval::Row;
+use crate::request::Limits;
 
 /// What to calibrate for.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,30 +34,21 @@ struct Output {
 /// Reads the sample, picks the threshold, writes `{"threshold", "strong_share", "pgr"?, "rows"}`.
 pub fn run(
     classifier: &Classifier,
+    limits: &Limits,
     target: Target,
     input: impl BufRead,
     mut out: impl Write,
 ) -> anyhow::Result<calibrate::Calibration> {
     let mut rows = Vec::new();
-    for (i, line) in input.lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let parsed = Request::parse(&line).and_then(|r| {
-            let c = r.classify(classifier)?;
-            let (strong, weak) = match target {
+    for (n, scored) in scored_lines(input, classifier, limits) {
+        let parsed = scored.and_then(|(r, c)| {
+            let labels = match target {
                 Target::Pgr(_) => r.labels()?,
                 Target::Share(_) => (0.0, 0.0),
             };
-            Ok(Row {
-                score: c.score(),
-                strong,
-                weak,
-                input_tokens: c.input_tokens(),
-            })
+            Ok(row(&c, labels))
         });
-        rows.push(parsed.with_context(|| format!("line {}", i + 1))?);
+        rows.push(parsed.with_context(|| format!("line {n}"))?);
     }
     let cal = match target {
         Target::Share(x) => {
@@ -90,12 +81,26 @@ mod tests {
         let c = Classifier::new(Classifier::default_weights().unwrap()).unwrap();
         let input = "{\"prompt\":\"hi\"}\n{\"prompt\":\"Prove that there are infinitely many primes, step by step.\"}\n";
         let mut out = Vec::new();
-        let cal = run(&c, Target::Share(0.5), input.as_bytes(), &mut out).unwrap();
+        let cal = run(
+            &c,
+            &Limits::default(),
+            Target::Share(0.5),
+            input.as_bytes(),
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(cal.strong_share, 0.5);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["rows"], 2);
         let neutral = Classifier::new(Weights::neutral()).unwrap();
-        let err = run(&neutral, Target::Share(0.5), "{}\n".as_bytes(), Vec::new()).unwrap_err();
+        let err = run(
+            &neutral,
+            &Limits::default(),
+            Target::Share(0.5),
+            "{}\n".as_bytes(),
+            Vec::new(),
+        )
+        .unwrap_err();
         assert!(format!("{err:#}").contains("line 1"));
     }
 
@@ -103,11 +108,19 @@ mod tests {
     fn pgr_needs_labels() {
         let c = Classifier::new(Weights::neutral()).unwrap();
         let input = "{\"prompt\":\"a\",\"strong_score\":1,\"weak_score\":0}\n{\"prompt\":\"b\",\"strong_score\":1,\"weak_score\":1}\n";
-        let cal = run(&c, Target::Pgr(0.8), input.as_bytes(), Vec::new()).unwrap();
+        let cal = run(
+            &c,
+            &Limits::default(),
+            Target::Pgr(0.8),
+            input.as_bytes(),
+            Vec::new(),
+        )
+        .unwrap();
         assert_eq!(cal.pgr, Some(1.0));
         assert!(
             run(
                 &c,
+                &Limits::default(),
                 Target::Pgr(0.8),
                 "{\"prompt\":\"a\"}\n".as_bytes(),
                 Vec::new()

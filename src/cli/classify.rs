@@ -11,7 +11,7 @@ use std::io::{BufRead, Write};
 use serde::Serialize;
 
 use super::Request;
-use crate::decide::Decider;
+use crate::{decide::Decider, request::Limits};
 
 /// Counts of what `classify` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -35,6 +35,8 @@ pub struct ClassifyOptions {
     pub reasons: usize,
     /// Read a line that is not a JSON object as one prompt (its id is the line number).
     pub plain_text: bool,
+    /// Request limits the lines are validated against, as the server's.
+    pub limits: Limits,
 }
 
 #[derive(Serialize)]
@@ -68,9 +70,9 @@ pub fn run(
             continue;
         }
         let parsed = if opts.plain_text && !line.trim_start().starts_with('{') {
-            Request::prompt(serde_json::Value::from(i + 1), line)
+            Request::prompt(serde_json::Value::from(i + 1), line, &opts.limits)
         } else {
-            Request::parse(&line)
+            Request::parse(&line, &opts.limits)
         };
         let result = parsed.and_then(|r| {
             let routed = decider
@@ -117,12 +119,35 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     #[test]
+    fn the_configured_limits_apply() {
+        let decider = crate::setup::decider(&crate::config::Config::default(), None, None).unwrap();
+        let opts = super::ClassifyOptions {
+            reasons: 1,
+            plain_text: false,
+            limits: crate::request::Limits {
+                max_tools: 1,
+                ..crate::request::Limits::default()
+            },
+        };
+        let line = r#"{"messages":[{"role":"ROLE_USER","content":[{"text":"x"}]}],"toolConfig":{"tools":[{"name":"a","inputSchemaJson":"{}"},{"name":"b","inputSchemaJson":"{}"}]}}"#;
+        let mut out = Vec::new();
+        let s = super::run(&decider, opts, line.as_bytes(), &mut out).unwrap();
+        assert_eq!(s.errors, 1);
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains("exceed the limit of 1")
+        );
+    }
+
+    #[test]
     fn plain_text_lines_are_prompts_when_asked() {
         let decider = crate::setup::decider(&crate::config::Config::default(), None, None).unwrap();
         let mut out = Vec::new();
         let opts = super::ClassifyOptions {
             reasons: 1,
             plain_text: true,
+            limits: crate::request::Limits::default(),
         };
         let input = "hello there\n{\"prompt\": \"and hello again\"}\n";
         let s = super::run(&decider, opts, input.as_bytes(), &mut out).unwrap();
@@ -145,6 +170,7 @@ mod tests {
         let opts = ClassifyOptions {
             reasons: 2,
             plain_text: false,
+            limits: crate::request::Limits::default(),
         };
         let s = run(&decider, opts, input.as_bytes(), &mut out).unwrap();
         assert_eq!(

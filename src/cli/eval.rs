@@ -12,10 +12,11 @@ use std::io::{BufRead, Write};
 use anyhow::Context as _;
 use serde::Serialize;
 
-use super::Request;
+use super::{row, scored_lines};
 use crate::calibrate;
 use crate::classify::Classifier;
 use crate::eval::{self, Baseline, Prices, RANDOM_SEED, Row, Summary};
+use crate::request::Limits;
 
 /// Options for `eval`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -26,6 +27,8 @@ pub struct EvalOptions {
     pub prices: Prices,
     /// Print JSON instead of a table.
     pub json: bool,
+    /// Request limits the lines are validated against, as the server's.
+    pub limits: Limits,
 }
 
 /// One router's results.
@@ -139,22 +142,9 @@ pub fn run(
     mut out: impl Write,
 ) -> anyhow::Result<Comparison> {
     let mut rows = Vec::new();
-    for (i, line) in input.lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let row = Request::parse(&line).and_then(|r| {
-            let (strong, weak) = r.labels()?;
-            let c = r.classify(classifier)?;
-            Ok(Row {
-                score: c.score(),
-                strong,
-                weak,
-                input_tokens: c.input_tokens(),
-            })
-        });
-        rows.push(row.with_context(|| format!("line {}", i + 1))?);
+    for (n, scored) in scored_lines(input, classifier, &opts.limits) {
+        let row = scored.and_then(|(r, c)| Ok(row(&c, r.labels()?)));
+        rows.push(row.with_context(|| format!("line {n}"))?);
     }
     let c = compare(&rows, opts.threshold, &opts.prices)?;
     if opts.json {
@@ -190,6 +180,7 @@ mod tests {
             threshold: c.threshold(),
             prices: Prices::default(),
             json: false,
+            limits: Limits::default(),
         };
         let mut out = Vec::new();
         let r = run(&c, &opts, input.as_bytes(), &mut out).unwrap();
@@ -216,6 +207,7 @@ mod tests {
             threshold: 0.5,
             prices: Prices::default(),
             json: false,
+            limits: Limits::default(),
         };
         let input = "{\"prompt\":\"a\",\"strong_score\":1,\"weak_score\":0}\n{\"prompt\":\"b\"}\n";
         let err = run(&c, &opts, input.as_bytes(), Vec::new()).unwrap_err();

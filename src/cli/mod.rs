@@ -13,17 +13,66 @@ pub mod eval;
 pub mod health;
 pub mod train;
 
+use std::io::BufRead;
+
 use anyhow::{Context as _, bail};
 use serde_json::{Map, Value};
 
 use crate::{
     classify::{Classification, Classifier},
-    decide, pb,
+    decide,
+    eval::Row,
+    pb,
     request::{ChatRequest, Limits},
 };
 
-/// Fields of an input line that belong to the CLI, not to the request.
-const LINE_FIELDS: [&str; 5] = ["id", "prompt", "strong_score", "weak_score", "source"];
+/// Parses and scores every non-blank line of `input` as the server would, each with its
+/// line number (from 1) for error messages.
+pub fn scored_lines<'a>(
+    input: impl BufRead + 'a,
+    classifier: &'a Classifier,
+    limits: &'a Limits,
+) -> impl Iterator<Item = (usize, anyhow::Result<(Request, Classification)>)> + 'a {
+    input.lines().enumerate().filter_map(move |(i, line)| {
+        let scored = match line {
+            Err(e) => Err(anyhow::Error::from(e).context("reading")),
+            Ok(line) if line.trim().is_empty() => return None,
+            Ok(line) => Request::parse(&line, limits).map(|r| {
+                let c = decide::classify(classifier, &r.request);
+                (r, c)
+            }),
+        };
+        Some((i + 1, scored))
+    })
+}
+
+/// An evaluation row from a classification and its labels.
+pub fn row(c: &Classification, (strong, weak): (f64, f64)) -> Row {
+    Row {
+        score: c.score(),
+        strong,
+        weak,
+        input_tokens: c.input_tokens(),
+    }
+}
+
+/// Fields of a labelled line that are not part of the request (`id` is taken apart).
+const LABEL_FIELDS: [&str; 3] = ["strong_score", "weak_score", "source"];
+
+/// The request a JSON line's remaining fields hold: `prompt` (one user turn) or a whole request
+/// in the `router.v1` JSON mapping, but not both.
+pub fn request_of(mut fields: Map<String, Value>) -> anyhow::Result<pb::ConverseRequest> {
+    match fields.remove("prompt") {
+        Some(Value::String(text)) if fields.is_empty() => Ok(single_prompt(text)),
+        Some(Value::String(_)) => {
+            bail!("give either `prompt` or a request (`messages`, …), not both")
+        }
+        Some(_) => bail!("`prompt` must be a string"),
+        None if fields.is_empty() => bail!("line has neither `prompt` nor `messages`"),
+        None => serde_json::from_value(Value::Object(fields))
+            .context("not a request in the router.v1 JSON mapping"),
+    }
+}
 
 /// One input line: a prompt or a request, optionally labelled.
 #[derive(Debug)]
@@ -39,7 +88,7 @@ pub struct Request {
 impl Request {
     /// Parses one JSON line: `{"id", "prompt"}` or a request in the gRPC JSON mapping, with
     /// optional labels; the request is checked exactly as the server checks it.
-    pub fn parse(line: &str) -> anyhow::Result<Self> {
+    pub fn parse(line: &str, limits: &Limits) -> anyhow::Result<Self> {
         let value: Value = serde_json::from_str(line).context("not a valid JSON line")?;
         let Value::Object(mut fields) = value else {
             bail!("a line must be a JSON object");
@@ -47,29 +96,11 @@ impl Request {
         let id = fields.remove("id").unwrap_or(Value::Null);
         let strong_score = score(&fields, "strong_score")?;
         let weak_score = score(&fields, "weak_score")?;
-        let prompt = fields.remove("prompt");
-        let rest: Map<String, Value> = fields
-            .into_iter()
-            .filter(|(k, _)| !LINE_FIELDS.contains(&k.as_str()))
-            .collect();
-        let pb_request = match prompt {
-            Some(Value::String(text)) if rest.is_empty() => {
-                return Ok(Self {
-                    strong_score,
-                    weak_score,
-                    ..Self::prompt(id, text)?
-                });
-            }
-            Some(Value::String(_)) => {
-                bail!("give either `prompt` or a request (`messages`, …), not both")
-            }
-            Some(_) => bail!("`prompt` must be a string"),
-            None if rest.is_empty() => bail!("line has neither `prompt` nor `messages`"),
-            None => serde_json::from_value::<pb::ConverseRequest>(Value::Object(rest))
-                .context("not a request in the router.v1 JSON mapping")?,
-        };
-        let request = ChatRequest::from_pb(pb_request, &Limits::default())
-            .map_err(|e| anyhow::anyhow!(e.0))?;
+        for field in LABEL_FIELDS {
+            fields.remove(field);
+        }
+        let request =
+            ChatRequest::from_pb(request_of(fields)?, limits).map_err(|e| anyhow::anyhow!(e.0))?;
         Ok(Self {
             id,
             request,
@@ -79,9 +110,9 @@ impl Request {
     }
 
     /// A one-prompt request with the given id.
-    pub fn prompt(id: Value, text: String) -> anyhow::Result<Self> {
-        let request = ChatRequest::from_pb(single_prompt(text), &Limits::default())
-            .map_err(|e| anyhow::anyhow!(e.0))?;
+    pub fn prompt(id: Value, text: String, limits: &Limits) -> anyhow::Result<Self> {
+        let request =
+            ChatRequest::from_pb(single_prompt(text), limits).map_err(|e| anyhow::anyhow!(e.0))?;
         Ok(Self {
             id,
             request,
@@ -105,11 +136,6 @@ impl Request {
             _ => bail!("labelled line needs numeric `strong_score` and `weak_score`"),
         }
     }
-
-    /// Scores the request as the server would.
-    pub fn classify(&self, classifier: &Classifier) -> anyhow::Result<Classification> {
-        Ok(decide::classify(classifier, &self.request))
-    }
 }
 
 fn score(fields: &Map<String, Value>, name: &str) -> anyhow::Result<Option<f64>> {
@@ -123,7 +149,7 @@ fn score(fields: &Map<String, Value>, name: &str) -> anyhow::Result<Option<f64>>
 }
 
 /// A request holding one user turn.
-fn single_prompt(text: String) -> pb::ConverseRequest {
+pub fn single_prompt(text: String) -> pb::ConverseRequest {
     pb::ConverseRequest {
         messages: vec![pb::Message {
             role: pb::Role::User as i32,
@@ -157,9 +183,9 @@ mod tests {
             {"role":"ROLE_USER","content":[{"text":"Why?"}]}],
             "inferenceConfig":{"maxTokens":4096},
             "toolConfig":{"tools":[{"name":"a","inputSchemaJson":"{}"},{"name":"b","inputSchemaJson":"{}"}]}}"#;
-        let r = Request::parse(line).unwrap();
+        let r = Request::parse(line, &Limits::default()).unwrap();
         assert_eq!(r.id_text(), "7");
-        let c = r.classify(&classifier()).unwrap();
+        let c = decide::classify(&classifier(), &r.request);
         assert!((feature(&c, "images") - 2f64.ln()).abs() < 1e-12);
         assert!((feature(&c, "tools") - 3f64.ln()).abs() < 1e-12);
         assert!((feature(&c, "turns") - 3f64.ln()).abs() < 1e-12);
@@ -169,9 +195,22 @@ mod tests {
 
     #[test]
     fn prompt_line_and_errors() {
-        let r = Request::parse(r#"{"id":"a","prompt":"hi","source":"x"}"#).unwrap();
-        assert!(r.classify(&classifier()).is_ok());
-        let err = |line: &str| format!("{:#}", Request::parse(line).unwrap_err());
+        let r = Request::parse(
+            r#"{"id":"a","prompt":"hi","source":"x"}"#,
+            &Limits::default(),
+        )
+        .unwrap();
+        assert!(
+            decide::classify(&classifier(), &r.request)
+                .score()
+                .is_finite()
+        );
+        let err = |line: &str| {
+            format!(
+                "{:#}",
+                Request::parse(line, &Limits::default()).unwrap_err()
+            )
+        };
         assert!(err(r#"{"id":"a"}"#).contains("neither `prompt` nor `messages`"));
         assert!(
             err(r#"{"messages":[{"role":"ROLE_SYSTEM","content":[]}]}"#).contains("ROLE_SYSTEM")
@@ -187,9 +226,13 @@ mod tests {
                 .contains("temprature")
         );
         assert!(err("{not json").contains("not a valid JSON line"));
-        let r = Request::parse(r#"{"prompt":"x","strong_score":1}"#).unwrap();
+        let r = Request::parse(r#"{"prompt":"x","strong_score":1}"#, &Limits::default()).unwrap();
         assert!(r.labels().is_err());
-        let r = Request::parse(r#"{"prompt":"x","strong_score":1,"weak_score":0}"#).unwrap();
+        let r = Request::parse(
+            r#"{"prompt":"x","strong_score":1,"weak_score":0}"#,
+            &Limits::default(),
+        )
+        .unwrap();
         assert_eq!(r.labels().unwrap(), (1.0, 0.0));
     }
 }

@@ -11,10 +11,11 @@ use std::io::{BufRead, Write};
 
 use anyhow::{Context as _, bail};
 
-use super::Request;
 use super::eval::{compare, write_table};
+use super::scored_lines;
 use crate::classify::{Classifier, FEATURE_NAMES, FileSummary, Metadata, Weights};
 use crate::eval::{Prices, Row};
+use crate::request::Limits;
 use crate::train::{self, Example, TrainOptions, choose_threshold, is_held_out, score_rows};
 
 /// Options for `train`.
@@ -24,6 +25,8 @@ pub struct TrainCliOptions {
     pub train: TrainOptions,
     /// Prices for the cost figures in the report.
     pub prices: Prices,
+    /// Request limits the lines are validated against, as the server's.
+    pub limits: Limits,
 }
 
 struct FileRows {
@@ -35,6 +38,7 @@ struct FileRows {
 
 fn read_file(
     classifier: &Classifier,
+    limits: &Limits,
     name: String,
     input: impl BufRead,
 ) -> anyhow::Result<FileRows> {
@@ -44,14 +48,9 @@ fn read_file(
         train: Vec::new(),
         held_out: Vec::new(),
     };
-    for (i, line) in input.lines().enumerate() {
-        let line = line.with_context(|| format!("{}: reading line {}", f.name, i + 1))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let parsed = Request::parse(&line).and_then(|r| {
+    for (n, scored) in scored_lines(input, classifier, limits) {
+        let parsed = scored.and_then(|(r, c)| {
             let (strong, weak) = r.labels()?;
-            let c = r.classify(classifier)?;
             Ok((
                 r.id_text(),
                 Example {
@@ -62,7 +61,7 @@ fn read_file(
                 },
             ))
         });
-        let (id, example) = parsed.with_context(|| format!("{}: line {}", f.name, i + 1))?;
+        let (id, example) = parsed.with_context(|| format!("{}: line {n}", f.name))?;
         f.rows += 1;
         if is_held_out(&id) {
             f.held_out.push(example);
@@ -87,7 +86,7 @@ pub fn run<R: BufRead>(
     let extractor = Classifier::new(Weights::neutral())?;
     let files = inputs
         .into_iter()
-        .map(|(name, r)| read_file(&extractor, name, r))
+        .map(|(name, r)| read_file(&extractor, &opts.limits, name, r))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let train_rows: Vec<Example> = files.iter().flat_map(|f| f.train.iter().cloned()).collect();
     let fitted = train::fit(&train_rows, &opts.train)?;
@@ -195,6 +194,7 @@ mod tests {
         let opts = TrainCliOptions {
             train: TrainOptions::default(),
             prices: Prices::default(),
+            limits: Limits::default(),
         };
         let mut wout = Vec::new();
         let mut report = Vec::new();
@@ -225,6 +225,7 @@ mod tests {
         let opts = TrainCliOptions {
             train: TrainOptions::default(),
             prices: Prices::default(),
+            limits: Limits::default(),
         };
         let err = run(
             vec![("x.jsonl".to_owned(), "{\"prompt\":\"a\"}\n".as_bytes())],

@@ -6,7 +6,7 @@ use std::io::BufRead;
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use crate::pb;
+use crate::{cli, pb};
 
 /// One kind of request the load generator sends.
 #[derive(Debug, Clone)]
@@ -208,20 +208,16 @@ pub fn built_in() -> Vec<Sample> {
 
 /// A one-turn request from the load caller.
 pub fn ask(prompt: &str) -> pb::ConverseRequest {
-    pb::ConverseRequest {
-        messages: vec![pb::Message {
-            role: pb::Role::User as i32,
-            content: vec![pb::ContentBlock {
-                block: Some(pb::content_block::Block::Text(prompt.to_owned())),
-            }],
-        }],
-        routing: Some(pb::RoutingOptions {
-            mode: pb::RoutingMode::Auto as i32,
-            caller: CALLER.to_owned(),
-            ..Default::default()
-        }),
-        ..Default::default()
+    from_load(cli::single_prompt(prompt.to_owned()))
+}
+
+/// Names the load generator as the caller, unless the request names one.
+fn from_load(mut request: pb::ConverseRequest) -> pb::ConverseRequest {
+    let routing = request.routing.get_or_insert_with(Default::default);
+    if routing.caller.is_empty() {
+        routing.caller = CALLER.to_owned();
     }
+    request
 }
 
 /// Reads samples from JSON lines: `{"prompt": "…"}` or a request in the `router.v1` JSON
@@ -257,20 +253,7 @@ fn parse(line: &str, number: usize) -> anyhow::Result<Sample> {
         Some(Value::String(name)) => name,
         Some(_) => bail!("`name` must be a string"),
     };
-    let request = match fields.remove("prompt") {
-        Some(Value::String(prompt)) if fields.is_empty() => ask(&prompt),
-        Some(Value::String(_)) => bail!("give either `prompt` or a request, not both"),
-        Some(_) => bail!("`prompt` must be a string"),
-        None => {
-            let mut request: pb::ConverseRequest = serde_json::from_value(Value::Object(fields))
-                .context("not a request in the router.v1 JSON mapping")?;
-            let routing = request.routing.get_or_insert_with(Default::default);
-            if routing.caller.is_empty() {
-                routing.caller = CALLER.to_owned();
-            }
-            request
-        }
-    };
+    let request = from_load(cli::request_of(fields)?);
     Ok(Sample {
         name,
         request,

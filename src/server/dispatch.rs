@@ -5,7 +5,7 @@
 
 use std::{
     future::Future,
-    sync::{Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
@@ -22,14 +22,16 @@ use crate::{
     telemetry,
 };
 
-/// Router-wide resilience state: one breaker per target, one retry budget.
+/// Router-wide resilience state: one breaker per target, one retry budget, and the source
+/// regions' names (the labels every upstream metric carries).
 #[derive(Debug)]
 pub struct Resilience {
     config: ResilienceConfig,
     backoff: Backoff,
     budget: Mutex<RetryBudget>,
     breakers: Vec<Mutex<Breaker>>,
-    regions: Vec<String>,
+    regions: Vec<Arc<str>>,
+    unknown_region: Arc<str>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -37,9 +39,17 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+fn tier_index(tier: Tier) -> usize {
+    match tier {
+        Tier::Strong => 0,
+        Tier::Fast => 1,
+    }
+}
+
 impl Resilience {
-    /// Fresh state for `regions` (primary first).
-    pub fn new(config: &ResilienceConfig, regions: Vec<String>) -> Self {
+    /// Fresh state for `regions` (primary first), with every target's ejection gauge at 0.
+    pub fn new(config: &ResilienceConfig, regions: &[String], catalog: &Catalog) -> Self {
+        let regions: Vec<Arc<str>> = regions.iter().map(|r| Arc::from(r.as_str())).collect();
         let breakers = (0..2 * regions.len())
             .map(|_| {
                 Mutex::new(Breaker::new(
@@ -48,6 +58,12 @@ impl Resilience {
                 ))
             })
             .collect();
+        for model in catalog.models() {
+            for region in &regions {
+                gauge!(telemetry::CIRCUIT_OPEN, "model" => Arc::clone(&model.invoke_id), "region" => Arc::clone(region))
+                    .set(0.0);
+            }
+        }
         Self {
             backoff: Backoff::new(
                 Duration::from_millis(config.backoff_base_ms),
@@ -61,20 +77,20 @@ impl Resilience {
             config: config.clone(),
             breakers,
             regions,
+            unknown_region: Arc::from("?"),
         }
     }
 
     /// The name of a target's source region.
-    pub fn region(&self, target: Target) -> &str {
-        self.regions.get(target.region).map_or("?", String::as_str)
+    pub fn region(&self, target: Target) -> &Arc<str> {
+        self.regions
+            .get(target.region)
+            .unwrap_or(&self.unknown_region)
     }
 
     fn breaker(&self, target: Target) -> Option<&Mutex<Breaker>> {
-        let tier = match target.tier {
-            Tier::Strong => 0,
-            Tier::Fast => 1,
-        };
-        self.breakers.get(tier * self.regions.len() + target.region)
+        self.breakers
+            .get(tier_index(target.tier) * self.regions.len() + target.region)
     }
 
     fn allow(&self, target: Target) -> bool {
@@ -82,32 +98,31 @@ impl Resilience {
             .is_none_or(|b| lock(b).allow(std::time::Instant::now()))
     }
 
+    /// Tells the target's breaker how a call went; the gauge moves only when ejection changes.
     fn report(&self, target: Target, model: &Model, healthy: bool) {
         let Some(breaker) = self.breaker(target) else {
             return;
         };
         let mut breaker = lock(breaker);
+        let was_open = breaker.is_open();
         if healthy {
             breaker.success();
         } else {
             breaker.failure(std::time::Instant::now());
         }
-        let open = if breaker.is_open() { 1.0 } else { 0.0 };
+        let open = breaker.is_open();
         drop(breaker);
-        gauge!(telemetry::CIRCUIT_OPEN, "model" => model.invoke_id.clone(), "region" => self.region(target).to_owned())
-            .set(open);
+        if open != was_open {
+            gauge!(telemetry::CIRCUIT_OPEN, "model" => Arc::clone(&model.invoke_id), "region" => Arc::clone(self.region(target)))
+                .set(if open { 1.0 } else { 0.0 });
+        }
     }
 
     /// Starts a request's walk along its chain.
     pub fn walk(&self, chosen: Tier, other_tier_ok: bool) -> Walk {
         let other = other_tier_ok && tier_fallback_allowed(chosen, &self.config);
-        let chain = chain(chosen, self.regions.len(), other);
         Walk {
-            first: chain.first().copied().unwrap_or(Target {
-                tier: chosen,
-                region: 0,
-            }),
-            chain,
+            chain: chain(chosen, self.regions.len(), other),
             next: 0,
             made: 0,
             last: None,
@@ -118,31 +133,20 @@ impl Resilience {
 /// One request's progress along its chain of targets.
 #[derive(Debug)]
 pub struct Walk {
+    /// Never empty: [`chain`] always yields the chosen tier in at least one region.
     chain: Vec<Target>,
-    first: Target,
     next: usize,
     made: u32,
     last: Option<(Target, BackendError)>,
 }
 
-/// A target that answered, and when its call started.
-#[derive(Debug, Clone, Copy)]
-pub struct Answered {
-    /// The target.
-    pub target: Target,
-    /// When the successful call started (for upstream time of streams, which go on after it).
-    pub started: std::time::Instant,
-}
-
 impl Walk {
     /// The first choice.
     pub fn first(&self) -> Target {
-        self.first
-    }
-
-    /// Calls made so far.
-    pub fn attempts(&self) -> u32 {
-        self.made
+        self.chain.first().copied().unwrap_or(Target {
+            tier: Tier::Strong,
+            region: 0,
+        })
     }
 
     /// Why the walk left its first choice: the last error's kind, or "ejected" when the first
@@ -151,18 +155,10 @@ impl Walk {
         self.last.as_ref().map_or("ejected", |(_, e)| e.kind())
     }
 
-    /// Notes that a call the caller ran itself (a stream that failed before its first token)
-    /// failed on `target`; the next [`Dispatcher::attempt`] moves on from it.
-    pub fn failed(&mut self, target: Target, err: BackendError) {
-        self.next = self.position(target) + 1;
+    fn failed(&mut self, target: Target, err: BackendError) {
+        let position = self.chain.iter().position(|t| *t == target);
+        self.next = position.map_or(self.next, |p| p + 1);
         self.last = Some((target, err));
-    }
-
-    fn position(&self, target: Target) -> usize {
-        self.chain
-            .iter()
-            .position(|t| *t == target)
-            .unwrap_or(self.next)
     }
 
     fn exhausted(&self, request_id: &str) -> Status {
@@ -195,86 +191,97 @@ pub struct Dispatcher<'a> {
 
 impl<'a> Dispatcher<'a> {
     /// Calls `call` on targets of `walk` until one answers, the error is final, the attempts or
-    /// the retry budget run out, or the deadline passes. Failures are recorded here; the caller
-    /// records the successful call (a stream's upstream time only ends with the stream).
+    /// the retry budget run out, or the deadline passes. Failed calls are ended in `record`
+    /// here; an answering call stays open in `record` for the caller to end (a stream's call
+    /// lasts until its last event), and the caller reports it with [`Dispatcher::succeeded`].
     pub async fn attempt<T, F, Fut>(
         &self,
         walk: &mut Walk,
         record: &mut Record,
         mut call: F,
-    ) -> Result<(T, Answered), Status>
+    ) -> Result<(T, Target), Status>
     where
         F: FnMut(Target, &'a Model) -> Fut,
         Fut: Future<Output = Result<T, BackendError>>,
     {
-        let config = &self.resilience.config;
         loop {
-            if walk.made >= config.max_attempts {
+            if walk.made >= self.resilience.config.max_attempts {
                 return Err(walk.exhausted(self.request_id));
             }
-            let Some(target) = self.next_target(walk) else {
-                return Err(walk.exhausted(self.request_id));
-            };
-            let catalog: &'a Catalog = self.catalog;
-            let model = catalog.model(target.tier);
-            if let Some((previous, err)) = &walk.last {
-                if !lock(&self.resilience.budget).try_withdraw(std::time::Instant::now()) {
-                    record.retry_budget_exhausted();
-                    return Err(walk.exhausted(self.request_id));
-                }
+            let retry_of = walk
+                .last
+                .as_ref()
+                .map(|(target, err)| (*target, err.kind()));
+            // Deadline and budget come before a target is claimed: an unused probe would keep
+            // an ejected target shut for another cool-down.
+            if retry_of.is_some() {
                 let delay = self.resilience.backoff.delay(walk.made, fastrand::f64());
                 if Instant::now() + delay >= self.deadline {
                     // Backing off would use up the caller's time: report the real cause now.
+                    return Err(walk.exhausted(self.request_id));
+                }
+                if !lock(&self.resilience.budget).try_withdraw(std::time::Instant::now()) {
+                    record.retry_budget_exhausted();
                     return Err(walk.exhausted(self.request_id));
                 }
                 // The timer wakes on millisecond ticks, later than asked: count what was slept.
                 let slept = std::time::Instant::now();
                 tokio::time::sleep(delay).await;
                 record.backoff(slept.elapsed());
-                record.retry(&self.catalog.model(previous.tier).invoke_id, err.kind());
-                if let Some(kind) = Move::between(*previous, target) {
-                    record.fallback(&model.invoke_id, kind);
-                }
             } else {
                 lock(&self.resilience.budget).deposit(std::time::Instant::now());
-                if let Some(kind) = Move::between(walk.first, target) {
-                    // The first choice is ejected: this request starts on a fallback.
-                    record.fallback(&model.invoke_id, kind);
+            }
+            let Some(target) = self.next_target(walk) else {
+                return Err(walk.exhausted(self.request_id));
+            };
+            let catalog: &'a Catalog = self.catalog;
+            let model = catalog.model(target.tier);
+            let previous = match retry_of {
+                Some((previous, kind)) => {
+                    record.retry(&catalog.model(previous.tier).invoke_id, kind);
+                    previous
                 }
+                // A first attempt off the first choice: the first choice is ejected.
+                None => walk.first(),
+            };
+            if let Some(kind) = Move::between(previous, target) {
+                record.fallback(&model.invoke_id, kind);
             }
             walk.made += 1;
-            let region = self.resilience.region(target);
-            let started = std::time::Instant::now();
+            record.start_call(&model.invoke_id, self.resilience.region(target));
             match tokio::time::timeout_at(self.deadline, call(target, model)).await {
                 Err(_) => {
-                    record.upstream_call(
-                        &model.invoke_id,
-                        region,
-                        Some("deadline"),
-                        started.elapsed(),
-                    );
+                    record.end_call(Some("deadline"));
                     return Err(deadline_status());
                 }
-                Ok(Ok(value)) => {
-                    self.resilience.report(target, model, true);
-                    return Ok((value, Answered { target, started }));
-                }
+                // Success is reported by the caller (`succeeded`): a stream has only succeeded
+                // once its first event arrives, and an early report would reset the count of a
+                // target whose streams open and then fail.
+                Ok(Ok(value)) => return Ok((value, target)),
                 Ok(Err(err)) => {
-                    record.upstream_call(
-                        &model.invoke_id,
-                        region,
-                        Some(err.kind()),
-                        started.elapsed(),
-                    );
+                    record.end_call(Some(err.kind()));
                     if !err.retryable() {
                         return Err(from_backend(&err, self.request_id));
                     }
-                    self.resilience.report(target, model, false);
-                    tracing::debug!(kind = err.kind(), region, model = %model.invoke_id, "upstream attempt failed");
-                    walk.failed(target, err);
+                    self.failed(walk, target, err);
                 }
             }
         }
+    }
+
+    /// Notes that `target` answered, for its breaker.
+    pub fn succeeded(&self, target: Target) {
+        self.resilience
+            .report(target, self.catalog.model(target.tier), true);
+    }
+
+    /// Notes a retryable failure of `target`, for its breaker and for the walk's next step; also
+    /// for a stream that failed before its first event, after `attempt` returned it.
+    pub fn failed(&self, walk: &mut Walk, target: Target, err: BackendError) {
+        let model = self.catalog.model(target.tier);
+        self.resilience.report(target, model, false);
+        tracing::debug!(kind = err.kind(), region = %self.resilience.region(target), model = %model.invoke_id, "upstream attempt failed");
+        walk.failed(target, err);
     }
 
     /// The next target of the chain, in order from where the walk stands, skipping ejected ones.

@@ -63,11 +63,12 @@ pub async fn build_router(config: &Config, auth: Auth) -> anyhow::Result<Router>
     let regions = config.regions();
     let bedrock = Bedrock::connect(&config.bedrock, &regions, auth).await?;
     let telemetry = telemetry::install().context("installing the metrics recorder")?;
-    telemetry.register_models(decider.catalog.models().map(|m| m.invoke_id.as_str()));
+    telemetry.register_models(decider.catalog.models().map(|m| &m.invoke_id));
+    let resilience = Resilience::new(&config.resilience, &regions, &decider.catalog);
     Ok(Router {
         decider,
         bedrock,
-        resilience: Resilience::new(&config.resilience, regions),
+        resilience,
         concurrency: Arc::new(Semaphore::new(config.server.max_concurrency)),
         limits: config.limits,
         call_timeout: Duration::from_millis(config.bedrock.call_timeout_ms),

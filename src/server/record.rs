@@ -1,10 +1,14 @@
 //! One request's telemetry, gathered as the request goes and emitted exactly once: when the
 //! handler finishes it, or — if the caller cancels or the server drops the request — when it is
-//! dropped, as `cancelled`. So every request is counted once, however it ends.
+//! dropped, as `cancelled`. So every request is counted once, however it ends, and so is an
+//! upstream call still running at that moment.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use metrics::{counter, gauge, histogram};
+use metrics::{SharedString, counter, gauge, histogram};
 use tonic::Code;
 use tracing::Span;
 
@@ -17,6 +21,14 @@ use crate::{
     telemetry::{self, Telemetry},
 };
 
+/// An upstream call under way: its labels and when it started.
+#[derive(Debug)]
+struct Call {
+    model: Arc<str>,
+    region: Arc<str>,
+    started: Instant,
+}
+
 /// The telemetry of one Converse or ConverseStream request.
 #[derive(Debug)]
 pub struct Record {
@@ -24,7 +36,8 @@ pub struct Record {
     span: Span,
     started: Instant,
     classify: Option<(Duration, f64)>,
-    route: Option<(Tier, Basis, String)>,
+    route: Option<(Tier, Basis, Arc<str>)>,
+    call: Option<Call>,
     upstream: Duration,
     waited: Duration,
     attempts: u32,
@@ -43,6 +56,7 @@ impl Record {
             started,
             classify: None,
             route: None,
+            call: None,
             upstream: Duration::ZERO,
             waited: Duration::ZERO,
             attempts: 0,
@@ -63,37 +77,45 @@ impl Record {
         self.classify = Some((took, score));
     }
 
-    /// Notes the decision.
-    pub fn routed(&mut self, tier: Tier, basis: Basis, model: &str) {
+    /// Notes the decision (again, when another tier answered).
+    pub fn routed(&mut self, tier: Tier, basis: Basis, model: &Arc<str>) {
         self.span.record("tier", tier.as_str());
-        self.span.record("model", model);
-        self.route = Some((tier, basis, model.to_owned()));
+        self.span.record("model", &**model);
+        self.route = Some((tier, basis, Arc::clone(model)));
     }
 
-    /// Notes one upstream call: its model and region, how it ended and how long it took.
-    pub fn upstream_call(
-        &mut self,
-        model: &str,
-        region: &str,
-        error_kind: Option<&'static str>,
-        took: Duration,
-    ) {
+    /// Notes that an upstream call to `model` through `region` starts now.
+    pub fn start_call(&mut self, model: &Arc<str>, region: &Arc<str>) {
+        self.call = Some(Call {
+            model: Arc::clone(model),
+            region: Arc::clone(region),
+            started: Instant::now(),
+        });
+    }
+
+    /// Ends the call under way: `None` when it answered, else the error kind. A stream's call
+    /// ends with its last event, so its upstream time is the whole stream.
+    pub fn end_call(&mut self, error_kind: Option<&'static str>) {
+        let Some(call) = self.call.take() else {
+            return;
+        };
+        let took = call.started.elapsed();
         self.attempts += 1;
         self.upstream += took;
         self.span.record("attempts", self.attempts);
         let outcome = error_kind.unwrap_or("ok");
         histogram!(
             telemetry::UPSTREAM_DURATION,
-            "model" => model.to_owned(),
-            "region" => region.to_owned(),
+            "model" => Arc::clone(&call.model),
+            "region" => Arc::clone(&call.region),
             "outcome" => outcome
         )
         .record(took.as_secs_f64());
         if let Some(kind) = error_kind {
             counter!(
                 telemetry::UPSTREAM_ERRORS_TOTAL,
-                "model" => model.to_owned(),
-                "region" => region.to_owned(),
+                "model" => call.model,
+                "region" => call.region,
                 "kind" => kind
             )
             .increment(1);
@@ -101,14 +123,14 @@ impl Record {
     }
 
     /// Notes a retry after a failure of `kind` on `model`.
-    pub fn retry(&mut self, model: &str, kind: &'static str) {
-        counter!(telemetry::RETRIES_TOTAL, "model" => model.to_owned(), "kind" => kind)
+    pub fn retry(&mut self, model: &Arc<str>, kind: &'static str) {
+        counter!(telemetry::RETRIES_TOTAL, "model" => Arc::clone(model), "kind" => kind)
             .increment(1);
     }
 
     /// Notes a move to another target, `model` being the one moved to.
-    pub fn fallback(&mut self, model: &str, kind: Move) {
-        counter!(telemetry::FALLBACKS_TOTAL, "model" => model.to_owned(), "kind" => kind.as_str())
+    pub fn fallback(&mut self, model: &Arc<str>, kind: Move) {
+        counter!(telemetry::FALLBACKS_TOTAL, "model" => Arc::clone(model), "kind" => kind.as_str())
             .increment(1);
     }
 
@@ -134,7 +156,7 @@ impl Record {
         self.answered = Some((usage, cost));
     }
 
-    /// Upstream calls so far.
+    /// Upstream calls ended so far.
     pub fn attempts(&self) -> u32 {
         self.attempts
     }
@@ -169,12 +191,22 @@ impl Record {
 
     fn emit(&mut self) {
         let code = self.outcome.unwrap_or(Code::Cancelled);
+        // A call still under way was cut short by the request's end.
+        self.end_call(Some(if code == Code::DeadlineExceeded {
+            "deadline"
+        } else {
+            "cancelled"
+        }));
         let outcome = code_label(code);
         let total = self.started.elapsed();
         self.span.record("outcome", outcome);
         let (tier, basis, model) = match &self.route {
-            Some((tier, basis, model)) => (tier.as_str(), basis.as_str(), model.clone()),
-            None => ("none", "none", "none".to_owned()),
+            Some((tier, basis, model)) => (
+                tier.as_str(),
+                basis.as_str(),
+                SharedString::from(Arc::clone(model)),
+            ),
+            None => ("none", "none", SharedString::const_str("none")),
         };
         counter!(telemetry::REQUESTS_TOTAL, "tier" => tier, "model" => model.clone(), "outcome" => outcome, "reason" => basis)
             .increment(1);

@@ -2,10 +2,15 @@
 //! retries and fallbacks) → record → reply. The only layer that calls the backend and records
 //! metrics.
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context as TaskContext, Poll},
+    time::Duration,
+};
 
 use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot},
     time::Instant,
 };
 use tokio_stream::{Stream, wrappers::ReceiverStream};
@@ -13,12 +18,15 @@ use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
 use tracing::{Instrument, Span, field::Empty};
 
 use super::{
-    dispatch::{Answered, Dispatcher, Resilience, Walk, deadline_status},
+    dispatch::{Dispatcher, Resilience, Walk, deadline_status},
     record::Record,
     status::from_backend,
 };
 use crate::{
-    backend::{BackendError, Bedrock, Completion, EventStream, OutputBlock, StreamEvent},
+    backend::{
+        self, BackendError, Bedrock, Completion, ConverseParts, EventStream, OutputBlock,
+        StreamEvent,
+    },
     catalog::{Model, Tier},
     cost::{Cost, Usage},
     decide::{Decider, Routed},
@@ -48,7 +56,7 @@ pub struct Router {
     pub decider: Decider,
     /// The Bedrock clients.
     pub bedrock: Bedrock,
-    /// Retry budget, backoff and per-target breakers.
+    /// Retry budget, backoff, per-target breakers and region names.
     pub resilience: Resilience,
     /// Per-request size limits.
     pub limits: Limits,
@@ -108,7 +116,9 @@ impl Context {
         );
         Self {
             request_id,
-            deadline: received + budget,
+            deadline: received
+                .checked_add(budget)
+                .unwrap_or_else(|| received + call_timeout),
             span,
         }
     }
@@ -133,25 +143,20 @@ impl Context {
             }
         }
     }
-
-    fn dispatcher<'a>(&'a self, router: &'a Router) -> Dispatcher<'a> {
-        Dispatcher {
-            resilience: &router.resilience,
-            catalog: &router.decider.catalog,
-            request_id: &self.request_id,
-            deadline: self.deadline,
-        }
-    }
 }
 
-/// Reads the `grpc-timeout` header (gRPC over HTTP/2: up to 8 digits and a unit).
+/// Reads the `grpc-timeout` header: at most 8 digits and a unit, as gRPC over HTTP/2 defines
+/// it; anything else is ignored (the transport ignores it too).
 fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
     let value = metadata.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
     let n: u64 = digits.parse().ok()?;
     Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
         "S" => Duration::from_secs(n),
         "m" => Duration::from_millis(n),
         "u" => Duration::from_micros(n),
@@ -170,11 +175,15 @@ struct Decided {
 }
 
 impl Decided {
-    fn new(routed: &Routed<'_>, primary_region: &str) -> Self {
+    fn new(routed: &Routed<'_>, resilience: &Resilience) -> Self {
+        let first = Target {
+            tier: routed.choice.tier,
+            region: 0,
+        };
         Self {
             decision: pb::Decision {
                 tier: pb_tier(routed.choice.tier) as i32,
-                model_id: routed.model.invoke_id.clone(),
+                model_id: routed.model.invoke_id.to_string(),
                 score: routed.classification.score(),
                 threshold: routed.choice.threshold,
                 reasons: routed
@@ -186,7 +195,7 @@ impl Decided {
                     })
                     .collect(),
                 basis: pb_basis(routed.choice.basis) as i32,
-                region: primary_region.to_owned(),
+                region: resilience.region(first).to_string(),
             },
             basis: routed.choice.basis,
         }
@@ -194,7 +203,7 @@ impl Decided {
 
     /// The decision as answered by `target`, and the fallback that led there, if any.
     fn answered(
-        &self,
+        self,
         router: &Router,
         walk: &Walk,
         target: Target,
@@ -210,10 +219,10 @@ impl Decided {
         record.routed(target.tier, basis, &model.invoke_id);
         let decision = pb::Decision {
             tier: pb_tier(target.tier) as i32,
-            model_id: model.invoke_id.clone(),
+            model_id: model.invoke_id.to_string(),
             basis: pb_basis(basis) as i32,
-            region: router.resilience.region(target).to_owned(),
-            ..self.decision.clone()
+            region: router.resilience.region(target).to_string(),
+            ..self.decision
         };
         let fallback = Move::between(first, target).map(|kind| pb::Fallback {
             kind: match kind {
@@ -221,12 +230,24 @@ impl Decided {
                 Move::Degrade => pb::FallbackKind::Degrade,
                 Move::Escalate => pb::FallbackKind::Escalate,
             } as i32,
-            from_model_id: router.decider.catalog.model(first.tier).invoke_id.clone(),
-            from_region: router.resilience.region(first).to_owned(),
+            from_model_id: router
+                .decider
+                .catalog
+                .model(first.tier)
+                .invoke_id
+                .to_string(),
+            from_region: router.resilience.region(first).to_string(),
             reason: walk.fallback_reason().to_owned(),
         });
         (decision, fallback)
     }
+}
+
+/// A request let in: its parts for Bedrock, its decision and its walk along the targets.
+struct Admitted {
+    parts: ConverseParts,
+    decided: Decided,
+    walk: Walk,
 }
 
 impl Router {
@@ -234,7 +255,9 @@ impl Router {
     /// timeouts for everyone.
     fn admit_slot(self: &Arc<Self>) -> Result<OwnedSemaphorePermit, Status> {
         Arc::clone(&self.concurrency).try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted("the router is at its concurrency limit (server.max_concurrency); retry with backoff")
+            Status::resource_exhausted(
+                "the router is at its concurrency limit (server.max_concurrency); retry with backoff",
+            )
         })
     }
 
@@ -243,12 +266,12 @@ impl Router {
         &self,
         req: pb::ConverseRequest,
         record: &mut Record,
-        span: &Span,
-    ) -> Result<(ChatRequest, Routed<'_>), Status> {
+        ctx: &Context,
+    ) -> Result<Admitted, Status> {
         let chat =
             ChatRequest::from_pb(req, &self.limits).map_err(|e| Status::invalid_argument(e.0))?;
         if !chat.routing.caller.is_empty() {
-            span.record("caller", chat.routing.caller.as_str());
+            ctx.span.record("caller", chat.routing.caller.as_str());
         }
         if self.log_prompts {
             // Text only: image bytes and tool payloads do not belong in logs.
@@ -262,7 +285,7 @@ impl Router {
                     Block::Image(_) | Block::ToolUse(_) | Block::ToolResult(_) => None,
                 })
                 .collect();
-            tracing::info!(parent: span, prompt = %prompt.join("\n"), "prompt");
+            tracing::info!(parent: &ctx.span, prompt = %prompt.join("\n"), "prompt");
         }
         let classify_started = std::time::Instant::now();
         let routed = self
@@ -275,7 +298,26 @@ impl Router {
             routed.choice.basis,
             &routed.model.invoke_id,
         );
-        Ok((chat, routed))
+        let decided = Decided::new(&routed, &self.resilience);
+        let walk = self
+            .resilience
+            .walk(routed.choice.tier, routed.other_tier_ok);
+        // Built once, moving the request's text and images; each attempt sends a clone.
+        let parts = backend::prepare(chat).map_err(|e| from_backend(&e, &ctx.request_id))?;
+        Ok(Admitted {
+            parts,
+            decided,
+            walk,
+        })
+    }
+
+    fn dispatcher<'a>(&'a self, request_id: &'a str, deadline: Instant) -> Dispatcher<'a> {
+        Dispatcher {
+            resilience: &self.resilience,
+            catalog: &self.decider.catalog,
+            request_id,
+            deadline,
+        }
     }
 
     fn cost(&self, model: &Model, usage: Usage) -> Cost {
@@ -292,32 +334,27 @@ impl Router {
         req: pb::ConverseRequest,
         record: &mut Record,
     ) -> Result<pb::ConverseResponse, Status> {
-        let (chat, routed) = self.admit(req, record, &ctx.span)?;
-        let decided = Decided::new(&routed, self.bedrock.region_name(0));
-        let mut walk = self
-            .resilience
-            .walk(routed.choice.tier, routed.other_tier_ok);
-        let (completion, answered) = ctx
-            .dispatcher(self)
+        let Admitted {
+            parts,
+            decided,
+            mut walk,
+        } = self.admit(req, record, ctx)?;
+        let dispatcher = self.dispatcher(&ctx.request_id, ctx.deadline);
+        let (completion, target) = dispatcher
             .attempt(&mut walk, record, |target, model| {
                 self.bedrock
-                    .converse(target.region, &model.invoke_id, &chat)
+                    .converse(target.region, &model.invoke_id, parts.clone())
             })
             .await?;
-        let model = self.decider.catalog.model(answered.target.tier);
-        record.upstream_call(
-            &model.invoke_id,
-            self.resilience.region(answered.target),
-            None,
-            answered.started.elapsed(),
-        );
-        let (decision, fallback) = decided.answered(self, &walk, answered.target, record);
+        dispatcher.succeeded(target);
+        record.end_call(None);
+        let (decision, fallback) = decided.answered(self, &walk, target, record);
         let Completion {
             content,
             stop_reason,
             usage,
         } = completion;
-        let cost = self.cost(model, usage);
+        let cost = self.cost(self.decider.catalog.model(target.tier), usage);
         record.answered(usage, cost);
         Ok(pb::ConverseResponse {
             message: Some(pb::Message {
@@ -337,10 +374,65 @@ impl Router {
     }
 }
 
+/// The events of a streamed reply: whatever the relay task sent, then the status it ended with
+/// if it failed. The final status has its own channel so it can always be delivered, even to a
+/// caller who stopped reading and left the event buffer full.
+struct Events {
+    events: ReceiverStream<pb::ConverseStreamEvent>,
+    end: Option<oneshot::Receiver<Status>>,
+}
+
+impl Stream for Events {
+    type Item = Result<pb::ConverseStreamEvent, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        if let Poll::Ready(Some(event)) = Pin::new(&mut self.events).poll_next(cx) {
+            return Poll::Ready(Some(Ok(event)));
+        }
+        let Some(end) = self.end.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(end).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(ended) => {
+                self.end = None;
+                // The relay task drops the sender without a status when the stream succeeded.
+                Poll::Ready(ended.ok().map(Err))
+            }
+        }
+    }
+}
+
+/// Where the relay task sends events, and the final status if the stream fails.
+struct Outbox {
+    events: mpsc::Sender<pb::ConverseStreamEvent>,
+    end: oneshot::Sender<Status>,
+    deadline: Instant,
+}
+
+impl Outbox {
+    /// Sends one event, waiting for the caller to make room no longer than the deadline.
+    async fn send(&self, event: pb::converse_stream_event::Event) -> Result<(), Outcome> {
+        let sent = tokio::time::timeout_at(
+            self.deadline,
+            self.events
+                .send(pb::ConverseStreamEvent { event: Some(event) }),
+        )
+        .await;
+        match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Outcome::CallerGone),
+            Err(_) => Err(Outcome::Failed(Status::deadline_exceeded(
+                "the call's deadline passed while the caller was not reading the stream",
+            ))),
+        }
+    }
+}
+
 /// A stream being served after the handler returned: everything the relay task owns.
 struct StreamJob {
     router: Arc<Router>,
-    chat: ChatRequest,
+    parts: ConverseParts,
     decided: Decided,
     walk: Walk,
     request_id: String,
@@ -349,43 +441,36 @@ struct StreamJob {
     _slot: OwnedSemaphorePermit,
 }
 
-type EventSender = mpsc::Sender<Result<pb::ConverseStreamEvent, Status>>;
-
 /// How a stream ended.
 enum Outcome {
     /// Upstream finished normally.
     Done,
     /// The caller cancelled or disconnected.
     CallerGone,
-    /// Bedrock failed mid-stream.
-    Upstream(BackendError),
+    /// Bedrock failed mid-stream, after this many text deltas.
+    Upstream(BackendError, u32),
     /// The router ended it (deadline).
     Failed(Status),
 }
 
 impl StreamJob {
     /// Opens the upstream stream on the first target that accepts it.
-    async fn open(&mut self) -> Result<(EventStream, Answered), Status> {
+    async fn open(&mut self) -> Result<(EventStream, Target), Status> {
         let Self {
             router,
-            chat,
+            parts,
             walk,
             record,
             request_id,
             deadline,
             ..
         } = self;
-        let dispatcher = Dispatcher {
-            resilience: &router.resilience,
-            catalog: &router.decider.catalog,
-            request_id,
-            deadline: *deadline,
-        };
         let bedrock = &router.bedrock;
-        let chat = &*chat;
-        dispatcher
+        let parts = &*parts;
+        router
+            .dispatcher(request_id, *deadline)
             .attempt(walk, record, |target, model| {
-                bedrock.converse_stream(target.region, &model.invoke_id, chat)
+                bedrock.converse_stream(target.region, &model.invoke_id, parts.clone())
             })
             .await
     }
@@ -395,70 +480,73 @@ impl StreamJob {
     async fn first_event(
         &mut self,
         mut upstream: EventStream,
-        mut answered: Answered,
-        tx: &EventSender,
-    ) -> Result<(EventStream, Answered, Option<StreamEvent>), Outcome> {
+        mut target: Target,
+        outbox: &Outbox,
+    ) -> Result<(EventStream, Target, Option<StreamEvent>), Outcome> {
         loop {
             let next = tokio::select! {
                 next = tokio::time::timeout_at(self.deadline, upstream.next()) => next,
-                () = tx.closed() => return Err(Outcome::CallerGone),
+                () = outbox.events.closed() => return Err(Outcome::CallerGone),
             };
             let err = match next {
                 Err(_) => return Err(Outcome::Failed(deadline_status())),
-                Ok(Ok(event)) => return Ok((upstream, answered, event)),
+                Ok(Ok(event)) => {
+                    self.router
+                        .dispatcher(&self.request_id, self.deadline)
+                        .succeeded(target);
+                    return Ok((upstream, target, event));
+                }
                 Ok(Err(err)) => err,
             };
-            let model = self.router.decider.catalog.model(answered.target.tier);
-            let region = self.router.resilience.region(answered.target);
-            self.record.upstream_call(
-                &model.invoke_id,
-                region,
-                Some(err.kind()),
-                answered.started.elapsed(),
-            );
             if !err.retryable() {
-                return Err(Outcome::Upstream(err));
+                return Err(Outcome::Upstream(err, 0));
             }
-            self.walk.failed(answered.target, err);
-            (upstream, answered) = self.open().await.map_err(Outcome::Failed)?;
+            self.record.end_call(Some(err.kind()));
+            self.router
+                .dispatcher(&self.request_id, self.deadline)
+                .failed(&mut self.walk, target, err);
+            (upstream, target) = self.open().await.map_err(Outcome::Failed)?;
         }
     }
 
     /// Relays upstream events to the caller until the stream ends, fails, passes its deadline
     /// or the caller goes away (which drops the upstream stream and so closes its connection).
-    async fn pump(mut self, upstream: EventStream, answered: Answered, tx: EventSender) {
+    async fn pump(mut self, upstream: EventStream, target: Target, outbox: Outbox) {
+        let outcome = self.relay(upstream, target, &outbox).await;
+        self.finish(outcome, outbox);
+    }
+
+    async fn relay(&mut self, upstream: EventStream, target: Target, outbox: &Outbox) -> Outcome {
         use pb::converse_stream_event::Event;
-        let (mut upstream, answered, mut pending) =
-            match self.first_event(upstream, answered, &tx).await {
+        let (mut upstream, target, mut pending) =
+            match self.first_event(upstream, target, outbox).await {
                 Ok(first) => first,
-                Err(outcome) => return self.finish(outcome, None, 0, &tx).await,
+                Err(outcome) => return outcome,
             };
+        let decided = self.decided.clone();
         let (decision, fallback) =
-            self.decided
-                .answered(&self.router, &self.walk, answered.target, &mut self.record);
-        if !send(&tx, Event::Decision(decision)).await {
-            return self
-                .finish(Outcome::CallerGone, Some(answered), 0, &tx)
-                .await;
+            decided.answered(&self.router, &self.walk, target, &mut self.record);
+        if let Err(outcome) = outbox.send(Event::Decision(decision)).await {
+            return outcome;
         }
         let mut usage = None;
-        let mut tokens_sent = 0u32;
-        let outcome = loop {
+        let mut deltas = 0u32;
+        loop {
             let event = match pending.take() {
                 Some(event) => event,
                 None => {
                     let next = tokio::select! {
                         next = tokio::time::timeout_at(self.deadline, upstream.next()) => next,
-                        () = tx.closed() => break Outcome::CallerGone,
+                        () = outbox.events.closed() => return Outcome::CallerGone,
                     };
                     match next {
                         Err(_) => {
-                            break Outcome::Failed(Status::deadline_exceeded(format!(
-                                "the call's deadline passed after {tokens_sent} streamed tokens"
+                            return Outcome::Failed(Status::deadline_exceeded(format!(
+                                "the call's deadline passed after {deltas} text deltas"
                             )));
                         }
-                        Ok(Err(err)) => break Outcome::Upstream(err),
-                        Ok(Ok(None)) => break Outcome::Done,
+                        Ok(Err(err)) => return Outcome::Upstream(err, deltas),
+                        Ok(Ok(None)) => break,
                         Ok(Ok(Some(event))) => event,
                     }
                 }
@@ -466,7 +554,7 @@ impl StreamJob {
             let out = match event {
                 StreamEvent::Text { index, text } => {
                     self.record.first_token();
-                    tokens_sent += 1;
+                    deltas += 1;
                     Event::Delta(pb::Delta {
                         content_block_index: index,
                         delta: Some(pb::delta::Delta::Text(text)),
@@ -494,82 +582,55 @@ impl StreamJob {
                     continue;
                 }
             };
-            if !send(&tx, out).await {
-                break Outcome::CallerGone;
+            if let Err(outcome) = outbox.send(out).await {
+                return outcome;
             }
-        };
-        if let Outcome::Done = outcome {
-            let model = self.router.decider.catalog.model(answered.target.tier);
-            self.record.upstream_call(
-                &model.invoke_id,
-                self.router.resilience.region(answered.target),
-                None,
-                answered.started.elapsed(),
+        }
+        self.record.end_call(None);
+        let usage = usage.unwrap_or_else(|| {
+            tracing::warn!(
+                "the upstream stream ended without usage metadata; cost counts zero tokens"
             );
-            let usage = usage.unwrap_or_else(|| {
-                tracing::warn!(
-                    "the upstream stream ended without usage metadata; cost counts zero tokens"
-                );
-                Usage::default()
-            });
-            let cost = self.router.cost(model, usage);
-            self.record.answered(usage, cost);
-            let metadata = pb::StreamMetadata {
-                usage: Some(pb_usage(usage)),
-                cost_usd: cost.actual.as_usd(),
-                baseline_cost_usd: cost.baseline.as_usd(),
-                latency: Some(latency(&self.record)),
-                attempts: self.record.attempts(),
-                request_id: self.request_id.clone(),
-                fallback,
-            };
-            let code = if send(&tx, Event::Metadata(metadata)).await {
-                Code::Ok
-            } else {
-                Code::Cancelled
-            };
-            self.record.finish(code);
-        } else {
-            self.finish(outcome, Some(answered), tokens_sent, &tx).await;
+            Usage::default()
+        });
+        let cost = self
+            .router
+            .cost(self.router.decider.catalog.model(target.tier), usage);
+        self.record.answered(usage, cost);
+        let metadata = pb::StreamMetadata {
+            usage: Some(pb_usage(usage)),
+            cost_usd: cost.actual.as_usd(),
+            baseline_cost_usd: cost.baseline.as_usd(),
+            latency: Some(latency(&self.record)),
+            attempts: self.record.attempts(),
+            request_id: self.request_id.clone(),
+            fallback,
+        };
+        match outbox.send(Event::Metadata(metadata)).await {
+            Ok(()) => Outcome::Done,
+            Err(outcome) => outcome,
         }
     }
 
-    /// Ends a stream that did not complete: records the last call and sends the status.
-    async fn finish(
-        mut self,
-        outcome: Outcome,
-        answered: Option<Answered>,
-        tokens_sent: u32,
-        tx: &EventSender,
-    ) {
-        let kind = match &outcome {
-            Outcome::Done => None,
-            Outcome::CallerGone => Some("cancelled"),
-            Outcome::Upstream(err) => Some(err.kind()),
-            Outcome::Failed(status) if status.code() == Code::DeadlineExceeded => Some("deadline"),
-            Outcome::Failed(_) => None,
-        };
-        if let (Some(answered), Some(kind)) = (answered, kind) {
-            let model = self.router.decider.catalog.model(answered.target.tier);
-            self.record.upstream_call(
-                &model.invoke_id,
-                self.router.resilience.region(answered.target),
-                Some(kind),
-                answered.started.elapsed(),
-            );
-        }
+    /// Records how the stream ended and hands its status to the caller. A call still under way
+    /// (caller gone, deadline) is ended by the record itself with the matching outcome.
+    fn finish(mut self, outcome: Outcome, outbox: Outbox) {
         let status = match outcome {
-            Outcome::Done => return,
+            Outcome::Done => {
+                self.record.finish(Code::Ok);
+                return;
+            }
             Outcome::CallerGone => {
                 self.record.finish(Code::Cancelled);
                 return;
             }
-            Outcome::Upstream(err) => {
+            Outcome::Upstream(err, deltas) => {
+                self.record.end_call(Some(err.kind()));
                 let status = from_backend(&err, &self.request_id);
                 Status::new(
                     status.code(),
                     format!(
-                        "the model's stream failed after {tokens_sent} streamed tokens: {}",
+                        "the model's stream failed after {deltas} text deltas: {}",
                         status.message()
                     ),
                 )
@@ -577,14 +638,8 @@ impl StreamJob {
             Outcome::Failed(status) => status,
         };
         self.record.finish(status.code());
-        let _ = tx.send(Err(status)).await;
+        let _ = outbox.end.send(status);
     }
-}
-
-async fn send(tx: &EventSender, event: pb::converse_stream_event::Event) -> bool {
-    tx.send(Ok(pb::ConverseStreamEvent { event: Some(event) }))
-        .await
-        .is_ok()
 }
 
 fn content_block(block: OutputBlock) -> pb::ContentBlock {
@@ -684,17 +739,11 @@ impl PromptRouter for RouterService {
             std::time::Instant::now(),
         );
         let admitted = self.router.admit_slot().and_then(|slot| {
-            let (chat, routed) = self
-                .router
-                .admit(request.into_inner(), &mut record, &ctx.span)?;
-            let decided = Decided::new(&routed, self.router.bedrock.region_name(0));
-            let walk = self
-                .router
-                .resilience
-                .walk(routed.choice.tier, routed.other_tier_ok);
-            Ok((chat, decided, walk, slot))
+            self.router
+                .admit(request.into_inner(), &mut record, &ctx)
+                .map(|admitted| (admitted, slot))
         });
-        let (chat, decided, walk, slot) = match admitted {
+        let (admitted, slot) = match admitted {
             Ok(admitted) => admitted,
             Err(status) => {
                 record.finish(status.code());
@@ -703,28 +752,38 @@ impl PromptRouter for RouterService {
         };
         let mut job = StreamJob {
             router: Arc::clone(&self.router),
-            chat,
-            decided,
-            walk,
+            parts: admitted.parts,
+            decided: admitted.decided,
+            walk: admitted.walk,
             request_id: ctx.request_id.clone(),
             deadline: ctx.deadline,
             record,
             _slot: slot,
         };
         // A refusal before any event is an ordinary error status, not a broken stream.
-        let (upstream, answered) = match job.open().instrument(ctx.span.clone()).await {
+        let (upstream, target) = match job.open().instrument(ctx.span.clone()).await {
             Ok(opened) => opened,
             Err(status) => {
                 job.record.finish(status.code());
                 return ctx.respond(Err(status));
             }
         };
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let (events, events_rx) = mpsc::channel(STREAM_BUFFER);
+        let (end, end_rx) = oneshot::channel();
+        let outbox = Outbox {
+            events,
+            end,
+            deadline: ctx.deadline,
+        };
         tokio::spawn(
-            job.pump(upstream, answered, tx)
+            job.pump(upstream, target, outbox)
                 .instrument(ctx.span.clone()),
         );
-        ctx.respond(Ok(Box::pin(ReceiverStream::new(rx)) as EventStreamResponse))
+        let stream = Events {
+            events: ReceiverStream::new(events_rx),
+            end: Some(end_rx),
+        };
+        ctx.respond(Ok(Box::pin(stream) as EventStreamResponse))
     }
 
     async fn route(
@@ -738,9 +797,7 @@ impl PromptRouter for RouterService {
                 self.router
                     .decider
                     .decide(&chat)
-                    .map(|routed| {
-                        Decided::new(&routed, self.router.bedrock.region_name(0)).decision
-                    })
+                    .map(|routed| Decided::new(&routed, &self.router.resilience).decision)
                     .map_err(|e| Status::invalid_argument(e.0))
             })
             .map(|decision| pb::RouteResponse {
@@ -761,9 +818,11 @@ mod tests {
             ("200m", Some(Duration::from_millis(200))),
             ("5S", Some(Duration::from_secs(5))),
             ("1H", Some(Duration::from_secs(3600))),
+            ("99999999H", Some(Duration::from_secs(99_999_999 * 3600))),
             ("1500u", Some(Duration::from_micros(1500))),
             ("7n", Some(Duration::from_nanos(7))),
             ("2M", Some(Duration::from_secs(120))),
+            ("999999999H", None),
             ("10x", None),
             ("m", None),
             ("", None),
@@ -771,5 +830,13 @@ mod tests {
             md.insert("grpc-timeout", value.parse().expect("ascii"));
             assert_eq!(grpc_timeout(&md), expected, "{value:?}");
         }
+    }
+
+    #[test]
+    fn a_huge_timeout_does_not_overflow_the_deadline() {
+        let mut md = MetadataMap::new();
+        md.insert("grpc-timeout", "99999999H".parse().expect("ascii"));
+        let ctx = Context::new("Converse", &md, Duration::from_secs(120));
+        assert!(ctx.deadline > Instant::now());
     }
 }

@@ -2,6 +2,7 @@
 //! Bedrock simulator behind the real SDK client, and a real tonic client.
 #![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
+pub mod exposition;
 pub mod process;
 
 use prompt_router::{
@@ -123,6 +124,20 @@ pub fn ask_forced(t: &str, mode: pb::RoutingMode) -> pb::ConverseRequest {
         }),
         ..ask(t)
     }
+}
+
+/// The load generator's built-in mix plus a throttled unary and a throttled streamed sample
+/// (`prompt` carries the simulator directive), so error panels and counters have data.
+pub fn throttled_mix(prompt: &str) -> Vec<prompt_router::load::Sample> {
+    let mut samples = prompt_router::load::samples::built_in();
+    for (name, stream) in [("throttled", false), ("throttled-stream", true)] {
+        samples.push(prompt_router::load::Sample {
+            name: name.to_owned(),
+            request: prompt_router::load::samples::ask(prompt),
+            stream,
+        });
+    }
+    samples
 }
 
 /// A tiny valid PNG (1×1, red).
