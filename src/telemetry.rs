@@ -18,11 +18,11 @@ use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, Promet
 
 use crate::{config::LogFormat, cost::Nanodollars};
 
-/// `router_requests_total{tier, model, outcome, reason}`: answered requests.
+/// `router_requests_total{tier, model, outcome, reason}`: handled requests, refused ones too.
 pub const REQUESTS_TOTAL: &str = "router_requests_total";
 /// `router_request_duration_seconds{tier, outcome}`: time from receipt to the last byte sent.
 pub const REQUEST_DURATION: &str = "router_request_duration_seconds";
-/// `router_overhead_seconds`: request time minus upstream time.
+/// `router_overhead_seconds`: request time minus upstream time and retry backoff.
 pub const OVERHEAD: &str = "router_overhead_seconds";
 /// `router_classify_duration_seconds`: time to score one request.
 pub const CLASSIFY_DURATION: &str = "router_classify_duration_seconds";
@@ -119,11 +119,11 @@ pub fn install() -> Result<&'static Telemetry, BuildError> {
     Ok(TELEMETRY.get_or_init(move || {
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
-        // A second recorder can only come from another library in this process; ours still
-        // renders what the service records through the handle's own registry.
+        // Another recorder can only come from another library in this process; the `metrics`
+        // macros then write to it, and /metrics shows only the money counters.
         if metrics::set_global_recorder(recorder).is_err() {
-            tracing::warn!(
-                "a metrics recorder was already installed; router metrics may be missing"
+            tracing::error!(
+                "another metrics recorder was installed first; /metrics will lack the router's families"
             );
         }
         describe();
@@ -141,7 +141,7 @@ fn score_buckets() -> Vec<f64> {
 fn describe() {
     describe_counter!(
         REQUESTS_TOTAL,
-        "Requests answered, by tier, model, outcome (ok or gRPC code) and decision reason."
+        "Requests handled, by tier, model, outcome (ok or gRPC code) and decision reason; refused before routing: tier, model and reason \"none\"."
     );
     describe_histogram!(
         REQUEST_DURATION,
@@ -151,7 +151,7 @@ fn describe() {
     describe_histogram!(
         OVERHEAD,
         Unit::Seconds,
-        "Router overhead: request time minus time spent in Bedrock calls."
+        "Router overhead: request time minus time in Bedrock calls and retry backoff."
     );
     describe_histogram!(
         CLASSIFY_DURATION,

@@ -1,4 +1,4 @@
-//! Errors at the gRPC boundary: each cause gets the code of DESIGN.md's table, and a bounded
+//! Errors at the gRPC boundary: each cause gets the code of the README's error table, and a bounded
 //! label for metrics. Internal details are logged here and never sent to the caller.
 
 use tonic::{Code, Status};
