@@ -242,10 +242,14 @@ pub(crate) fn decide(
         if !ctx.matches(d.region.as_deref(), d.model.as_deref()) {
             continue;
         }
-        let n = attempts.entry((ctx.prompt_hash, i)).or_insert(0);
-        *n = n.saturating_add(1);
-        if d.times.is_some_and(|t| *n > t) {
-            continue;
+        // Only `times=` needs a count, so only those directives keep an entry: a long run of
+        // directive prompts without it leaves the map empty.
+        if let Some(times) = d.times {
+            let n = attempts.entry((ctx.prompt_hash, i)).or_insert(0);
+            *n = n.saturating_add(1);
+            if *n > times {
+                continue;
+            }
         }
         plan.ttft_ms = plan.ttft_ms.or(d.ttft_ms);
         plan.per_token_ms = plan.per_token_ms.or(d.per_token_ms);
