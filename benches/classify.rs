@@ -32,7 +32,7 @@ fn prompt(len: usize) -> String {
 }
 
 fn bench(c: &mut Criterion) {
-    let classifier = match Classifier::default_weights().and_then(Classifier::new) {
+    let classifier = match Classifier::with_default_weights() {
         Ok(c) => c,
         Err(e) => panic!("default weights: {e}"),
     };

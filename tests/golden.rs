@@ -268,9 +268,7 @@ fn scores(c: &Classifier, table: &[(&'static str, Case)]) -> Vec<(f64, &'static 
 }
 
 fn default_classifier() -> Classifier {
-    Classifier::default_weights()
-        .and_then(Classifier::new)
-        .unwrap_or_else(|e| panic!("default weights: {e}"))
+    Classifier::with_default_weights().unwrap_or_else(|e| panic!("default weights: {e}"))
 }
 
 #[test]

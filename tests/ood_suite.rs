@@ -153,9 +153,7 @@ fn concordance(
 }
 
 fn default_classifier() -> Classifier {
-    Classifier::default_weights()
-        .and_then(Classifier::new)
-        .unwrap_or_else(|e| panic!("default weights: {e}"))
+    Classifier::with_default_weights().unwrap_or_else(|e| panic!("default weights: {e}"))
 }
 
 #[test]

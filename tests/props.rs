@@ -42,7 +42,7 @@ proptest! {
 
     #[test]
     fn any_input_scores_in_range(pieces in prop::collection::vec((part(), text()), 0..6), shape in shape()) {
-        let c = Classifier::new(Classifier::default_weights().unwrap()).unwrap();
+        let c = Classifier::with_default_weights().unwrap();
         let run = || {
             let mut acc = c.begin();
             for (p, t) in &pieces {
@@ -79,7 +79,7 @@ proptest! {
         // split at a different size must still agree with a single-lane reference, which
         // feature tests check directly; here we check splitting text into pieces of one part
         // is stable and panic-free at every length.
-        let c = Classifier::new(Classifier::default_weights().unwrap()).unwrap();
+        let c = Classifier::with_default_weights().unwrap();
         let text = unit.repeat(reps);
         let s1 = c.classify_prompt(&text).score();
         let s2 = c.classify_prompt(&text).score();

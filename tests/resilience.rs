@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ask, ask_forced, reply_text, start_with};
+use common::{ask, ask_forced, reply_text, start, start_with};
 use prompt_router::{
     pb,
     sim::{BedrockError, Fault, FaultConfig, FaultRule},
@@ -25,7 +25,7 @@ fn with_deadline<T>(message: T, deadline: Duration) -> tonic::Request<T> {
 
 #[tokio::test]
 async fn a_throttled_call_moves_to_the_next_region() {
-    let mut router = start_with(|_| {}).await;
+    let mut router = start().await;
     let reply = router
         .ask("Hello [sim:fail=ThrottlingException;region=us-east-1]")
         .await
@@ -148,7 +148,7 @@ async fn a_strong_request_degrades_to_fast_when_strong_fails_everywhere() {
 
 #[tokio::test]
 async fn a_200ms_deadline_against_a_slow_model_cancels_the_upstream_call() {
-    let mut router = start_with(|_| {}).await;
+    let mut router = start().await;
     let started = Instant::now();
     let status = router
         .client
@@ -199,7 +199,7 @@ async fn a_200ms_deadline_against_a_slow_model_cancels_the_upstream_call() {
 
 #[tokio::test]
 async fn a_cancelled_call_cancels_the_upstream_call() {
-    let router = start_with(|_| {}).await;
+    let router = start().await;
     let mut client = router.client.clone();
     let call = tokio::spawn(async move { client.converse(ask("Wait [sim:ttft=5000]")).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -248,7 +248,7 @@ async fn a_stream_that_fails_before_its_first_token_is_retried_invisibly() {
 
 #[tokio::test]
 async fn a_stream_that_fails_after_tokens_ends_with_a_clear_status() {
-    let mut router = start_with(|_| {}).await;
+    let mut router = start().await;
     for (directive, code) in [
         ("fail=throttlingException;after=2", Code::ResourceExhausted),
         ("drop;after=2", Code::Unavailable),
@@ -272,7 +272,7 @@ async fn a_stream_that_fails_after_tokens_ends_with_a_clear_status() {
 
 #[tokio::test]
 async fn a_dropped_connection_is_retried() {
-    let mut router = start_with(|_| {}).await;
+    let mut router = start().await;
     let reply = router
         .ask("Hello [sim:drop;times=1]")
         .await

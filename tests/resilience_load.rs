@@ -7,7 +7,7 @@ mod common;
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use common::{ask, start_with};
+use common::{ask, start};
 use prompt_router::{
     pb,
     sim::{BedrockError, Fault, FaultConfig, FaultRule},
@@ -27,7 +27,7 @@ fn rule(error: BedrockError, rate: f64) -> FaultRule {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_and_5xx_on_the_first_region_lose_no_request() {
-    let router = start_with(|_| {}).await;
+    let router = start().await;
     // Rules are tried in order; the second fires on 1/16 of the 80% the first let through: 5%.
     router
         .sim()

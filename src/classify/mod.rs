@@ -93,6 +93,11 @@ impl Classifier {
         Weights::from_json(DEFAULT_WEIGHTS)
     }
 
+    /// A classifier with the committed default weights.
+    pub fn with_default_weights() -> Result<Self, WeightsError> {
+        Self::new(Self::default_weights()?)
+    }
+
     /// Default routing threshold from the weights.
     pub fn threshold(&self) -> f64 {
         self.threshold
@@ -245,7 +250,7 @@ mod tests {
 
     #[test]
     fn contributions_sum_to_the_logit() {
-        let c = Classifier::new(Classifier::default_weights().unwrap()).unwrap();
+        let c = Classifier::with_default_weights().unwrap();
         let r = c.classify_prompt("Prove that sqrt(2) is irrational, step by step.");
         let sum: f64 = r.top_reasons(NUM_FEATURES).map(|(_, v)| v).sum();
         let bias = Classifier::default_weights().unwrap().bias;
@@ -255,7 +260,7 @@ mod tests {
 
     #[test]
     fn top_reasons_are_sorted_by_magnitude() {
-        let c = Classifier::new(Classifier::default_weights().unwrap()).unwrap();
+        let c = Classifier::with_default_weights().unwrap();
         let r = c.classify_prompt("def f(x):\n    return x * 2\n\nWhy does this fail?");
         let v: Vec<f64> = r.top_reasons(5).map(|(_, c)| c.abs()).collect();
         assert_eq!(v.len(), 5);

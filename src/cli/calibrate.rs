@@ -78,7 +78,7 @@ mod tests {
 
     #[test]
     fn share_on_prompts_and_bad_line() {
-        let c = Classifier::new(Classifier::default_weights().unwrap()).unwrap();
+        let c = Classifier::with_default_weights().unwrap();
         let input = "{\"prompt\":\"hi\"}\n{\"prompt\":\"Prove that there are infinitely many primes, step by step.\"}\n";
         let mut out = Vec::new();
         let cal = run(

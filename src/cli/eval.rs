@@ -169,7 +169,7 @@ mod tests {
 
     #[test]
     fn table_and_json() {
-        let c = Classifier::new(Classifier::default_weights().unwrap()).unwrap();
+        let c = Classifier::with_default_weights().unwrap();
         let input = "\
 {\"prompt\":\"hi\",\"strong_score\":1,\"weak_score\":1}
 {\"prompt\":\"Prove the theorem step by step and explain why each lemma holds.\",\"strong_score\":1,\"weak_score\":0}
@@ -202,7 +202,7 @@ mod tests {
 
     #[test]
     fn bad_line_names_its_number() {
-        let c = Classifier::new(Classifier::default_weights().unwrap()).unwrap();
+        let c = Classifier::with_default_weights().unwrap();
         let opts = EvalOptions {
             threshold: 0.5,
             prices: Prices::default(),

@@ -47,13 +47,13 @@ pub struct Record {
 }
 
 impl Record {
-    /// Starts the record of a request received at `started`, logged under `span`.
-    pub fn start(telemetry: &'static Telemetry, span: Span, started: Instant) -> Self {
+    /// Starts the record of a request received now, logged under `span`.
+    pub fn start(telemetry: &'static Telemetry, span: Span) -> Self {
         gauge!(telemetry::INFLIGHT_REQUESTS).increment(1.0);
         Self {
             telemetry,
             span,
-            started,
+            started: Instant::now(),
             classify: None,
             route: None,
             call: None,

@@ -704,11 +704,7 @@ impl PromptRouter for RouterService {
         request: Request<pb::ConverseRequest>,
     ) -> Result<Response<pb::ConverseResponse>, Status> {
         let ctx = Context::new("Converse", request.metadata(), self.router.call_timeout);
-        let mut record = Record::start(
-            self.router.telemetry,
-            ctx.span.clone(),
-            std::time::Instant::now(),
-        );
+        let mut record = Record::start(self.router.telemetry, ctx.span.clone());
         let result = match self.router.admit_slot() {
             Ok(_slot) => {
                 self.router
@@ -733,11 +729,7 @@ impl PromptRouter for RouterService {
             request.metadata(),
             self.router.call_timeout,
         );
-        let mut record = Record::start(
-            self.router.telemetry,
-            ctx.span.clone(),
-            std::time::Instant::now(),
-        );
+        let mut record = Record::start(self.router.telemetry, ctx.span.clone());
         let admitted = self.router.admit_slot().and_then(|slot| {
             self.router
                 .admit(request.into_inner(), &mut record, &ctx)
