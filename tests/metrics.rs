@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{ask, ask_forced, exposition::Scrape, http_get, start};
+use common::{ask, ask_forced, eventually, exposition::Scrape, http_get, start};
 use prompt_router::pb;
 
 const SONNET_US: &str = "us.anthropic.claude-3-5-sonnet-20241022-v2:0";
@@ -62,11 +62,19 @@ async fn metrics_follow_known_traffic_exactly() {
             ))
             .await
     });
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    eventually("the abandoned call upstream", || {
+        std::future::ready(router.sim().stats().in_flight == 1)
+    })
+    .await;
     abandoned.abort();
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let url = &router.metrics_url();
+    eventually("the abandoned call counted", || async move {
+        Scrape::parse(&http_get(url).await).sum("router_requests_total", &["outcome=\"cancelled\""])
+            == 1.0
+    })
+    .await;
 
-    let scrape = Scrape::parse(&http_get(&router.metrics_url()).await);
+    let scrape = Scrape::parse(&http_get(url).await);
     for (family, kind) in [
         ("router_requests_total", "counter"),
         ("router_request_duration_seconds", "histogram"),

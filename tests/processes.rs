@@ -4,9 +4,12 @@
 
 mod common;
 
-use std::{process::Command, time::Duration};
+use std::process::Command;
 
-use common::process::{BIN, Proc, serve_simulated};
+use common::{
+    exposition::Scrape,
+    process::{BIN, Proc, field, serve_simulated},
+};
 use prompt_router::pb::prompt_router_client::PromptRouterClient;
 
 #[tokio::test]
@@ -169,8 +172,12 @@ fn route_prints_one_decision_per_prompt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_accepted_requests_refuses_new_ones_and_exits_0() {
     let router = Proc::spawn(serve_simulated(&[]).env("ROUTER__SERVER__DRAIN_TIMEOUT_MS", "10000"));
-    let grpc_addr = router.wait_for_field("grpc_addr");
-    let endpoint = format!("http://{grpc_addr}");
+    let started = router.wait_for_line("grpc_addr");
+    let endpoint = format!("http://{}", field(&started, "grpc_addr").unwrap());
+    let metrics = format!(
+        "http://{}/metrics",
+        field(&started, "metrics_addr").unwrap()
+    );
     let client = PromptRouterClient::connect(endpoint.clone())
         .await
         .expect("connect");
@@ -179,27 +186,36 @@ async fn sigterm_finishes_accepted_requests_refuses_new_ones_and_exits_0() {
         let mut client = client.clone();
         calls.spawn(async move {
             client
-                .converse(common::ask(&format!("Slow one {i} [sim:ttft=1000]")))
+                .converse(common::ask(&format!("Slow one {i} [sim:ttft=2000]")))
                 .await
         });
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics = &metrics;
+    common::eventually("all 20 requests in flight", || async move {
+        Scrape::parse(&common::http_get(metrics).await).sum("router_inflight_requests", &[]) == 20.0
+    })
+    .await;
     router.sigterm();
-    tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let refused = match PromptRouterClient::connect(endpoint).await {
-        Err(_) => true,
-        Ok(mut late) => late.converse(common::ask("too late")).await.is_err(),
-    };
-    assert!(refused, "a request after SIGTERM must be refused");
+    // A new caller is refused once the listener closes, while the accepted calls still run.
+    let endpoint = &endpoint;
+    common::eventually("a new request refused", || async move {
+        match PromptRouterClient::connect(endpoint.clone()).await {
+            Err(_) => true,
+            Ok(mut late) => late.converse(common::ask("too late")).await.is_err(),
+        }
+    })
+    .await;
+    assert!(
+        calls.try_join_next().is_none(),
+        "the refusal came while the accepted calls were still running"
+    );
     let mut ok = 0;
     while let Some(joined) = calls.join_next().await {
         joined.unwrap().expect("every accepted request completes");
         ok += 1;
     }
-    println!(
-        "SIGTERM under load: {ok} of 20 accepted requests completed; new connection refused: {refused}"
-    );
+    println!("SIGTERM under load: {ok} of 20 accepted requests completed; new connections refused");
     assert_eq!(ok, 20);
     drop(client);
     let mut router = router;
@@ -222,21 +238,26 @@ async fn health_reports_not_serving_as_soon_as_shutdown_starts() {
         .connect()
         .await
         .unwrap();
-    let mut health = HealthClient::new(channel.clone());
+    let health = HealthClient::new(channel.clone());
     // Both names: the router's own, and "" (the whole server) that probes without a name ask about.
-    async fn expect_all(health: &mut HealthClient<tonic::transport::Channel>, want: ServingStatus) {
+    async fn statuses(health: &HealthClient<tonic::transport::Channel>) -> Vec<i32> {
+        let mut statuses = Vec::new();
         for service in ["", "router.v1.PromptRouter"] {
             let request = HealthCheckRequest {
                 service: service.to_owned(),
             };
-            let status = health.check(request).await.unwrap().into_inner().status;
-            assert_eq!(status, want as i32, "{service:?}");
+            let reply = health.clone().check(request).await.unwrap();
+            statuses.push(reply.into_inner().status);
         }
+        statuses
     }
-    expect_all(&mut health, ServingStatus::Serving).await;
+    assert_eq!(statuses(&health).await, [ServingStatus::Serving as i32; 2]);
     router.sigterm();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    expect_all(&mut health, ServingStatus::NotServing).await;
+    let probe = &health;
+    common::eventually("NOT_SERVING on SIGTERM", || async move {
+        statuses(probe).await == [ServingStatus::NotServing as i32; 2]
+    })
+    .await;
     // During the delay requests are still served: balancers are catching up.
     let mut client = PromptRouterClient::new(channel);
     client

@@ -5,9 +5,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::{
+    future::ready,
+    time::{Duration, Instant},
+};
 
-use common::{ask, ask_forced, reply_text, start, start_with};
+use common::{ask, ask_forced, eventually, reply_text, start, start_with};
 use prompt_router::{
     pb,
     sim::{BedrockError, Fault, FaultConfig, FaultRule},
@@ -33,7 +36,7 @@ async fn a_throttled_call_moves_to_the_next_region() {
     assert_eq!(reply.attempts, 2);
     // The backoff is reported apart: it is neither Bedrock's time nor the router's own work.
     let latency = reply.latency.unwrap();
-    assert!(latency.retry_wait_ms <= 25.0, "{latency:?}");
+    assert!(latency.retry_wait_ms > 0.0, "{latency:?}");
     let parts = latency.upstream_ms + latency.retry_wait_ms + latency.overhead_us / 1e3;
     assert!((latency.total_ms - parts).abs() < 0.01, "{latency:?}");
     let decision = reply.decision.unwrap();
@@ -170,7 +173,10 @@ async fn a_200ms_deadline_against_a_slow_model_cancels_the_upstream_call() {
         "{took:?}"
     );
     // The simulator sees its client go away: the upstream request is gone, not left running.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    eventually("the upstream call cancelled", || {
+        ready(router.sim().stats().in_flight == 0)
+    })
+    .await;
     let stats = router.sim().stats();
     assert_eq!((stats.cancelled, stats.in_flight), (1, 0), "{stats:?}");
 
@@ -192,9 +198,12 @@ async fn a_200ms_deadline_against_a_slow_model_cancels_the_upstream_call() {
         }
     };
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-    assert!(started.elapsed() < Duration::from_millis(600));
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(router.sim().stats().in_flight, 0);
+    assert!(started.elapsed() < Duration::from_millis(1_000));
+    eventually("the upstream stream cancelled", || {
+        ready(router.sim().stats().in_flight == 0)
+    })
+    .await;
+    assert_eq!(router.sim().stats().cancelled, 2);
 }
 
 #[tokio::test]
@@ -202,10 +211,15 @@ async fn a_cancelled_call_cancels_the_upstream_call() {
     let router = start().await;
     let mut client = router.client.clone();
     let call = tokio::spawn(async move { client.converse(ask("Wait [sim:ttft=5000]")).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(router.sim().stats().in_flight, 1);
+    eventually("the upstream call started", || {
+        ready(router.sim().stats().in_flight == 1)
+    })
+    .await;
     call.abort();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually("the upstream call cancelled", || {
+        ready(router.sim().stats().in_flight == 0)
+    })
+    .await;
     let stats = router.sim().stats();
     assert_eq!((stats.cancelled, stats.in_flight), (1, 0), "{stats:?}");
 }

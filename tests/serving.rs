@@ -731,6 +731,8 @@ async fn a_stalled_stream_ends_with_a_clear_status() {
     assert_eq!(common::delta_count(&events), 2);
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     // The router dropped the upstream stream, closing its connection.
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    assert_eq!(router.sim().stats().cancelled, 1);
+    common::eventually("the upstream stream closed", || {
+        std::future::ready(router.sim().stats().cancelled == 1)
+    })
+    .await;
 }

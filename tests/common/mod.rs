@@ -202,3 +202,20 @@ pub async fn http_get(url: &str) -> String {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     body.to_owned()
 }
+
+/// Waits until `check` holds, for at most 10 s. A cancel or a finished call reaches the
+/// simulator and the recorder a moment later, longer on a loaded machine: polling keeps such
+/// tests exact without betting on a fixed sleep.
+pub async fn eventually<F>(what: &str, mut check: impl FnMut() -> F)
+where
+    F: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not seen within 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

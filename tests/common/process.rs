@@ -58,15 +58,18 @@ impl Proc {
 
     /// Waits for a text log line holding `key=VALUE` and returns VALUE.
     pub fn wait_for_field(&self, key: &str) -> String {
-        let needle = format!("{key}=");
+        field(&self.wait_for_line(key), key).expect("the line holds the field")
+    }
+
+    /// Waits for a text log line holding `key=` and returns the whole line.
+    pub fn wait_for_line(&self, key: &str) -> String {
         loop {
             let line = self
                 .lines
                 .recv_timeout(Duration::from_secs(30))
                 .expect("process output");
-            if let Some(at) = line.find(&needle) {
-                let value = &line[at + needle.len()..];
-                return value.split_whitespace().next().expect("a value").to_owned();
+            if field(&line, key).is_some() {
+                return line;
             }
         }
     }
@@ -85,6 +88,13 @@ impl Proc {
         self.sigterm();
         self.child.wait().expect("wait")
     }
+}
+
+/// The VALUE of `key=VALUE` in a text log line.
+pub fn field(line: &str, key: &str) -> Option<String> {
+    let at = line.find(&format!("{key}="))?;
+    let value = &line[at + key.len() + 1..];
+    value.split_whitespace().next().map(str::to_owned)
 }
 
 impl Drop for Proc {
