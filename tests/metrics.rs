@@ -62,10 +62,7 @@ async fn metrics_follow_known_traffic_exactly() {
             ))
             .await
     });
-    eventually("the abandoned call upstream", || {
-        std::future::ready(router.sim().stats().in_flight == 1)
-    })
-    .await;
+    router.until_upstream_in_flight(1).await;
     abandoned.abort();
     let url = &router.metrics_url();
     eventually("the abandoned call counted", || async move {

@@ -5,12 +5,9 @@
 
 mod common;
 
-use std::{
-    future::ready,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use common::{ask, ask_forced, eventually, reply_text, start, start_with};
+use common::{ask, ask_forced, reply_text, start, start_with};
 use prompt_router::{
     pb,
     sim::{BedrockError, Fault, FaultConfig, FaultRule},
@@ -173,10 +170,7 @@ async fn a_200ms_deadline_against_a_slow_model_cancels_the_upstream_call() {
         "{took:?}"
     );
     // The simulator sees its client go away: the upstream request is gone, not left running.
-    eventually("the upstream call cancelled", || {
-        ready(router.sim().stats().in_flight == 0)
-    })
-    .await;
+    router.until_upstream_in_flight(0).await;
     let stats = router.sim().stats();
     assert_eq!((stats.cancelled, stats.in_flight), (1, 0), "{stats:?}");
 
@@ -199,10 +193,7 @@ async fn a_200ms_deadline_against_a_slow_model_cancels_the_upstream_call() {
     };
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert!(started.elapsed() < Duration::from_millis(1_000));
-    eventually("the upstream stream cancelled", || {
-        ready(router.sim().stats().in_flight == 0)
-    })
-    .await;
+    router.until_upstream_in_flight(0).await;
     assert_eq!(router.sim().stats().cancelled, 2);
 }
 
@@ -211,15 +202,9 @@ async fn a_cancelled_call_cancels_the_upstream_call() {
     let router = start().await;
     let mut client = router.client.clone();
     let call = tokio::spawn(async move { client.converse(ask("Wait [sim:ttft=5000]")).await });
-    eventually("the upstream call started", || {
-        ready(router.sim().stats().in_flight == 1)
-    })
-    .await;
+    router.until_upstream_in_flight(1).await;
     call.abort();
-    eventually("the upstream call cancelled", || {
-        ready(router.sim().stats().in_flight == 0)
-    })
-    .await;
+    router.until_upstream_in_flight(0).await;
     let stats = router.sim().stats();
     assert_eq!((stats.cancelled, stats.in_flight), (1, 0), "{stats:?}");
 }

@@ -731,8 +731,6 @@ async fn a_stalled_stream_ends_with_a_clear_status() {
     assert_eq!(common::delta_count(&events), 2);
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     // The router dropped the upstream stream, closing its connection.
-    common::eventually("the upstream stream closed", || {
-        std::future::ready(router.sim().stats().cancelled == 1)
-    })
-    .await;
+    router.until_upstream_in_flight(0).await;
+    assert_eq!(router.sim().stats().cancelled, 1);
 }

@@ -30,6 +30,15 @@ impl TestRouter {
             .expect("started with --simulate")
     }
 
+    /// Waits until the simulator has exactly `n` requests in flight: calls reach it, and
+    /// cancels are noticed there, a moment after the client side acts.
+    pub async fn until_upstream_in_flight(&self, n: u64) {
+        eventually(&format!("{n} upstream requests in flight"), || {
+            std::future::ready(self.sim().stats().in_flight == n)
+        })
+        .await;
+    }
+
     /// Sends a ConverseStream request and collects its events, and the status that ended it if
     /// it did not end cleanly (a refusal before any event included).
     pub async fn stream(
