@@ -155,6 +155,10 @@ struct TrainArgs {
     /// Quality-gap recovery the stored default threshold must reach on the training rows.
     #[arg(long)]
     target_pgr: Option<f64>,
+    /// Pull weights towards 0 with no sign bounds instead of towards the documented priors
+    /// (for labelled samples of your own traffic).
+    #[arg(long)]
+    no_priors: bool,
     /// Output tokens assumed per answer in the cost figures.
     #[arg(long, default_value_t = 256.0)]
     output_tokens: f64,
@@ -394,6 +398,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
     if let Some(target) = args.target_pgr {
         fit.target_pgr = target;
     }
+    fit.priors = !args.no_priors;
     let options = cli::train::TrainCliOptions {
         train: fit,
         prices: prices(&config, args.output_tokens),

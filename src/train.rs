@@ -19,7 +19,11 @@
 //! instead of towards 0 — cue families ([`CUE_FAMILIES`], rare in both sets) with
 //! `cue_l2`, size and shape features (which vary on every row) with `l2` — and a prior's sign is
 //! also a bound: a fit that breaks it fixes the weight at 0 and refits the rest (an active-set
-//! loop, deterministic). Features without a prior are fitted freely towards 0.
+//! loop, deterministic). Features without a prior are fitted freely towards 0. With
+//! [`TrainOptions::priors`] off (`train --no-priors`) every fitted weight is pulled towards 0 with
+//! no bounds: right for a labelled sample of the traffic the router serves, wrong for these two
+//! sets (see README, "Classifier": it fits MMLU's maths artefact and orders the out-of-domain
+//! suite worse).
 //!
 //! Length backbone ([`length_backbone`]): length is the one signal known to carry to every
 //! domain, and the shape features fitted on two sets may be noise in a third. After fitting,
@@ -118,6 +122,10 @@ pub struct TrainOptions {
     /// The stored threshold is the one with the lowest strong share whose PGR on the training
     /// rows reaches this (i.e. the CPT(target) point).
     pub target_pgr: f64,
+    /// Pull fitted weights towards the [`PRIORS`] under their signs (true), or towards 0 with
+    /// no bounds (false: for a labelled sample of the traffic itself, where the data are the
+    /// domain). Features the data do not vary keep their prior either way.
+    pub priors: bool,
 }
 
 impl Default for TrainOptions {
@@ -130,6 +138,7 @@ impl Default for TrainOptions {
             tolerance: 1e-10,
             clip: DEFAULT_CLIP,
             target_pgr: 0.8,
+            priors: true,
         }
     }
 }
@@ -210,11 +219,9 @@ fn prior_per_unit(i: usize) -> f64 {
         .map_or(0.0, |p| p.1)
 }
 
-/// The bound feature `i` breaks with `weight`, if any: 0 when the weight's sign is the
-/// opposite of its prior's.
-fn broken_bound(i: usize, weight: f64) -> Option<f64> {
-    let prior = prior_per_unit(i);
-    (prior * weight < 0.0).then_some(0.0)
+/// Whether `weight` has the opposite sign of feature `i`'s prior (a broken bound).
+fn breaks_prior_sign(i: usize, weight: f64) -> bool {
+    prior_per_unit(i) * weight < 0.0
 }
 
 /// A fitted linear score.
@@ -411,7 +418,12 @@ pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<Model, TrainErro
             } else {
                 opts.l2
             };
-            (l2, prior_per_unit(i) * scale[i])
+            let centre = if opts.priors {
+                prior_per_unit(i) * scale[i]
+            } else {
+                0.0
+            };
+            (l2, centre)
         })
         .collect();
     let labels: Vec<f64> = examples
@@ -448,7 +460,8 @@ pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<Model, TrainErro
         let broken: Vec<usize> = fitted
             .iter()
             .zip(&theta[1..])
-            .filter_map(|(&i, &w)| broken_bound(i, w).map(|_| i))
+            .filter(|&(&i, &w)| opts.priors && breaks_prior_sign(i, w))
+            .map(|(&i, _)| i)
             .collect();
         if broken.is_empty() {
             for (&i, &w) in fitted.iter().zip(&theta[1..]) {
@@ -765,6 +778,34 @@ mod tests {
         let m = fit(&flipped, &data_led()).unwrap();
         assert!(m.clamped[f]);
         assert_eq!(m.weight[f], 0.0);
+    }
+
+    #[test]
+    fn without_priors_the_data_set_the_sign() {
+        let (f, ex) = against("lines");
+        let opts = TrainOptions {
+            priors: false,
+            ..data_led()
+        };
+        let m = fit(&ex, &opts).unwrap();
+        assert!(!m.clamped[f]);
+        assert!(m.weight[f] < 0.0, "{}", m.weight[f]);
+        // Pulled towards 0, not towards the prior (0.25 per unit × 0.5 standard deviation):
+        // a feature that says nothing gets nothing.
+        let r = index("reasoning");
+        let silent: Vec<Example> = (0..400)
+            .map(|i| {
+                let mut e = example(i, i as f64, 1.0, if i < 200 { 1.0 } else { 0.0 });
+                e.features[r] = ((i / 2) % 2) as f64;
+                e
+            })
+            .collect();
+        let towards_zero = TrainOptions {
+            priors: false,
+            ..TrainOptions::default()
+        };
+        let m = fit(&silent, &towards_zero).unwrap();
+        assert!(m.weight[r].abs() < 0.2 * 0.25 * 0.5, "{}", m.weight[r]);
     }
 
     #[test]

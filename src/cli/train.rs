@@ -149,14 +149,27 @@ pub fn run<R: BufRead>(
         held_out_apgr_pooled: pooled_cmp.classifier.apgr,
         method: format!(
             "logistic regression on standardised features, soft label (1 + strong - weak) / 2, \
-             Newton's method; L2 towards documented prior weights (train::PRIORS), {} for size and shape \
-             features and {} for cue families (train::CUE_FAMILIES), prior signs as bounds; length backbone: \
+             Newton's method; L2 towards {centre}, {} for size and shape features and {} for cue \
+             families (train::CUE_FAMILIES), {bounds}; length backbone: \
              tokens weight raised so the length term carries {} of the logit's standard deviation on the \
              training rows; rows with crc32(id) % 5 == 0 held out; \
              then every weight and the bias stretched by one factor so that the median training prompt scores 0.5 \
              and the training 5th-95th percentile scores fit in [0.05, 0.95] (see `rescale`); \
              threshold = CPT({}) point on the pooled training rows, after the stretch",
-            opts.train.l2, opts.train.cue_l2, opts.train.length_share, opts.train.target_pgr
+            opts.train.l2,
+            opts.train.cue_l2,
+            opts.train.length_share,
+            opts.train.target_pgr,
+            centre = if opts.train.priors {
+                "documented prior weights (train::PRIORS)"
+            } else {
+                "0"
+            },
+            bounds = if opts.train.priors {
+                "prior signs as bounds"
+            } else {
+                "no sign bounds (--no-priors)"
+            },
         ),
         rescale: Some(rescale),
     };
