@@ -71,13 +71,22 @@ impl Decider {
 }
 
 /// Feeds every piece of the request's text to `classifier`, in conversation order: system
-/// prompts, then turns oldest to newest, the last user turn marked.
+/// prompts, then turns oldest to newest, the newest ask marked: the last user turn that says
+/// something. In an agent loop the last user turns carry only tool results; what was asked is
+/// the user text before them.
 pub fn classify(classifier: &Classifier, req: &ChatRequest) -> Classification {
     let mut acc = classifier.begin();
     for system in &req.system {
         acc.push(Part::System, system);
     }
-    let last_user = req.messages.iter().rposition(|t| t.role == Role::User);
+    let says = |t: &&crate::request::Turn| {
+        t.role == Role::User && t.content.iter().any(|b| matches!(b, Block::Text(_)))
+    };
+    let last_user = req
+        .messages
+        .iter()
+        .rposition(|t| says(&t))
+        .or_else(|| req.messages.iter().rposition(|t| t.role == Role::User));
     for (i, turn) in req.messages.iter().enumerate() {
         let part = match turn.role {
             Role::User => Part::User {
@@ -109,4 +118,37 @@ pub fn classify(classifier: &Classifier, req: &ChatRequest) -> Classification {
 
 fn saturate(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::{FEATURE_NAMES, Weights};
+    use crate::request::Limits;
+
+    fn ask_tokens(json: &str) -> f64 {
+        let req: crate::pb::ConverseRequest = serde_json::from_str(json).unwrap();
+        let req = ChatRequest::from_pb(req, &Limits::default()).unwrap();
+        let c = classify(&Classifier::new(Weights::neutral()).unwrap(), &req);
+        let i = FEATURE_NAMES
+            .iter()
+            .position(|n| *n == "ask_tokens")
+            .unwrap();
+        c.values()[i]
+    }
+
+    #[test]
+    fn in_an_agent_loop_the_ask_is_the_last_user_text() {
+        let ask = "Find the cheapest flight that lands before noon and fits the budget.";
+        let looped = format!(
+            r#"{{"messages":[
+            {{"role":"ROLE_USER","content":[{{"text":"{ask}"}}]}},
+            {{"role":"ROLE_ASSISTANT","content":[{{"toolUse":{{"toolUseId":"t1","name":"search","inputJson":"{{}}"}}}}]}},
+            {{"role":"ROLE_USER","content":[{{"toolResult":{{"toolUseId":"t1","content":[{{"text":"3 flights"}}]}}}}]}}],
+            "toolConfig":{{"tools":[{{"name":"search","inputSchemaJson":"{{}}"}}]}}}}"#
+        );
+        let direct =
+            format!(r#"{{"messages":[{{"role":"ROLE_USER","content":[{{"text":"{ask}"}}]}}]}}"#);
+        assert_eq!(ask_tokens(&looped), ask_tokens(&direct));
+    }
 }

@@ -233,6 +233,52 @@ pub fn summarize(rows: &[Row], threshold: f64, prices: &Prices) -> Result<Summar
     })
 }
 
+/// How a router treats written judgements (`easy`: the fast model serves as well, `hard`: the
+/// strong one is needed), at one threshold.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct JudgedSummary {
+    /// Rows judged hard.
+    pub hard: usize,
+    /// Rows judged easy.
+    pub easy: usize,
+    /// Share of hard rows with `score ≥ threshold` (sent strong).
+    pub hard_to_strong: f64,
+    /// Share of easy rows with `score < threshold` (sent fast).
+    pub easy_to_fast: f64,
+    /// Share of (hard, easy) pairs where the hard row scores higher, ties counting half.
+    pub ordering: f64,
+}
+
+/// [`JudgedSummary`] of `(score, judged hard)` rows at `threshold`; `None` unless both kinds
+/// are present.
+pub fn judged(rows: &[(f64, bool)], threshold: f64) -> Option<JudgedSummary> {
+    let hard: Vec<f64> = rows.iter().filter(|r| r.1).map(|r| r.0).collect();
+    let mut easy: Vec<f64> = rows.iter().filter(|r| !r.1).map(|r| r.0).collect();
+    if hard.is_empty() || easy.is_empty() {
+        return None;
+    }
+    easy.sort_by(f64::total_cmp);
+    // Each hard score beats the easy scores below it and ties with the equal ones.
+    let wins: f64 = hard
+        .iter()
+        .map(|&h| {
+            let below = easy.partition_point(|&e| e < h);
+            let equal = easy[below..].partition_point(|&e| e <= h);
+            below as f64 + equal as f64 / 2.0
+        })
+        .sum();
+    let share = |v: &[f64], f: &dyn Fn(f64) -> bool| {
+        v.iter().filter(|&&x| f(x)).count() as f64 / v.len() as f64
+    };
+    Some(JudgedSummary {
+        hard: hard.len(),
+        easy: easy.len(),
+        hard_to_strong: share(&hard, &|x| x >= threshold),
+        easy_to_fast: share(&easy, &|x| x < threshold),
+        ordering: wins / (hard.len() * easy.len()) as f64,
+    })
+}
+
 /// Seed of the random baseline router.
 pub const RANDOM_SEED: u64 = 42;
 
@@ -296,6 +342,24 @@ mod tests {
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-12
+    }
+
+    #[test]
+    fn judged_shares_and_ordering() {
+        let rows = [
+            (0.9, true),
+            (0.4, true),
+            (0.4, false),
+            (0.1, false),
+            (0.6, false),
+        ];
+        let j = judged(&rows, 0.5).unwrap();
+        assert_eq!((j.hard, j.easy), (2, 3));
+        assert!(close(j.hard_to_strong, 0.5));
+        assert!(close(j.easy_to_fast, 2.0 / 3.0));
+        // 0.9 beats all three easy; 0.4 beats 0.1, ties 0.4, loses to 0.6.
+        assert!(close(j.ordering, (3.0 + 1.5) / 6.0));
+        assert!(judged(&[(0.3, true)], 0.5).is_none());
     }
 
     #[test]

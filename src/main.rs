@@ -118,6 +118,9 @@ struct ClassifyArgs {
     /// How many top contributing features to print.
     #[arg(long, default_value_t = 3)]
     reasons: usize,
+    /// Also print every feature's value (`"features": {name: value}`).
+    #[arg(long)]
+    features: bool,
     /// Input file; stdin when absent or "-".
     file: Option<PathBuf>,
 }
@@ -159,10 +162,17 @@ struct TrainArgs {
     /// (for labelled samples of your own traffic).
     #[arg(long)]
     no_priors: bool,
+    /// How many scored rows one judged row (`"judgement": "easy" | "hard"`) counts as.
+    #[arg(long, default_value_t = 80.0)]
+    judged_weight: f64,
+    /// Skip the cross-validation by task family.
+    #[arg(long)]
+    no_cross_validation: bool,
     /// Output tokens assumed per answer in the cost figures.
     #[arg(long, default_value_t = 256.0)]
     output_tokens: f64,
-    /// Labelled JSON-lines files; 20% of each (crc32(id) % 5 == 0) is held out for the report.
+    /// Labelled or judged JSON-lines files; 20% of each (crc32(id) % 5 == 0) is held out for
+    /// the report.
     #[arg(required = true)]
     files: Vec<PathBuf>,
 }
@@ -342,6 +352,7 @@ fn classify(args: &ClassifyArgs, plain_text: bool) -> anyhow::Result<()> {
     let (config, decider) = args.model.decider()?;
     let options = cli::classify::ClassifyOptions {
         reasons: args.reasons,
+        features: args.features,
         plain_text,
         limits: config.limits,
     };
@@ -401,6 +412,8 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
     fit.priors = !args.no_priors;
     let options = cli::train::TrainCliOptions {
         train: fit,
+        judged_weight: args.judged_weight,
+        cross_validate: !args.no_cross_validation,
         prices: prices(&config, args.output_tokens),
         limits: config.limits,
     };

@@ -78,6 +78,14 @@ pub enum TrainError {
         /// weak_score found.
         weak: f64,
     },
+    /// A row weight that is not a positive number.
+    #[error("row {row}: weight must be a positive number, got {weight}")]
+    BadWeight {
+        /// Row index.
+        row: usize,
+        /// weight found.
+        weight: f64,
+    },
     /// An option out of range.
     #[error("option `{0}` is out of range")]
     BadOption(&'static str),
@@ -100,18 +108,41 @@ pub struct Example {
     pub weak: f64,
     /// Estimated input tokens (for cost figures).
     pub input_tokens: f64,
+    /// How many rows this one counts as in the fit (1 for a scored row; judged rows count more).
+    pub weight: f64,
+    /// For a judged row, whether it was judged hard: the rows the stored threshold is set on.
+    pub hard: Option<bool>,
+}
+
+impl Example {
+    /// A scored row of weight 1.
+    pub fn scored(
+        features: [f64; NUM_FEATURES],
+        strong: f64,
+        weak: f64,
+        input_tokens: f64,
+    ) -> Self {
+        Self {
+            features,
+            strong,
+            weak,
+            input_tokens,
+            weight: 1.0,
+            hard: None,
+        }
+    }
 }
 
 /// Training settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainOptions {
-    /// L2 penalty pulling the standardised weight of a size or shape feature towards its prior;
-    /// the objective is `Σ cross-entropy + Σᵢ λᵢ/2 · (wᵢ − priorᵢ)² + BIAS_L2/2 · bias²`.
+    /// L2 penalty pulling the weight of a size or shape feature towards its prior;
+    /// the objective is `Σ row weight × cross-entropy + Σᵢ λᵢ/2 · (wᵢ − priorᵢ)² + BIAS_L2/2 · bias²`.
     pub l2: f64,
     /// The same penalty for the [`CUE_FAMILIES`].
     pub cue_l2: f64,
     /// Smallest share, in [0, 1), of the logit's standard deviation on the training rows that
-    /// the length term must carry ([`length_backbone`]); 0 turns the backbone off.
+    /// the ask-length term must carry ([`length_backbone`]); 0 turns the backbone off.
     pub length_share: f64,
     /// Newton iterations at most.
     pub max_iterations: usize,
@@ -119,8 +150,8 @@ pub struct TrainOptions {
     pub tolerance: f64,
     /// Standardised values are clamped to ±clip, in training as in scoring.
     pub clip: f64,
-    /// The stored threshold is the one with the lowest strong share whose PGR on the training
-    /// rows reaches this (i.e. the CPT(target) point).
+    /// Without judged rows, the stored threshold is the one with the lowest strong share whose
+    /// PGR on the training rows reaches this (i.e. the CPT(target) point).
     pub target_pgr: f64,
     /// Pull fitted weights towards the [`PRIORS`] under their signs (true), or towards 0 with
     /// no bounds (false: for a labelled sample of the traffic itself, where the data are the
@@ -132,8 +163,8 @@ impl Default for TrainOptions {
     fn default() -> Self {
         Self {
             l2: 1000.0,
-            cue_l2: 2000.0,
-            length_share: 0.6,
+            cue_l2: 100.0,
+            length_share: 0.3,
             max_iterations: 100,
             tolerance: 1e-10,
             clip: DEFAULT_CLIP,
@@ -143,68 +174,97 @@ impl Default for TrainOptions {
     }
 }
 
-/// Prior weight of each feature whose direction routing research documents, in logit (before
-/// the stretch) per unit of the feature value; count features are `ln(1 + count)`, so the unit
-/// is one e-fold of the count. For gains this small the logit is about twice the expected
-/// quality gain of the strong model, so `reasoning` at 0.25 says one "prove" or "derive"
-/// (ln 2 ≈ 0.69 units) adds about 0.09 to it, `tokens` at 0.10 that doubling a prompt adds about
-/// 0.035. Directions: multi-step reasoning, analysis, maths, code, constraints, multi-part
-/// structure, requested long output and length push towards the strong model (the categories
-/// where strong and fast models differ most in routing benchmarks), lookups and chit-chat
-/// towards the fast one. Sizes are judgement, set so that two or three strong cues outweigh a
-/// prompt several times shorter. Features absent here (word and sentence length, commas,
-/// quotes, negation, non-ASCII share) have no documented direction: fitted freely, pulled to 0.
-pub const PRIORS: [(&str, f64); 24] = [
-    ("tokens", 0.10),
-    ("lines", 0.02),
+/// Prior weight of each feature, in logit (before the stretch) per unit of the feature value;
+/// count features are `ln(1 + count)`, so the unit is one e-fold of the count. Directions:
+/// asks for reasoning, analysis, design, diagnosis, code and what makes a problem tricky, maths,
+/// constraints, several parts, long output and length push towards the strong model (the
+/// categories where strong and fast models differ most in routing benchmarks); transforms of
+/// supplied material, small talk and lookups towards the fast one. Sizes are judgement, set so
+/// that one generative-reasoning cue in a one-line ask outweighs a request ten times longer,
+/// and the size of supplied context counts for little. A prior's sign is a bound.
+pub const PRIORS: [(&str, f64); NUM_FEATURES] = [
+    ("ask_tokens", 0.10),
+    ("context_tokens", 0.02),
     ("numbers", 0.05),
-    ("math_ops", 0.08),
-    ("math_words", 0.20),
-    ("latex", 0.10),
-    ("code_syntax", 1.0),
-    ("code_keywords", 0.12),
-    ("code_fences", 0.15),
-    ("indentation", 0.05),
+    ("math_notation", 0.05),
+    ("math_words", 0.15),
+    ("code", 0.10),
     ("questions", 0.05),
-    ("enumerations", 0.05),
     ("multipart", 0.10),
-    ("reasoning", 0.25),
-    ("analysis", 0.20),
-    ("constraints", 0.10),
-    ("long_output", 0.15),
-    ("simple_task", -0.25),
-    ("symbols", 0.03),
-    ("system_tokens", 0.01),
-    ("turns", 0.03),
-    ("images", 0.08),
-    ("tools", 0.05),
-    ("max_tokens", 0.04),
+    ("constraints", 0.08),
+    ("proof", 0.40),
+    ("reasoning", 0.20),
+    ("analysis", 0.25),
+    ("design", 0.25),
+    ("diagnose", 0.25),
+    ("build", 0.25),
+    ("tricky", 0.25),
+    ("transform", -0.30),
+    ("chat", -0.30),
+    ("lookup", -0.20),
+    ("long_output", 0.10),
+    ("turns", 0.02),
+    ("images", 0.05),
+    ("tools", 0.03),
+    ("max_tokens", 0.10),
 ];
 
-/// Keyword families held to their priors with `cue_l2`: each fires on a few percent of the
-/// labelled rows, mostly in a few MMLU subjects, so its fitted weight says more about those
-/// subjects than about the cue.
-pub const CUE_FAMILIES: [&str; 11] = [
+/// Keyword families (and code), held to their priors with `cue_l2`: each fires on a few
+/// percent of the labelled rows, so its fitted weight says more about those rows' subjects than
+/// about the cue.
+pub const CUE_FAMILIES: [&str; 15] = [
+    "math_words",
+    "proof",
+    "code",
+    "multipart",
+    "constraints",
     "reasoning",
     "analysis",
-    "math_words",
-    "latex",
-    "code_keywords",
-    "code_fences",
-    "constraints",
-    "multipart",
-    "enumerations",
+    "design",
+    "diagnose",
+    "build",
+    "tricky",
+    "transform",
+    "chat",
+    "lookup",
     "long_output",
-    "simple_task",
 ];
 
-/// Typical value and spread of the features the labelled data has no variance in (every
-/// training prompt is one text turn with no system prompt, image, tool, output limit or code
-/// fence): the value of such a prompt, and a spread of one e-fold (two for system prompts,
-/// whose sizes vary more).
-pub const UNSEEN: [(&str, f64, f64); 6] = [
-    ("code_fences", 0.0, 1.0),
-    ("system_tokens", 0.0, 2.0),
+/// Features that keep their prior whatever the data say. A request's output limit is mostly a
+/// per-service setting (many services send 4,096 on every call), not a judgement of that
+/// request, and the realistic corpus's writers chose limits by difficulty (median 1,500 tokens
+/// for hard requests, 400 for easy ones): a fitted weight would learn the writers' habit and
+/// send every request of a service with a generous limit to the strong model.
+pub const NOT_FITTED: [&str; 1] = ["max_tokens"];
+
+/// Centre and scale of every feature: `z = (x − centre) / scale`. Fixed, not fitted, so that a
+/// score means the same whatever data trained it: the centre is the value of a request without
+/// the feature (no cue, no context, no image, no output limit), so an absent feature contributes
+/// 0 and every reason names something the request has; the scale is one e-fold of a count. The
+/// exceptions: the ask's length is centred on a one-sentence ask (16 tokens), and the context's
+/// size has a scale of three e-folds, so that the clip is reached near 8,000 tokens rather
+/// than at 20.
+pub const STANDARD: [(&str, f64, f64); NUM_FEATURES] = [
+    ("ask_tokens", 2.833_213_344_056_216, 1.0),
+    ("context_tokens", 0.0, 3.0),
+    ("numbers", 0.0, 1.0),
+    ("math_notation", 0.0, 1.0),
+    ("math_words", 0.0, 1.0),
+    ("code", 0.0, 1.0),
+    ("questions", 0.0, 1.0),
+    ("multipart", 0.0, 1.0),
+    ("constraints", 0.0, 1.0),
+    ("proof", 0.0, 1.0),
+    ("reasoning", 0.0, 1.0),
+    ("analysis", 0.0, 1.0),
+    ("design", 0.0, 1.0),
+    ("diagnose", 0.0, 1.0),
+    ("build", 0.0, 1.0),
+    ("tricky", 0.0, 1.0),
+    ("transform", 0.0, 1.0),
+    ("chat", 0.0, 1.0),
+    ("lookup", 0.0, 1.0),
+    ("long_output", 0.0, 1.0),
     ("turns", 0.0, 1.0),
     ("images", 0.0, 1.0),
     ("tools", 0.0, 1.0),
@@ -213,10 +273,7 @@ pub const UNSEEN: [(&str, f64, f64); 6] = [
 
 /// The prior weight of feature `i` per unit of its value (0 if it has none).
 fn prior_per_unit(i: usize) -> f64 {
-    PRIORS
-        .iter()
-        .find(|p| p.0 == FEATURE_NAMES[i])
-        .map_or(0.0, |p| p.1)
+    PRIORS[i].1
 }
 
 /// Whether `weight` has the opposite sign of feature `i`'s prior (a broken bound).
@@ -303,10 +360,58 @@ impl Model {
     }
 }
 
-/// The stretch that puts the median training logit at score 0.5 and the 5th–95th percentile
-/// range within [0.05, 0.95], the farther end on the boundary (see the module docs). Percentiles
-/// are nearest-rank on the sorted logits, so the result depends on the rows only. Degenerate
-/// data (every logit equal) gets the identity.
+/// The logit that best separates the judged rows: the cut maximising balanced accuracy (the
+/// mean of the share of hard rows at or above it and the share of easy rows below it, by row
+/// weight), halfway between the two logits it falls between; among equally good cuts, the
+/// middle one. `None` without judged rows of both kinds.
+pub fn boundary(model: &Model, examples: &[Example]) -> Option<f64> {
+    let mut judged: Vec<(f64, bool, f64)> = examples
+        .iter()
+        .filter_map(|e| e.hard.map(|h| (model.logit(&e.features), h, e.weight)))
+        .collect();
+    judged.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = |hard: bool| -> f64 { judged.iter().filter(|j| j.1 == hard).map(|j| j.2).sum() };
+    let (hard_total, easy_total) = (total(true), total(false));
+    if hard_total <= 0.0 || easy_total <= 0.0 {
+        return None;
+    }
+    // Cut k sends judged[k..] strong.
+    let (mut easy_below, mut best, mut cuts) = (0.0, f64::NEG_INFINITY, Vec::new());
+    let mut hard_below = 0.0;
+    for k in 0..=judged.len() {
+        let distinct = k == 0 || k == judged.len() || judged[k - 1].0 < judged[k].0;
+        if distinct {
+            let balanced = ((hard_total - hard_below) / hard_total + easy_below / easy_total) / 2.0;
+            if balanced > best + 1e-12 {
+                best = balanced;
+                cuts.clear();
+            }
+            if (balanced - best).abs() <= 1e-12 {
+                cuts.push(k);
+            }
+        }
+        if let Some(&(_, hard, w)) = judged.get(k) {
+            if hard {
+                hard_below += w;
+            } else {
+                easy_below += w;
+            }
+        }
+    }
+    let k = cuts[cuts.len() / 2];
+    let at = |i: usize| judged[i.min(judged.len() - 1)].0;
+    Some(match k {
+        0 => at(0) - 1.0,
+        k if k == judged.len() => at(k) + 1.0,
+        k => (at(k - 1) + at(k)) / 2.0,
+    })
+}
+
+/// The stretch that puts the [`boundary`] of the judged rows (the median training logit when
+/// there are none) at score 0.5 and the 5th–95th percentile range within [0.05, 0.95], the
+/// farther end on the boundary (see the module docs). Percentiles are nearest-rank on the
+/// sorted logits, so the result depends on the rows only. Degenerate data (every logit equal)
+/// gets the identity.
 pub fn spread(model: &Model, examples: &[Example]) -> Rescale {
     let mut logits: Vec<f64> = examples.iter().map(|e| model.logit(&e.features)).collect();
     logits.sort_by(f64::total_cmp);
@@ -317,7 +422,8 @@ pub fn spread(model: &Model, examples: &[Example]) -> Rescale {
             .copied()
             .unwrap_or(0.0)
     };
-    let (low, centre, high) = (at(SPREAD_QUANTILE), at(0.5), at(1.0 - SPREAD_QUANTILE));
+    let centre = boundary(model, examples).unwrap_or_else(|| at(0.5));
+    let (low, high) = (at(SPREAD_QUANTILE), at(1.0 - SPREAD_QUANTILE));
     let half_width = (high - centre).max(centre - low);
     // logit(1 − SPREAD_SCORE): the stretched logit of the farther percentile.
     let target = ((1.0 - SPREAD_SCORE) / SPREAD_SCORE).ln();
@@ -344,11 +450,11 @@ const BIAS_L2: f64 = 1e-6;
 /// Standard deviation below which a feature counts as constant.
 const CONSTANT: f64 = 1e-9;
 
-/// Index of the `tokens` feature, which the length backbone raises.
+/// Index of the `ask_tokens` feature, which the length backbone raises.
 fn tokens_index() -> usize {
     FEATURE_NAMES
         .iter()
-        .position(|n| *n == "tokens")
+        .position(|n| *n == "ask_tokens")
         .unwrap_or(0)
 }
 
@@ -381,33 +487,30 @@ pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<Model, TrainErro
             });
         }
     }
-    let n = examples.len() as f64;
-    let mut mean = [0.0; NUM_FEATURES];
-    let mut scale = [1.0; NUM_FEATURES];
+    for (row, e) in examples.iter().enumerate() {
+        if !(e.weight.is_finite() && e.weight > 0.0) {
+            return Err(TrainError::BadWeight {
+                row,
+                weight: e.weight,
+            });
+        }
+    }
+    let mean: [f64; NUM_FEATURES] = std::array::from_fn(|i| STANDARD[i].1);
+    let scale: [f64; NUM_FEATURES] = std::array::from_fn(|i| STANDARD[i].2);
     let mut prior = [false; NUM_FEATURES];
     let mut weight = [0.0; NUM_FEATURES];
     let mut fitted = Vec::with_capacity(NUM_FEATURES);
     for i in 0..NUM_FEATURES {
-        let m = examples.iter().map(|e| e.features[i]).sum::<f64>() / n;
-        let var = examples
-            .iter()
-            .map(|e| (e.features[i] - m).powi(2))
-            .sum::<f64>()
-            / n;
-        if var.sqrt() > CONSTANT {
-            mean[i] = m;
-            scale[i] = var.sqrt();
+        let first = examples[0].features[i];
+        if !NOT_FITTED.contains(&FEATURE_NAMES[i])
+            && examples
+                .iter()
+                .any(|e| (e.features[i] - first).abs() > CONSTANT)
+        {
             fitted.push(i);
         } else {
             prior[i] = true;
-            match UNSEEN.iter().find(|u| u.0 == FEATURE_NAMES[i]) {
-                Some(&(_, typical, spread)) => {
-                    mean[i] = typical;
-                    scale[i] = spread;
-                    weight[i] = prior_per_unit(i) * spread;
-                }
-                None => mean[i] = m,
-            }
+            weight[i] = prior_per_unit(i) * scale[i];
         }
     }
     // Penalty strength and centre per standardised weight: the prior per unit times the spread.
@@ -430,6 +533,7 @@ pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<Model, TrainErro
         .iter()
         .map(|e| (1.0 + e.strong - e.weak) / 2.0)
         .collect();
+    let row_weights: Vec<f64> = examples.iter().map(|e| e.weight).collect();
     let mut clamped = [false; NUM_FEATURES];
     let mut iterations = 0;
     let z =
@@ -455,7 +559,16 @@ pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<Model, TrainErro
             })
             .collect();
         let free_penalty: Vec<(f64, f64)> = fitted.iter().map(|&i| penalty[i]).collect();
-        let (theta, used) = newton(&rows, &offsets, &labels, &free_penalty, opts)?;
+        let (theta, used) = newton(
+            &Design {
+                rows: &rows,
+                offsets: &offsets,
+                labels: &labels,
+                weights: &row_weights,
+            },
+            &free_penalty,
+            opts,
+        )?;
         iterations += used;
         let broken: Vec<usize> = fitted
             .iter()
@@ -531,20 +644,35 @@ pub fn length_backbone(model: &Model, examples: &[Example], share: f64) -> f64 {
     (-b + (b * b - 4.0 * a * c).sqrt()) / (2.0 * a)
 }
 
-/// Objective: Σ cross-entropy + Σ λ/2 · (θ − centre)² over the weights + BIAS_L2/2 · bias², each
-/// row's logit shifted by its offset; `penalty[j]` is (λ, centre) of weight j (θ[j + 1]).
-fn objective(
-    rows: &[Vec<f64>],
-    offsets: &[f64],
-    labels: &[f64],
-    theta: &[f64],
-    penalty: &[(f64, f64)],
-) -> f64 {
+/// The data of one fit: standardised rows (a leading 1 for the bias), each row's fixed logit
+/// offset, soft label and weight.
+struct Design<'a> {
+    rows: &'a [Vec<f64>],
+    offsets: &'a [f64],
+    labels: &'a [f64],
+    weights: &'a [f64],
+}
+
+impl Design<'_> {
+    /// Each row's (standardised values, offset, label, weight).
+    fn iter(&self) -> impl Iterator<Item = (&Vec<f64>, f64, f64, f64)> {
+        self.rows
+            .iter()
+            .zip(self.offsets)
+            .zip(self.labels)
+            .zip(self.weights)
+            .map(|(((x, &o), &y), &w)| (x, o, y, w))
+    }
+}
+
+/// Objective: Σ weight × cross-entropy + Σ λ/2 · (θ − centre)² over the weights + BIAS_L2/2 ·
+/// bias², each row's logit shifted by its offset; `penalty[j]` is (λ, centre) of weight j (θ[j + 1]).
+fn objective(d: &Design<'_>, theta: &[f64], penalty: &[(f64, f64)]) -> f64 {
     let mut loss = 0.0;
-    for ((x, &y), &o) in rows.iter().zip(labels).zip(offsets) {
+    for (x, o, y, w) in d.iter() {
         let z: f64 = o + x.iter().zip(theta).map(|(a, b)| a * b).sum::<f64>();
         // log(1 + e^z) − y·z, written to stay finite for large |z|.
-        loss += z.max(0.0) + (-z.abs()).exp().ln_1p() - y * z;
+        loss += w * (z.max(0.0) + (-z.abs()).exp().ln_1p() - y * z);
     }
     let bias = theta.first().copied().unwrap_or(0.0);
     let l2: f64 = theta
@@ -558,23 +686,21 @@ fn objective(
 
 /// Newton's method with step halving; returns the parameters and the iterations used.
 fn newton(
-    rows: &[Vec<f64>],
-    offsets: &[f64],
-    labels: &[f64],
+    d: &Design<'_>,
     penalty: &[(f64, f64)],
     opts: &TrainOptions,
 ) -> Result<(Vec<f64>, usize), TrainError> {
-    let k = rows.first().map_or(1, Vec::len);
+    let k = d.rows.first().map_or(1, Vec::len);
     let mut theta = vec![0.0; k];
-    let mut current = objective(rows, offsets, labels, &theta, penalty);
+    let mut current = objective(d, &theta, penalty);
     for iter in 1..=opts.max_iterations {
         let mut grad = vec![0.0; k];
         let mut hess = vec![0.0; k * k];
-        for ((x, &y), &o) in rows.iter().zip(labels).zip(offsets) {
+        for (x, o, y, rw) in d.iter() {
             let z: f64 = o + x.iter().zip(&theta).map(|(a, b)| a * b).sum::<f64>();
             let p = logistic(z);
-            let r = p - y;
-            let w = p * (1.0 - p);
+            let r = rw * (p - y);
+            let w = rw * p * (1.0 - p);
             for a in 0..k {
                 grad[a] += r * x[a];
                 let wa = w * x[a];
@@ -604,7 +730,7 @@ fn newton(
                 .zip(&step)
                 .map(|(a, s)| a - t * s)
                 .collect::<Vec<_>>();
-            value = objective(rows, offsets, labels, &next, penalty);
+            value = objective(d, &next, penalty);
             if value <= current || t < 1e-6 {
                 break;
             }
@@ -674,14 +800,18 @@ pub fn score_rows(model: &Model, examples: &[Example]) -> Vec<Row> {
         .collect()
 }
 
-/// The default threshold: the CPT(`target_pgr`) point of the model on its training rows, i.e.
-/// the lowest strong share (and so the lowest cost, since cost only grows with strong share)
-/// whose quality gap recovered reaches the target.
+/// The default threshold: with judged rows, the score of their [`boundary`] (0.5 after
+/// [`spread`]), so that the stored threshold is where a written judgement of "needs the strong
+/// model" begins; without them, the CPT(`target_pgr`) point of the model on its training rows,
+/// i.e. the lowest strong share whose quality gap recovered reaches the target.
 pub fn choose_threshold(
     model: &Model,
     examples: &[Example],
     opts: &TrainOptions,
 ) -> Result<f64, TrainError> {
+    if let Some(b) = boundary(model, examples) {
+        return Ok(logistic(b));
+    }
     let rows = score_rows(model, examples);
     Ok(calibrate::for_pgr(&rows, opts.target_pgr)?.threshold)
 }
@@ -694,12 +824,7 @@ mod tests {
         let mut features = [0.0; NUM_FEATURES];
         features[0] = x;
         features[1] = (i % 3) as f64;
-        Example {
-            features,
-            strong,
-            weak,
-            input_tokens: 10.0,
-        }
+        Example::scored(features, strong, weak, 10.0)
     }
 
     #[test]
@@ -764,13 +889,13 @@ mod tests {
 
     #[test]
     fn wrong_signs_are_clamped_to_zero() {
-        let (f, ex) = against("lines");
+        let (f, ex) = against("questions");
         let m = fit(&ex, &data_led()).unwrap();
         assert!(m.clamped[f]);
         assert_eq!(m.weight[f], 0.0);
         assert!(m.weight[0] > 0.0);
         // A negative prior bounds from above.
-        let (f, ex) = against("simple_task");
+        let (f, ex) = against("chat");
         let mut flipped = ex.clone();
         for e in &mut flipped {
             e.features[f] = 1.0 - e.features[f];
@@ -782,7 +907,7 @@ mod tests {
 
     #[test]
     fn without_priors_the_data_set_the_sign() {
-        let (f, ex) = against("lines");
+        let (f, ex) = against("questions");
         let opts = TrainOptions {
             priors: false,
             ..data_led()
@@ -790,8 +915,8 @@ mod tests {
         let m = fit(&ex, &opts).unwrap();
         assert!(!m.clamped[f]);
         assert!(m.weight[f] < 0.0, "{}", m.weight[f]);
-        // Pulled towards 0, not towards the prior (0.25 per unit × 0.5 standard deviation):
-        // a feature that says nothing gets nothing.
+        // Pulled towards 0, not towards the prior (0.20 per unit): a feature that says nothing
+        // gets nothing.
         let r = index("reasoning");
         let silent: Vec<Example> = (0..400)
             .map(|i| {
@@ -805,7 +930,7 @@ mod tests {
             ..TrainOptions::default()
         };
         let m = fit(&silent, &towards_zero).unwrap();
-        assert!(m.weight[r].abs() < 0.2 * 0.25 * 0.5, "{}", m.weight[r]);
+        assert!(m.weight[r].abs() < 0.2 * 0.20, "{}", m.weight[r]);
     }
 
     #[test]
@@ -824,8 +949,15 @@ mod tests {
                 e
             })
             .collect();
-        let prior = 0.25 * 0.5; // per unit × standard deviation of a 0/1 feature split evenly
-        let held = fit(&ex, &TrainOptions::default()).unwrap();
+        let prior = 0.20; // per unit, and a 0/1 feature's unit is 1
+        let held = fit(
+            &ex,
+            &TrainOptions {
+                cue_l2: 2000.0,
+                ..TrainOptions::default()
+            },
+        )
+        .unwrap();
         assert!(
             (held.weight[r] - prior).abs() < 0.2 * prior,
             "{}",
@@ -870,10 +1002,12 @@ mod tests {
     #[test]
     fn length_backbone_guarantees_its_share() {
         // The gain follows "lines" closely and length only loosely.
-        let l = index("lines");
+        let l = index("questions");
         let ex: Vec<Example> = (0..300)
             .map(|i| {
-                let mut e = example(i, ((i * 37) % 300) as f64 + (i as f64) * 0.3, 1.0, 1.0);
+                // Lengths within the unclipped range of the standardised ask length.
+                let x = (((i * 37) % 300) as f64 + (i as f64) * 0.3) / 100.0;
+                let mut e = example(i, x, 1.0, 1.0);
                 e.features[l] = (i % 10) as f64;
                 e.weak = if i % 10 > 4 { 0.0 } else { 1.0 };
                 e
@@ -913,7 +1047,7 @@ mod tests {
         let m = fit(&ex, &TrainOptions::default()).unwrap();
         let images = FEATURE_NAMES.iter().position(|n| *n == "images").unwrap();
         assert!(m.prior[images]);
-        assert_eq!(m.weight[images], 0.08);
+        assert_eq!(m.weight[images], 0.05);
         assert!(!m.prior[0]);
     }
 
@@ -974,12 +1108,7 @@ mod tests {
     #[test]
     fn spread_of_constant_logits_is_the_identity() {
         let ex: Vec<Example> = (0..10)
-            .map(|i| Example {
-                features: [1.0; NUM_FEATURES],
-                strong: 1.0,
-                weak: (i % 2) as f64,
-                input_tokens: 10.0,
-            })
+            .map(|i| Example::scored([1.0; NUM_FEATURES], 1.0, (i % 2) as f64, 10.0))
             .collect();
         let m = fit(&ex, &TrainOptions::default()).unwrap();
         assert_eq!(
@@ -989,6 +1118,52 @@ mod tests {
                 centre: 0.0
             }
         );
+    }
+
+    #[test]
+    fn judged_rows_set_the_boundary_and_the_threshold() {
+        // Scored rows follow length loosely; judged rows split cleanly around x = 4.
+        let mut ex: Vec<Example> = (0..300)
+            .map(|i| {
+                example(
+                    i,
+                    (i % 30) as f64 * 0.2,
+                    1.0,
+                    if i % 7 == 0 { 0.0 } else { 1.0 },
+                )
+            })
+            .collect();
+        for i in 0..40 {
+            let mut e = example(i, i as f64 * 0.15, 1.0, 1.0);
+            e.hard = Some(e.features[0] > 4.0);
+            e.weak = if e.hard == Some(true) { 0.0 } else { 1.0 };
+            e.weight = 5.0;
+            ex.push(e);
+        }
+        let m = fit(&ex, &data_led()).unwrap();
+        let b = boundary(&m, &ex).unwrap();
+        let at = |x: f64| {
+            let mut f = [0.0; NUM_FEATURES];
+            f[0] = x;
+            m.logit(&f)
+        };
+        assert!(at(3.9) < b && b < at(4.05), "{} {b} {}", at(3.9), at(4.05));
+        let stretched = m.rescaled(spread(&m, &ex));
+        let t = choose_threshold(&stretched, &ex, &TrainOptions::default()).unwrap();
+        assert!((t - 0.5).abs() < 1e-9, "{t}");
+        // Without judged rows the rule is the CPT point.
+        let scored: Vec<Example> = ex.iter().filter(|e| e.hard.is_none()).cloned().collect();
+        assert!(boundary(&m, &scored).is_none());
+    }
+
+    #[test]
+    fn rejects_bad_row_weights() {
+        let mut e = example(0, 1.0, 1.0, 0.0);
+        e.weight = 0.0;
+        assert!(matches!(
+            fit(&[e], &TrainOptions::default()),
+            Err(TrainError::BadWeight { row: 0, .. })
+        ));
     }
 
     #[test]

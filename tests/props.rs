@@ -54,7 +54,7 @@ proptest! {
         prop_assert!(a.score().is_finite());
         prop_assert!((0.0..=1.0).contains(&a.score()));
         prop_assert!(a.values().iter().all(|v| v.is_finite()));
-        prop_assert!(a.top_reasons(5).all(|(_, v)| v.is_finite()));
+        prop_assert!(a.top_reasons(5).all(|r| r.effect.is_finite() && r.effect != 0.0));
         prop_assert_eq!(a, run());
     }
 
@@ -68,8 +68,14 @@ proptest! {
             acc.push(*p, t);
         }
         let r = acc.finish(shape);
-        let sum: f64 = r.top_reasons(NUM_FEATURES).map(|(_, v)| v).sum();
+        let sum: f64 = r.contributions().iter().sum();
         prop_assert!((bias + sum - r.logit()).abs() < 1e-9);
+        // Each reason's effect is the score without that feature's contribution, subtracted.
+        for reason in r.top_reasons(NUM_FEATURES) {
+            let i = prompt_router::classify::FEATURE_NAMES.iter().position(|n| *n == reason.feature).unwrap();
+            let without = 1.0 / (1.0 + (-(r.logit() - r.contributions()[i])).exp());
+            prop_assert!((r.score() - without - reason.effect).abs() < 1e-12);
+        }
         prop_assert!((1.0 / (1.0 + (-r.logit()).exp()) - r.score()).abs() < 1e-12);
     }
 

@@ -1,26 +1,30 @@
 //! Prompt-complexity classifier. PURE: no I/O, no async.
 //!
 //! A conversation's text is pushed piece by piece (system prompts first, then turns oldest →
-//! newest). Each piece is scanned once: byte classes, word and number runs, and keyword-family
-//! matches from one Aho-Corasick automaton (ASCII case-insensitive, no lowercased copy). Counts
-//! are added to running totals scaled by the piece's part weight ([`Part::weight`]), so the last
-//! user turn counts most. [`Accumulator::finish`] turns the totals and the request [`Shape`] into
-//! feature values and scores them: `score = logistic(bias + Σ wᵢ·zᵢ)` with the standardised
-//! value `zᵢ = clamp((xᵢ − meanᵢ)/scaleᵢ, ±clip)`; `wᵢ·zᵢ` is feature i's contribution (0 for
-//! a prompt whose value equals the training mean).
-//! Scoring allocates nothing.
+//! newest). Each piece is scanned once: byte classes, number runs, and keyword-family matches
+//! from one Aho-Corasick automaton (ASCII case-insensitive, no lowercased copy), its edges (where
+//! a request states its ask) apart from its middle (where long pieces hold pasted material).
+//! Counts are added to running totals scaled by the part and region ([`Part::ask_weights`]), so
+//! the newest user turn's ask counts most and supplied material least. [`Accumulator::finish`]
+//! turns the totals and the request [`Shape`] into feature values and scores them:
+//! `score = logistic(bias + Σ wᵢ·zᵢ)` with `zᵢ = clamp((xᵢ − centreᵢ)/scaleᵢ, ±clip)`; `wᵢ·zᵢ`
+//! is feature i's contribution. Every centre is the value of a request without the feature (no
+//! cue, no code, no image), so an absent feature contributes exactly 0 and a reason always
+//! names something the request has. Scoring allocates nothing.
 
 mod features;
 mod keywords;
 mod weights;
 
-pub use features::{BuildError, FEATURE_NAMES, NUM_FEATURES, estimate_tokens};
+pub use features::{
+    BuildError, FEATURE_DESCRIPTIONS, FEATURE_NAMES, NUM_FEATURES, estimate_tokens,
+};
 pub use weights::{
     DEFAULT_CLIP, FORMAT_VERSION, FeatureWeight, FileSummary, Metadata, Rescale, Weights,
     WeightsError,
 };
 
-use features::{Context, PieceCounts, Scanner, Totals};
+use features::{Context, RegionWeights, Regions, Scanner, Totals};
 use weights::Dense;
 
 /// The committed default weights, produced by `train`.
@@ -43,14 +47,30 @@ pub enum Part {
 }
 
 impl Part {
-    /// How much a piece's counts weigh in the features. The newest user turn says what has to
-    /// be done; system prompts and earlier user turns shape it; earlier answers and tool output
-    /// are mostly material to read.
-    pub fn weight(self) -> f64 {
+    /// How much a piece's cue, quantity and notation counts weigh, by region (edges, middle).
+    /// The newest user turn says what has to be done, in its edges; the middle of a long piece
+    /// is pasted material, whose vocabulary says what it is about, not what is asked, so it
+    /// weighs nothing (a 3,000-word meeting transcript full of "analysed" and "design" is still
+    /// a summary request). System prompts, earlier turns and tool output are context: their cues
+    /// (a support bot's policy "must"s, the hard question three turns back) say little about
+    /// the request being answered now.
+    pub fn ask_weights(self) -> (f64, f64) {
+        match self {
+            Part::User { last: true } => (1.0, 0.0),
+            Part::User { last: false } => (0.3, 0.0),
+            Part::System => (0.1, 0.0),
+            Part::Assistant => (0.1, 0.0),
+            Part::ToolResult => (0.05, 0.0),
+        }
+    }
+
+    /// How much a piece's code syntax weighs: code the user pastes is what the request is
+    /// about, wherever it sits in the turn.
+    pub fn code_weight(self) -> f64 {
         match self {
             Part::User { last: true } => 1.0,
-            Part::User { last: false } | Part::System => 0.5,
-            Part::Assistant | Part::ToolResult => 0.25,
+            Part::User { last: false } => 0.5,
+            Part::System | Part::Assistant | Part::ToolResult => 0.25,
         }
     }
 }
@@ -107,8 +127,9 @@ impl Classifier {
     pub fn begin(&self) -> Accumulator<'_> {
         Accumulator {
             classifier: self,
-            totals: Totals::default(),
-            system_tokens: 0.0,
+            ask: Totals::default(),
+            code: Totals::default(),
+            ask_tokens: 0.0,
             input_tokens: 0.0,
         }
     }
@@ -128,33 +149,44 @@ impl Classifier {
 #[derive(Debug, Clone)]
 pub struct Accumulator<'a> {
     classifier: &'a Classifier,
-    totals: Totals,
-    system_tokens: f64,
+    ask: Totals,
+    code: Totals,
+    ask_tokens: f64,
     input_tokens: f64,
 }
 
 impl Accumulator<'_> {
     /// Adds one text piece; call in conversation order.
     pub fn push(&mut self, part: Part, text: &str) {
-        let counts: PieceCounts = self.classifier.scanner.scan(text);
-        let tokens = counts.tokens();
-        self.input_tokens += tokens;
-        if part == Part::System {
-            self.system_tokens += tokens;
+        let r: Regions = self.classifier.scanner.scan(text);
+        let edge_tokens = r.edges.tokens();
+        self.input_tokens += edge_tokens + r.middle.tokens();
+        if part == (Part::User { last: true }) {
+            self.ask_tokens += edge_tokens;
         }
-        self.totals.add(&counts, part.weight());
+        let (edges, middle) = part.ask_weights();
+        self.ask.add_regions(&r, RegionWeights { edges, middle });
+        let code = part.code_weight();
+        self.code.add_regions(
+            &r,
+            RegionWeights {
+                edges: code,
+                middle: code,
+            },
+        );
     }
 
     /// Computes the features and the score.
     pub fn finish(self, shape: Shape) -> Classification {
         let ctx = Context {
-            system_tokens: self.system_tokens,
+            ask_tokens: self.ask_tokens,
+            context_tokens: self.input_tokens - self.ask_tokens,
             turns: shape.turns,
             images: shape.images,
             tools: shape.tools,
             max_tokens: shape.max_tokens,
         };
-        let values = features::compute(&self.totals, &ctx);
+        let values = features::compute(&self.ask, &self.code, &ctx);
         let d = &self.classifier.dense;
         let mut contributions = [0.0; NUM_FEATURES];
         let mut logit = d.bias;
@@ -214,21 +246,50 @@ impl Classification {
         self.input_tokens
     }
 
-    /// The `n` features that moved the logit most (by absolute contribution, ties by feature
-    /// order), as (feature name, contribution to the logit); 0 means "as for an average prompt".
-    pub fn top_reasons(&self, n: usize) -> impl Iterator<Item = (&'static str, f64)> + '_ {
+    /// Each feature's contribution to the logit, in [`FEATURE_NAMES`] order.
+    pub fn contributions(&self) -> &[f64; NUM_FEATURES] {
+        &self.contributions
+    }
+
+    /// How much feature `i` moved the score: the score minus the score without the feature's
+    /// contribution, in score units (the scale of the score and the threshold).
+    pub fn effect(&self, i: usize) -> f64 {
+        self.score - logistic(self.logit - self.contributions[i])
+    }
+
+    /// Up to `n` features that moved the score most, largest effect first (ties by feature
+    /// order); features that did not move it (absent ones) are left out.
+    pub fn top_reasons(&self, n: usize) -> impl Iterator<Item = Reason> + '_ {
         let mut order: [usize; NUM_FEATURES] = std::array::from_fn(|i| i);
+        let effects: [f64; NUM_FEATURES] = std::array::from_fn(|i| self.effect(i));
         order.sort_unstable_by(|&a, &b| {
-            self.contributions[b]
+            effects[b]
                 .abs()
-                .total_cmp(&self.contributions[a].abs())
+                .total_cmp(&effects[a].abs())
                 .then(a.cmp(&b))
         });
         order
             .into_iter()
+            .filter(move |&i| self.contributions[i] != 0.0)
             .take(n)
-            .map(|i| (FEATURE_NAMES[i], self.contributions[i]))
+            .map(move |i| Reason {
+                feature: FEATURE_NAMES[i],
+                description: FEATURE_DESCRIPTIONS[i],
+                effect: effects[i],
+            })
     }
+}
+
+/// One feature's part in a score, for people.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reason {
+    /// The feature's stable name ([`FEATURE_NAMES`]).
+    pub feature: &'static str,
+    /// What it means, in words.
+    pub description: &'static str,
+    /// The score minus the score without this feature: positive pushes towards the strong
+    /// model, negative towards the fast one.
+    pub effect: f64,
 }
 
 #[cfg(test)]
@@ -252,7 +313,7 @@ mod tests {
     fn contributions_sum_to_the_logit() {
         let c = Classifier::with_default_weights().unwrap();
         let r = c.classify_prompt("Prove that sqrt(2) is irrational, step by step.");
-        let sum: f64 = r.top_reasons(NUM_FEATURES).map(|(_, v)| v).sum();
+        let sum: f64 = r.contributions().iter().sum();
         let bias = Classifier::default_weights().unwrap().bias;
         assert!((bias + sum - r.logit()).abs() < 1e-9);
         assert!((logistic(r.logit()) - r.score()).abs() < 1e-12);
@@ -262,8 +323,8 @@ mod tests {
     fn top_reasons_are_sorted_by_magnitude() {
         let c = Classifier::with_default_weights().unwrap();
         let r = c.classify_prompt("def f(x):\n    return x * 2\n\nWhy does this fail?");
-        let v: Vec<f64> = r.top_reasons(5).map(|(_, c)| c.abs()).collect();
-        assert_eq!(v.len(), 5);
+        let v: Vec<f64> = r.top_reasons(5).map(|r| r.effect.abs()).collect();
+        assert!(v.len() >= 3);
         assert!(v.windows(2).all(|w| w[0] >= w[1]));
     }
 
@@ -282,16 +343,28 @@ mod tests {
     }
 
     #[test]
-    fn system_prompt_size_is_a_feature() {
+    fn system_prompt_is_context_not_ask() {
         let c = Classifier::new(Weights::neutral()).unwrap();
         let mut a = c.begin();
         a.push(Part::System, "You are terse. Answer in JSON only.");
         a.push(Part::User { last: true }, "hi");
         let r = a.finish(Shape::default());
-        let i = FEATURE_NAMES
-            .iter()
-            .position(|n| *n == "system_tokens")
-            .unwrap();
-        assert!(r.values()[i] > 0.0);
+        let at = |name: &str| r.values()[FEATURE_NAMES.iter().position(|n| *n == name).unwrap()];
+        assert!(at("context_tokens") > 0.0);
+        assert!((at("ask_tokens") - 0.5f64.ln_1p()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn absent_features_give_no_reasons() {
+        let c = Classifier::with_default_weights().unwrap();
+        let r = c.classify_prompt("Summarize this paragraph in one sentence.");
+        for reason in r.top_reasons(NUM_FEATURES) {
+            assert_ne!(reason.effect, 0.0, "{}", reason.feature);
+            assert!(!reason.description.is_empty());
+        }
+        assert!(
+            r.top_reasons(NUM_FEATURES)
+                .any(|r| r.feature == "transform" && r.effect < 0.0)
+        );
     }
 }

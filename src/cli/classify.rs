@@ -1,17 +1,18 @@
 //! `classify`: JSON lines in, one decision per line out.
 //!
 //! Output per input line: `{"id", "score", "tier": "strong" | "fast", "reasons": [{"feature",
-//! "contribution"}]}`, the tier decided exactly as the server decides it (threshold, forced
+//! "description", "contribution" (score units), "toward": "strong" | "fast"}]}`, the tier decided exactly as the server decides it (threshold, forced
 //! modes, capability rules). A line that cannot be parsed or classified
 //! produces `{"line": N, "error": "…"}` (N counts from 1) and processing goes on; blank lines
 //! are skipped.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 
 use serde::Serialize;
 
 use super::Request;
-use crate::{decide::Decider, request::Limits};
+use crate::{classify::FEATURE_NAMES, decide::Decider, request::Limits};
 
 /// Counts of what `classify` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -25,7 +26,9 @@ pub struct ClassifySummary {
 #[derive(Serialize)]
 struct Reason {
     feature: &'static str,
+    description: &'static str,
     contribution: f64,
+    toward: &'static str,
 }
 
 /// Options for `classify` (and `route`, which is `classify` reading plain-text lines too).
@@ -33,6 +36,8 @@ struct Reason {
 pub struct ClassifyOptions {
     /// How many top reasons to print per line.
     pub reasons: usize,
+    /// Print every feature's value too.
+    pub features: bool,
     /// Read a line that is not a JSON object as one prompt (its id is the line number).
     pub plain_text: bool,
     /// Request limits the lines are validated against, as the server's.
@@ -48,6 +53,8 @@ struct Decision<'a> {
     threshold: f64,
     basis: &'static str,
     reasons: Vec<Reason>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    features: Option<BTreeMap<&'static str, f64>>,
 }
 
 #[derive(Serialize)]
@@ -66,7 +73,7 @@ pub fn run(
     let mut summary = ClassifySummary::default();
     for (i, line) in input.lines().enumerate() {
         let line = line?;
-        if line.trim().is_empty() {
+        if line.trim().is_empty() || super::is_header(&line) {
             continue;
         }
         let parsed = if opts.plain_text && !line.trim_start().starts_with('{') {
@@ -88,11 +95,20 @@ pub fn run(
                 reasons: routed
                     .classification
                     .top_reasons(opts.reasons)
-                    .map(|(feature, contribution)| Reason {
-                        feature,
-                        contribution,
+                    .map(|r| Reason {
+                        feature: r.feature,
+                        description: r.description,
+                        contribution: r.effect,
+                        toward: if r.effect > 0.0 { "strong" } else { "fast" },
                     })
                     .collect(),
+                features: opts.features.then(|| {
+                    FEATURE_NAMES
+                        .iter()
+                        .copied()
+                        .zip(routed.classification.values().iter().copied())
+                        .collect()
+                }),
             };
             Ok(serde_json::to_vec(&decision)?)
         });
@@ -123,6 +139,7 @@ mod tests {
         let decider = crate::setup::decider(&crate::config::Config::default(), None, None).unwrap();
         let opts = super::ClassifyOptions {
             reasons: 1,
+            features: false,
             plain_text: false,
             limits: crate::request::Limits {
                 max_tools: 1,
@@ -146,6 +163,7 @@ mod tests {
         let mut out = Vec::new();
         let opts = super::ClassifyOptions {
             reasons: 1,
+            features: false,
             plain_text: true,
             limits: crate::request::Limits::default(),
         };
@@ -169,6 +187,7 @@ mod tests {
         let mut out = Vec::new();
         let opts = ClassifyOptions {
             reasons: 2,
+            features: true,
             plain_text: false,
             limits: crate::request::Limits::default(),
         };
@@ -189,6 +208,10 @@ mod tests {
         assert_eq!(lines[0]["id"], "a");
         assert_eq!(lines[0]["tier"], "strong");
         assert_eq!(lines[0]["reasons"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            lines[0]["features"].as_object().unwrap().len(),
+            FEATURE_NAMES.len()
+        );
         assert_eq!(lines[1]["line"], 2);
         assert_eq!(lines[2]["id"], 3);
         assert_eq!(lines[3]["line"], 5);

@@ -4,8 +4,12 @@
 //! Input lines are either `{"id", "prompt"}` or a request in the `router.v1` JSON mapping (what
 //! grpcurl users type: `{"id", "system": ["…"], "messages": [{"role": "ROLE_USER", "content":
 //! [{"text": "…"}]}], "inferenceConfig": {"maxTokens": N}, …}`), validated as the server does.
-//! Labelled lines add `"strong_score"` and `"weak_score"`; `"source"` is allowed and ignored.
-//! Any other unknown field is an error, so a typo does not silently change a score.
+//! Labelled lines add `"strong_score"` and `"weak_score"`, and may name their task family with
+//! `"source"` (the shared sets' field) or `"family"`. A judged line, as in
+//! `tests/data/realistic.jsonl`, is `{"id", "family", "judgement": "easy" | "hard", "why",
+//! "request": {…}}`: the request is nested, and the judgement stands for labels (see
+//! [`Judgement`]). Any other unknown field is an error, so a typo does not silently change a
+//! score.
 
 pub mod calibrate;
 pub mod classify;
@@ -26,8 +30,16 @@ use crate::{
     request::{ChatRequest, Limits},
 };
 
-/// Parses and scores every non-blank line of `input` as the server would, each with its
-/// line number (from 1) for error messages.
+/// Whether `line` is a file header (`{"header": …}`, as `tests/data/realistic.jsonl` opens
+/// with): it describes the file and is skipped wherever lines are read.
+pub fn is_header(line: &str) -> bool {
+    line.trim_start().starts_with("{\"header\"")
+        && serde_json::from_str::<Map<String, Value>>(line)
+            .is_ok_and(|m| m.len() == 1 && m.contains_key("header"))
+}
+
+/// Parses and scores every line of `input` as the server would, each with its line number
+/// (from 1) for error messages; blank lines and a header are skipped.
 pub fn scored_lines<'a>(
     input: impl BufRead + 'a,
     classifier: &'a Classifier,
@@ -36,7 +48,7 @@ pub fn scored_lines<'a>(
     input.lines().enumerate().filter_map(move |(i, line)| {
         let scored = match line {
             Err(e) => Err(anyhow::Error::from(e).context("reading")),
-            Ok(line) if line.trim().is_empty() => return None,
+            Ok(line) if line.trim().is_empty() || is_header(&line) => return None,
             Ok(line) => Request::parse(&line, limits).map(|r| {
                 let c = decide::classify(classifier, &r.request);
                 (r, c)
@@ -57,7 +69,38 @@ pub fn row(c: &Classification, (strong, weak): (f64, f64)) -> Row {
 }
 
 /// Fields of a labelled line that are not part of the request (`id` is taken apart).
-const LABEL_FIELDS: [&str; 3] = ["strong_score", "weak_score", "source"];
+const LABEL_FIELDS: [&str; 2] = ["strong_score", "weak_score"];
+
+/// A written judgement of a request: does the fast model answer it as well as the strong one?
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judgement {
+    /// The fast model serves the caller as well.
+    Easy,
+    /// The strong model's answer is materially better.
+    Hard,
+}
+
+impl Judgement {
+    /// The labels a judgement stands for, on the shared sets' scale: `hard` is a prompt the
+    /// strong model gets right and the fast one wrong (strong 1, weak 0), `easy` one both get
+    /// right (1, 1). In training that is the soft label 1 for hard and 0.5 for easy — what the
+    /// shared sets' rows of the same outcomes get — so both kinds of data estimate the same
+    /// thing, the strong model's expected quality gain.
+    pub fn labels(self) -> (f64, f64) {
+        match self {
+            Judgement::Easy => (1.0, 1.0),
+            Judgement::Hard => (1.0, 0.0),
+        }
+    }
+
+    fn parse(v: &Value) -> anyhow::Result<Self> {
+        match v.as_str() {
+            Some("easy") => Ok(Judgement::Easy),
+            Some("hard") => Ok(Judgement::Hard),
+            _ => bail!("`judgement` must be \"easy\" or \"hard\", got {v}"),
+        }
+    }
+}
 
 /// The request a JSON line's remaining fields hold: `prompt` (one user turn) or a whole request
 /// in the `router.v1` JSON mapping, but not both.
@@ -81,6 +124,10 @@ pub struct Request {
     pub id: Value,
     /// The request, validated as the server validates it.
     pub request: ChatRequest,
+    /// The task family the line names (`family`, or the shared sets' `source`).
+    pub family: Option<String>,
+    /// The written judgement of a judged line.
+    pub judgement: Option<Judgement>,
     strong_score: Option<f64>,
     weak_score: Option<f64>,
 }
@@ -94,16 +141,41 @@ impl Request {
             bail!("a line must be a JSON object");
         };
         let id = fields.remove("id").unwrap_or(Value::Null);
+        let family = match fields.remove("family").or_else(|| fields.remove("source")) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(f)) => Some(f),
+            Some(v) => bail!("`family` must be a string, got {v}"),
+        };
+        let judgement = fields
+            .remove("judgement")
+            .map(|v| Judgement::parse(&v))
+            .transpose()?;
         let strong_score = score(&fields, "strong_score")?;
         let weak_score = score(&fields, "weak_score")?;
         for field in LABEL_FIELDS {
             fields.remove(field);
+        }
+        if judgement.is_some() {
+            if strong_score.is_some() || weak_score.is_some() {
+                bail!("give either `judgement` or `strong_score` and `weak_score`, not both");
+            }
+            fields.remove("why");
+            fields = match fields.remove("request") {
+                Some(Value::Object(request)) if fields.is_empty() => request,
+                Some(Value::Object(_)) => bail!(
+                    "a judged line holds `id`, `family`, `judgement`, `why` and `request`; also found: {}",
+                    fields.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+                _ => bail!("a judged line needs its `request` as an object"),
+            };
         }
         let request =
             ChatRequest::from_pb(request_of(fields)?, limits).map_err(|e| anyhow::anyhow!(e.0))?;
         Ok(Self {
             id,
             request,
+            family,
+            judgement,
             strong_score,
             weak_score,
         })
@@ -116,6 +188,8 @@ impl Request {
         Ok(Self {
             id,
             request,
+            family: None,
+            judgement: None,
             strong_score: None,
             weak_score: None,
         })
@@ -129,11 +203,15 @@ impl Request {
         }
     }
 
-    /// The labels of a labelled line: (strong_score, weak_score).
+    /// The labels of a labelled line: (strong_score, weak_score), or what its judgement
+    /// stands for ([`Judgement::labels`]).
     pub fn labels(&self) -> anyhow::Result<(f64, f64)> {
-        match (self.strong_score, self.weak_score) {
-            (Some(s), Some(w)) => Ok((s, w)),
-            _ => bail!("labelled line needs numeric `strong_score` and `weak_score`"),
+        match (self.strong_score, self.weak_score, self.judgement) {
+            (Some(s), Some(w), _) => Ok((s, w)),
+            (None, None, Some(j)) => Ok(j.labels()),
+            _ => bail!(
+                "labelled line needs numeric `strong_score` and `weak_score`, or a `judgement`"
+            ),
         }
     }
 }
@@ -190,7 +268,7 @@ mod tests {
         assert!((feature(&c, "tools") - 3f64.ln()).abs() < 1e-12);
         assert!((feature(&c, "turns") - 3f64.ln()).abs() < 1e-12);
         assert!((feature(&c, "max_tokens") - 4f64.ln()).abs() < 1e-12);
-        assert!(feature(&c, "system_tokens") > 0.0);
+        assert!(feature(&c, "context_tokens") > 0.0);
     }
 
     #[test]
@@ -234,5 +312,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.labels().unwrap(), (1.0, 0.0));
+    }
+
+    #[test]
+    fn headers_are_recognised() {
+        assert!(is_header(r#"{"header": {"about": "x"}}"#));
+        assert!(!is_header(r#"{"header": {}, "prompt": "hi"}"#));
+        assert!(!is_header(r#"{"prompt": "header"}"#));
+    }
+
+    #[test]
+    fn judged_lines() {
+        let line = r#"{"id":"x.a","family":"sql","judgement":"hard","why":"streaks","request":{"messages":[{"role":"ROLE_USER","content":[{"text":"Longest streak?"}]}]}}"#;
+        let r = Request::parse(line, &Limits::default()).unwrap();
+        assert_eq!(r.judgement, Some(Judgement::Hard));
+        assert_eq!(r.family.as_deref(), Some("sql"));
+        assert_eq!(r.labels().unwrap(), (1.0, 0.0));
+        let err = |line: &str| {
+            format!(
+                "{:#}",
+                Request::parse(line, &Limits::default()).unwrap_err()
+            )
+        };
+        assert!(err(&line.replace("hard", "medium")).contains("`judgement` must be"));
+        assert!(err(&line.replace("\"why\"", "\"whyy\"")).contains("also found: whyy"));
+        assert!(err(r#"{"judgement":"easy","prompt":"hi"}"#).contains("`request` as an object"));
     }
 }

@@ -1,12 +1,18 @@
 //! `train FILE...`: fits the classifier on labelled JSON lines, reports held-out results per
-//! file and pooled, and writes the weights file.
+//! file and pooled, cross-validation by task family, and writes the weights file.
 //!
 //! Split: a row is held out iff `crc32(id) % 5 == 0` ([`is_held_out`]); the weights are fitted
-//! on the other rows of every file pooled (each row counts once), the logit is stretched
-//! ([`train::spread`]), and the stored threshold is chosen on the pooled training rows
-//! ([`choose_threshold`]). Every input line must parse: a bad line stops the run with its file
-//! and line number.
+//! on the other rows of every file pooled (a scored row counts once, a judged row
+//! `judged_weight` times), the logit is stretched ([`train::spread`]), and the stored threshold
+//! is chosen on the pooled training rows ([`choose_threshold`]). Every input line must parse: a
+//! bad line stops the run with its file and line number.
+//!
+//! Cross-validation by task family: for each family (a line's `family` or `source`, else its
+//! file), the whole procedure — fit, stretch, threshold — is run again on the training rows of
+//! every other family, and that family's rows are scored: how the classifier does on a kind of
+//! traffic it has never seen.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 
 use anyhow::{Context as _, bail};
@@ -14,31 +20,42 @@ use anyhow::{Context as _, bail};
 use super::eval::{compare, write_table};
 use super::scored_lines;
 use crate::classify::{Classifier, FEATURE_NAMES, FileSummary, Metadata, Weights};
-use crate::eval::{Prices, Row};
+use crate::eval::{self, Baseline, Prices, Row};
 use crate::request::Limits;
-use crate::train::{self, Example, TrainOptions, choose_threshold, is_held_out, score_rows};
+use crate::train::{self, Example, Model, TrainOptions, choose_threshold, is_held_out, score_rows};
 
 /// Options for `train`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainCliOptions {
     /// Model fitting settings.
     pub train: TrainOptions,
+    /// How many scored rows one judged row counts as in the fit.
+    pub judged_weight: f64,
+    /// Run the cross-validation by task family.
+    pub cross_validate: bool,
     /// Prices for the cost figures in the report.
     pub prices: Prices,
     /// Request limits the lines are validated against, as the server's.
     pub limits: Limits,
 }
 
+/// One training or held-out row and its task family.
+#[derive(Debug, Clone)]
+struct Labelled {
+    family: String,
+    example: Example,
+}
+
 struct FileRows {
     name: String,
     rows: usize,
-    train: Vec<Example>,
-    held_out: Vec<Example>,
+    train: Vec<Labelled>,
+    held_out: Vec<Labelled>,
 }
 
 fn read_file(
     classifier: &Classifier,
-    limits: &Limits,
+    opts: &TrainCliOptions,
     name: String,
     input: impl BufRead,
 ) -> anyhow::Result<FileRows> {
@@ -48,28 +65,185 @@ fn read_file(
         train: Vec::new(),
         held_out: Vec::new(),
     };
-    for (n, scored) in scored_lines(input, classifier, limits) {
+    for (n, scored) in scored_lines(input, classifier, &opts.limits) {
         let parsed = scored.and_then(|(r, c)| {
             let (strong, weak) = r.labels()?;
+            let mut example = Example::scored(*c.values(), strong, weak, c.input_tokens());
+            if let Some(j) = r.judgement {
+                example.weight = opts.judged_weight;
+                example.hard = Some(j == super::Judgement::Hard);
+            }
             Ok((
                 r.id_text(),
-                Example {
-                    features: *c.values(),
-                    strong,
-                    weak,
-                    input_tokens: c.input_tokens(),
+                Labelled {
+                    family: r.family.clone().unwrap_or_else(|| f.name.clone()),
+                    example,
                 },
             ))
         });
-        let (id, example) = parsed.with_context(|| format!("{}: line {n}", f.name))?;
+        let (id, row) = parsed.with_context(|| format!("{}: line {n}", f.name))?;
         f.rows += 1;
         if is_held_out(&id) {
-            f.held_out.push(example);
+            f.held_out.push(row);
         } else {
-            f.train.push(example);
+            f.train.push(row);
         }
     }
     Ok(f)
+}
+
+/// The whole fitting procedure: fit, stretch, threshold.
+fn fit_all(rows: &[Example], opts: &TrainOptions) -> anyhow::Result<(Model, Model, f64)> {
+    let fitted = train::fit(rows, opts)?;
+    let model = fitted.rescaled(train::spread(&fitted, rows));
+    let threshold = choose_threshold(&model, rows, opts)?;
+    Ok((fitted, model, threshold))
+}
+
+fn examples(rows: &[Labelled]) -> Vec<Example> {
+    rows.iter().map(|r| r.example.clone()).collect()
+}
+
+/// Writes what `model` does on `rows` at `threshold`: the APGR comparison where the rows have
+/// a quality gap, and the judged rows' tiers and ordering.
+fn write_rows(
+    mut report: impl Write,
+    title: &str,
+    model: &Model,
+    rows: &[Example],
+    threshold: f64,
+    prices: &Prices,
+) -> anyhow::Result<Option<eval::Summary>> {
+    let scored = score_rows(model, rows);
+    let summary = match compare(&scored, threshold, prices) {
+        Ok(c) => {
+            write_table(&mut report, title, &c)?;
+            eval::summarize(&scored, threshold, prices).ok()
+        }
+        Err(_) => {
+            writeln!(report, "{title}: {} rows, no quality gap", rows.len())?;
+            None
+        }
+    };
+    let judged: Vec<(f64, bool)> = scored
+        .iter()
+        .zip(rows)
+        .filter_map(|(r, e)| e.hard.map(|h| (r.score, h)))
+        .collect();
+    if let Some(j) = eval::judged(&judged, threshold) {
+        writeln!(
+            report,
+            "  judged: {} hard → strong {:.1}%, {} easy → fast {:.1}%, hard above easy {:.4}",
+            j.hard,
+            100.0 * j.hard_to_strong,
+            j.easy,
+            100.0 * j.easy_to_fast,
+            j.ordering
+        )?;
+    }
+    Ok(summary)
+}
+
+/// One family's row of the cross-validation table.
+fn cv_line(
+    family: &str,
+    model: &Model,
+    rows: &[Example],
+    threshold: f64,
+    prices: &Prices,
+) -> String {
+    let scored = score_rows(model, rows);
+    let apgr = |r: &[Row]| {
+        eval::summarize(r, threshold, prices)
+            .map(|s| format!("{:.4}", s.apgr))
+            .unwrap_or_else(|_| "-".to_owned())
+    };
+    let judged: Vec<(f64, bool)> = scored
+        .iter()
+        .zip(rows)
+        .filter_map(|(r, e)| e.hard.map(|h| (r.score, h)))
+        .collect();
+    let (hard, easy, order) = match eval::judged(&judged, threshold) {
+        Some(j) => (
+            format!("{:.1}% of {}", 100.0 * j.hard_to_strong, j.hard),
+            format!("{:.1}% of {}", 100.0 * j.easy_to_fast, j.easy),
+            format!("{:.4}", j.ordering),
+        ),
+        None => {
+            let share = |h: bool, strong: bool| {
+                let v: Vec<f64> = judged.iter().filter(|j| j.1 == h).map(|j| j.0).collect();
+                let n = v.iter().filter(|&&s| (s >= threshold) == strong).count();
+                if v.is_empty() {
+                    "-".to_owned()
+                } else {
+                    format!("{:.1}% of {}", 100.0 * n as f64 / v.len() as f64, v.len())
+                }
+            };
+            (share(true, true), share(false, false), "-".to_owned())
+        }
+    };
+    let strong = scored.iter().filter(|r| r.score >= threshold).count();
+    format!(
+        "  {:<14} {:>6} {:>8} {:>8} {:>13} {:>13} {:>11} {:>8.1}%",
+        family,
+        rows.len(),
+        apgr(&scored),
+        apgr(&Baseline::Length.rescore(&scored)),
+        hard,
+        easy,
+        order,
+        100.0 * strong as f64 / rows.len().max(1) as f64
+    )
+}
+
+/// Cross-validation by task family (see the module docs).
+fn cross_validate(
+    mut report: impl Write,
+    files: &[FileRows],
+    opts: &TrainCliOptions,
+) -> anyhow::Result<()> {
+    let mut families: BTreeMap<&str, (Vec<Example>, Vec<Example>)> = BTreeMap::new();
+    for f in files {
+        for (rows, held) in [(&f.train, false), (&f.held_out, true)] {
+            for r in rows {
+                let entry = families.entry(r.family.as_str()).or_default();
+                if held {
+                    entry.1.push(r.example.clone());
+                } else {
+                    entry.0.push(r.example.clone());
+                }
+            }
+        }
+    }
+    if families.len() < 2 {
+        return Ok(());
+    }
+    writeln!(
+        report,
+        "cross-validation by task family: fitted without the family's rows, scored on all of them (its training and held-out rows)"
+    )?;
+    writeln!(
+        report,
+        "  {:<14} {:>6} {:>8} {:>8} {:>13} {:>13} {:>11} {:>9}",
+        "family", "rows", "APGR", "length", "hard→strong", "easy→fast", "hard>easy", "strong"
+    )?;
+    for (family, (_, _)) in &families {
+        let rest: Vec<Example> = families
+            .iter()
+            .filter(|(f, _)| *f != family)
+            .flat_map(|(_, (train, _))| train.iter().cloned())
+            .collect();
+        let (_, model, threshold) = fit_all(&rest, &opts.train)
+            .with_context(|| format!("cross-validation without {family}"))?;
+        let (train, held) = &families[family];
+        let all: Vec<Example> = train.iter().chain(held).cloned().collect();
+        writeln!(
+            report,
+            "{}",
+            cv_line(family, &model, &all, threshold, &opts.prices)
+        )?;
+    }
+    Ok(())
 }
 
 /// Trains on `inputs` (name, reader), writes the weights JSON to `weights_out` and a
@@ -83,54 +257,83 @@ pub fn run<R: BufRead>(
     if inputs.is_empty() {
         bail!("train needs at least one labelled file");
     }
+    if !(opts.judged_weight.is_finite() && opts.judged_weight > 0.0) {
+        bail!("--judged-weight must be a positive number");
+    }
     let extractor = Classifier::new(Weights::neutral())?;
     let files = inputs
         .into_iter()
-        .map(|(name, r)| read_file(&extractor, &opts.limits, name, r))
+        .map(|(name, r)| read_file(&extractor, opts, name, r))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let train_rows: Vec<Example> = files.iter().flat_map(|f| f.train.iter().cloned()).collect();
-    let fitted = train::fit(&train_rows, &opts.train)?;
+    let train_rows: Vec<Example> = files.iter().flat_map(|f| examples(&f.train)).collect();
+    let (fitted, model, threshold) = fit_all(&train_rows, &opts.train)?;
     let rescale = train::spread(&fitted, &train_rows);
-    let model = fitted.rescaled(rescale);
-    let threshold = choose_threshold(&model, &train_rows, &opts.train)?;
+    let judged = train_rows.iter().any(|e| e.hard.is_some());
     writeln!(
         report,
-        "fitted on {} training rows in {} Newton iterations; length backbone added {:.4} to the tokens \
-         weight; logit stretched ×{:.4} around {:.4} (median training prompt → 0.5); threshold {:.4} = \
-         CPT({:.0}%) point on the training rows",
+        "fitted on {} training rows in {} Newton iterations; length backbone added {:.4} to the ask_tokens \
+         weight; logit stretched ×{:.4} around {:.4}; threshold {:.4} = {}",
         train_rows.len(),
         model.iterations,
         fitted.length_boost,
         rescale.factor,
         rescale.centre,
         threshold,
-        opts.train.target_pgr * 100.0
+        if judged {
+            "the boundary between the judged training rows".to_owned()
+        } else {
+            format!(
+                "CPT({:.0}%) point on the training rows",
+                opts.train.target_pgr * 100.0
+            )
+        }
     )?;
-    let train_cmp = compare(&score_rows(&model, &train_rows), threshold, &opts.prices)?;
-    write_table(&mut report, "training rows (in-sample)", &train_cmp)?;
+    write_rows(
+        &mut report,
+        "training rows (in-sample)",
+        &model,
+        &train_rows,
+        threshold,
+        &opts.prices,
+    )?;
     let mut summaries = Vec::new();
-    let mut pooled: Vec<Row> = Vec::new();
+    let mut pooled: Vec<Example> = Vec::new();
     for f in &files {
-        let rows = score_rows(&model, &f.held_out);
-        let c = compare(&rows, threshold, &opts.prices)
-            .with_context(|| format!("{}: evaluating held-out rows", f.name))?;
-        write_table(&mut report, &format!("held-out {}", f.name), &c)?;
+        let held = examples(&f.held_out);
+        let s = write_rows(
+            &mut report,
+            &format!("held-out {}", f.name),
+            &model,
+            &held,
+            threshold,
+            &opts.prices,
+        )
+        .with_context(|| format!("{}: evaluating held-out rows", f.name))?;
         summaries.push(FileSummary {
             file: f.name.clone(),
             rows: f.rows,
             train_rows: f.train.len(),
             held_out_rows: f.held_out.len(),
-            held_out_apgr: c.classifier.apgr,
+            held_out_apgr: s.map_or(0.0, |s| s.apgr),
         });
-        pooled.extend(rows);
+        pooled.extend(held);
     }
-    let pooled_cmp = compare(&pooled, threshold, &opts.prices)?;
-    write_table(&mut report, "held-out, all files pooled", &pooled_cmp)?;
+    let pooled_summary = write_rows(
+        &mut report,
+        "held-out, all files pooled",
+        &model,
+        &pooled,
+        threshold,
+        &opts.prices,
+    )?;
+    if opts.cross_validate {
+        cross_validate(&mut report, &files, opts)?;
+    }
     let mut order: Vec<usize> = (0..FEATURE_NAMES.len()).collect();
     order.sort_by(|&a, &b| model.weight[b].abs().total_cmp(&model.weight[a].abs()));
     writeln!(
         report,
-        "weights (stretched logit per standard deviation; * = prior, not fitted; 0 = fit broke its prior's sign, fixed at 0):"
+        "weights (stretched logit per unit of the standardised feature; * = prior, not fitted; 0 = fit broke its prior's sign, fixed at 0):"
     )?;
     for i in order {
         let mark = match (model.prior[i], model.clamped[i]) {
@@ -146,20 +349,18 @@ pub fn run<R: BufRead>(
     }
     let metadata = Metadata {
         files: summaries,
-        held_out_apgr_pooled: pooled_cmp.classifier.apgr,
+        held_out_apgr_pooled: pooled_summary.map_or(0.0, |s| s.apgr),
         method: format!(
-            "logistic regression on standardised features, soft label (1 + strong - weak) / 2, \
-             Newton's method; L2 towards {centre}, {} for size and shape features and {} for cue \
-             families (train::CUE_FAMILIES), {bounds}; length backbone: \
-             tokens weight raised so the length term carries {} of the logit's standard deviation on the \
-             training rows; rows with crc32(id) % 5 == 0 held out; \
-             then every weight and the bias stretched by one factor so that the median training prompt scores 0.5 \
-             and the training 5th-95th percentile scores fit in [0.05, 0.95] (see `rescale`); \
-             threshold = CPT({}) point on the pooled training rows, after the stretch",
+            "logistic regression on features with fixed centres and scales (train::STANDARD), soft label \
+             (1 + strong - weak) / 2 (a judged row: 1 hard, 0.5 easy, counted {} times), Newton's method; \
+             L2 towards {centre}, {} for size and shape features and {} for cue families \
+             (train::CUE_FAMILIES), {bounds}; length backbone share {}; rows with crc32(id) % 5 == 0 \
+             held out; then every weight and the bias stretched by one factor around {stretch}, the \
+             training 5th-95th percentile scores within [0.05, 0.95] (see `rescale`); threshold = {rule}",
+            opts.judged_weight,
             opts.train.l2,
             opts.train.cue_l2,
             opts.train.length_share,
-            opts.train.target_pgr,
             centre = if opts.train.priors {
                 "documented prior weights (train::PRIORS)"
             } else {
@@ -169,6 +370,19 @@ pub fn run<R: BufRead>(
                 "prior signs as bounds"
             } else {
                 "no sign bounds (--no-priors)"
+            },
+            stretch = if judged {
+                "the boundary between judged hard and easy training rows (score 0.5)"
+            } else {
+                "the median training prompt (score 0.5)"
+            },
+            rule = if judged {
+                "that boundary".to_owned()
+            } else {
+                format!(
+                    "CPT({}) point on the pooled training rows",
+                    opts.train.target_pgr
+                )
             },
         ),
         rescale: Some(rescale),
@@ -206,6 +420,8 @@ mod tests {
         let data = labelled(300);
         let opts = TrainCliOptions {
             train: TrainOptions::default(),
+            judged_weight: 10.0,
+            cross_validate: true,
             prices: Prices::default(),
             limits: Limits::default(),
         };
@@ -237,6 +453,8 @@ mod tests {
     fn bad_line_names_file_and_line() {
         let opts = TrainCliOptions {
             train: TrainOptions::default(),
+            judged_weight: 10.0,
+            cross_validate: true,
             prices: Prices::default(),
             limits: Limits::default(),
         };

@@ -189,9 +189,15 @@ impl Decided {
                 reasons: routed
                     .classification
                     .top_reasons(REASONS)
-                    .map(|(feature, contribution)| pb::Reason {
-                        feature: feature.to_owned(),
-                        contribution,
+                    .map(|r| pb::Reason {
+                        feature: r.feature.to_owned(),
+                        contribution: r.effect,
+                        description: r.description.to_owned(),
+                        toward: pb_tier(if r.effect > 0.0 {
+                            Tier::Strong
+                        } else {
+                            Tier::Fast
+                        }) as i32,
                     })
                     .collect(),
                 basis: pb_basis(routed.choice.basis) as i32,
