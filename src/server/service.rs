@@ -30,6 +30,7 @@ use crate::{
     catalog::{Model, Tier},
     cost::{Cost, Usage},
     decide::{Decider, Routed},
+    operating::Point,
     pb::{self, prompt_router_server::PromptRouter},
     policy::Basis,
     request::{Block, ChatRequest, Limits},
@@ -110,6 +111,8 @@ impl Context {
             caller = Empty,
             tier = Empty,
             score = Empty,
+            threshold = Empty,
+            operating_point = Empty,
             model = Empty,
             attempts = Empty,
             outcome = Empty,
@@ -196,6 +199,7 @@ impl Decided {
                     .collect(),
                 basis: pb_basis(routed.choice.basis) as i32,
                 region: resilience.region(first).to_string(),
+                operating_point: pb_operating_point(routed.choice.point) as i32,
             },
             basis: routed.choice.basis,
         }
@@ -293,6 +297,9 @@ impl Router {
             .decide(&chat)
             .map_err(|e| Status::invalid_argument(e.0))?;
         record.classified(classify_started.elapsed(), routed.classification.score());
+        ctx.span.record("threshold", routed.choice.threshold);
+        ctx.span
+            .record("operating_point", routed.choice.point.as_str());
         record.routed(
             routed.choice.tier,
             routed.choice.basis,
@@ -669,6 +676,15 @@ fn pb_basis(basis: Basis) -> pb::DecisionBasis {
         Basis::Forced => pb::DecisionBasis::Forced,
         Basis::Capability => pb::DecisionBasis::Capability,
         Basis::Fallback => pb::DecisionBasis::Fallback,
+    }
+}
+
+fn pb_operating_point(point: Point) -> pb::OperatingPoint {
+    match point {
+        Point::Fixed => pb::OperatingPoint::Fixed,
+        Point::TargetShare => pb::OperatingPoint::TargetShare,
+        Point::WarmupPooled => pb::OperatingPoint::WarmupPooled,
+        Point::WarmupFixed => pb::OperatingPoint::WarmupFixed,
     }
 }
 
