@@ -8,7 +8,7 @@ mod common;
 
 use std::{path::PathBuf, process::Command};
 
-use common::{exposition::Scrape, http_get, process::BIN, start_with};
+use common::{TestRouter, exposition::Scrape, http_get, process::BIN, start_with};
 use prompt_router::{config::Config, pb};
 use serde_json::{Value, json};
 
@@ -101,6 +101,21 @@ fn run(args: &[&str]) -> Vec<Value> {
         .collect()
 }
 
+/// The decision `Route` returns for `request`.
+async fn route(router: &mut TestRouter, request: pb::ConverseRequest) -> pb::Decision {
+    let reply = router.client.route(request).await.unwrap().into_inner();
+    reply.decision.expect("a decision")
+}
+
+/// The decisions for `requests`, sent one after another.
+async fn route_all(router: &mut TestRouter, requests: &[pb::ConverseRequest]) -> Vec<pb::Decision> {
+    let mut decisions = Vec::with_capacity(requests.len());
+    for r in requests {
+        decisions.push(route(router, r.clone()).await);
+    }
+    decisions
+}
+
 fn point(decision: &pb::Decision) -> pb::OperatingPoint {
     pb::OperatingPoint::try_from(decision.operating_point).expect("known operating point")
 }
@@ -162,11 +177,7 @@ async fn route_moves_from_warm_up_to_the_target_share_and_offline_replays_it() {
             requests.push(request(&ask(i), "web", pb::RoutingMode::Auto));
         }
     }
-    let mut decisions = Vec::new();
-    for r in &requests {
-        let reply = router.client.route(r.clone()).await.unwrap().into_inner();
-        decisions.push(reply.decision.expect("a decision"));
-    }
+    let decisions = route_all(&mut router, &requests).await;
     let caller = |i: usize| requests[i].routing.as_ref().unwrap().caller.as_str();
     let of = |name: &'static str| {
         decisions
@@ -249,14 +260,11 @@ async fn route_moves_from_warm_up_to_the_target_share_and_offline_replays_it() {
     let in_force = |name: &str| scrape.value(&format!("router_threshold{{caller=\"{name}\"}}"));
     assert_eq!(in_force("default"), fixed);
     assert_eq!(in_force("billing"), fixed);
-    let peek = router
-        .client
-        .route(request("peek", "batch", pb::RoutingMode::ForceFast))
-        .await
-        .unwrap()
-        .into_inner()
-        .decision
-        .unwrap();
+    let peek = route(
+        &mut router,
+        request("peek", "batch", pb::RoutingMode::ForceFast),
+    )
+    .await;
     assert_eq!(point(&peek), pb::OperatingPoint::TargetShare);
     assert_eq!(in_force("batch"), peek.threshold);
     let window_share = scrape.value("router_window_strong_share{caller=\"batch\"}");
@@ -312,19 +320,12 @@ async fn eval_target_share_reproduces_what_the_server_decided() {
     let requests: Vec<pb::ConverseRequest> = (0..400)
         .map(|i| request(&ask(i * 3 + 1), "", pb::RoutingMode::Auto))
         .collect();
-    let mut decisions = Vec::new();
-    for r in &requests {
-        let reply = router.client.route(r.clone()).await.unwrap().into_inner();
-        decisions.push(reply.decision.expect("a decision"));
-    }
-    let peek = router
-        .client
-        .route(request("peek", "", pb::RoutingMode::ForceStrong))
-        .await
-        .unwrap()
-        .into_inner()
-        .decision
-        .unwrap();
+    let decisions = route_all(&mut router, &requests).await;
+    let peek = route(
+        &mut router,
+        request("peek", "", pb::RoutingMode::ForceStrong),
+    )
+    .await;
     router.running.shutdown().await.unwrap();
 
     let dir = TempDir::new("eval-target-share");
