@@ -7,11 +7,11 @@
 //!   caller's recent scores, so a known share s of its AUTO requests goes strong whatever its
 //!   traffic looks like.
 //!
-//! **Window.** Each target-share caller has a [`Window`]: a ring of the scores of its last
+//! **Window.** Each target-share caller has a window: a ring of the scores of its last
 //! `routing.share_window` score-decided requests (forced and capability-bound requests never
 //! look at the threshold, so they do not enter), quantised to [`BINS`] bins, and a histogram of
 //! the ring kept up to date on every push (the oldest score leaves its bin, the new one enters).
-//! A [`Cursor`] on the bin that holds the quantile moves with the pushes, usually by a bin or
+//! A cursor on the bin that holds the quantile moves with the pushes, usually by a bin or
 //! none, so the threshold is recomputed after every request at O(1) cost and no allocation:
 //! there is no recompute interval to tune and no stale threshold between recomputes. Inside
 //! the bin the threshold is interpolated as if its scores were spread evenly.
@@ -49,7 +49,7 @@ use std::sync::{
 
 /// Bins of a window's histogram: scores are kept to 1/1024, finer than any routing decision
 /// needs and small enough that a walk over every bin stays under a microsecond.
-pub const BINS: usize = 1024;
+const BINS: usize = 1024;
 /// The feedback horizon H, in requests: a deficit or excess of strong decisions is repaid
 /// over about this many requests. Tuned on synthetic streams (`tests::tune_horizon_and_window`
 /// prints the grid). On a stream sorted by score the window's quantile predicts nothing and the
@@ -116,7 +116,7 @@ pub struct Settings {
 }
 
 /// The bin of a score in [0, 1] (anything else is clamped; NaN goes to bin 0).
-pub fn bin_of(score: f64) -> usize {
+fn bin_of(score: f64) -> usize {
     // `as` saturates and maps NaN to 0, so no score can index outside the bins.
     ((score.clamp(0.0, 1.0) * BINS as f64) as usize).min(BINS - 1)
 }
@@ -124,7 +124,7 @@ pub fn bin_of(score: f64) -> usize {
 /// The last scores of one caller (or of all of them), with their histogram and the counts of
 /// strong and steered decisions among them.
 #[derive(Debug)]
-pub struct Window {
+struct Window {
     ring: Box<[u16]>,
     next: usize,
     len: usize,
@@ -136,7 +136,7 @@ pub struct Window {
 
 impl Window {
     /// An empty window of `capacity` scores (clamped to 1..=[`MAX_WINDOW`]).
-    pub fn new(capacity: usize) -> Self {
+    fn new(capacity: usize) -> Self {
         Self {
             ring: vec![0; capacity.clamp(1, MAX_WINDOW)].into_boxed_slice(),
             next: 0,
@@ -149,22 +149,12 @@ impl Window {
     }
 
     /// Scores held.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.len
     }
 
-    /// Whether no score has been pushed yet.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Bytes this window holds, its buffers included: fixed once built.
-    pub fn bytes(&self) -> usize {
-        std::mem::size_of::<Self>() + 2 * (self.ring.len() + self.hist.len())
-    }
-
     /// Share of the held decisions that went strong, if any are held.
-    pub fn strong_share(&self) -> Option<f64> {
+    fn strong_share(&self) -> Option<f64> {
         (self.len > 0).then(|| f64::from(self.strong) / self.len as f64)
     }
 
@@ -205,7 +195,7 @@ impl Window {
 
     /// The threshold that sends `share` of the held scores to strong, by a walk from the top
     /// bin (up to [`BINS`] steps; [`Cursor`] does the same incrementally).
-    pub fn threshold_for(&self, share: f64) -> f64 {
+    fn threshold_for(&self, share: f64) -> f64 {
         Cursor::top().threshold(self, share)
     }
 
@@ -220,7 +210,7 @@ impl Window {
 /// A bin of a window and the count of its scores in higher bins: where the last quantile was
 /// found, so the next one is a step or two away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cursor {
+struct Cursor {
     bin: usize,
     above: u32,
 }
@@ -381,7 +371,7 @@ impl OperatingPoints {
     }
 
     /// Whether any caller has a target share.
-    pub fn targets_share(&self) -> bool {
+    pub fn has_target_share(&self) -> bool {
         self.slots.iter().any(|s| s.steered.is_some())
     }
 
@@ -729,15 +719,20 @@ mod tests {
         assert_eq!(points.callers().count(), 2);
     }
 
+    /// Bytes a window holds, its buffers included.
+    fn bytes(window: &Window) -> usize {
+        std::mem::size_of::<Window>() + 2 * (window.ring.len() + window.hist.len())
+    }
+
     #[test]
     fn memory_stays_bounded() {
         let mut window = Window::new(1000);
-        let bytes = window.bytes();
-        assert!(bytes < 4300, "{bytes} bytes");
+        let held = bytes(&window);
+        assert!(held < 4300, "{held} bytes");
         for (i, score) in random_scores(100_000, 2).into_iter().enumerate() {
             window.push(bin_of(score), i % 3 == 0, i % 2 == 0);
         }
-        assert_eq!((window.len(), window.bytes()), (1000, bytes));
+        assert_eq!((window.len(), bytes(&window)), (1000, held));
         assert_eq!(
             window.hist.iter().map(|&c| usize::from(c)).sum::<usize>(),
             1000

@@ -84,7 +84,7 @@ pub fn run(
     };
     let replay = decider
         .operating
-        .targets_share()
+        .has_target_share()
         .then(|| {
             Replay::new(
                 decider,

@@ -196,7 +196,7 @@ pub fn run(
         rows.push(row(&c, r.labels().with_context(|| format!("line {n}"))?));
         choices.push(choice);
     }
-    let report = if decider.operating.targets_share() {
+    let report = if decider.operating.has_target_share() {
         let strong: Vec<bool> = choices.iter().map(|c| c.tier == Tier::Strong).collect();
         Report {
             comparison: compare_at(
