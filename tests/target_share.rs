@@ -2,6 +2,8 @@
 //! caller's threshold from warm-up to its target share, its realised share tracks the target,
 //! `/metrics` shows the threshold in force, and the offline commands (`route`, `eval`), replaying
 //! the same requests in the same order through the binary, decide exactly what the server did.
+//! And the realistic corpus, replayed in its file order (grouped by kind of request, so the
+//! score distribution drifts), keeps every target within 5 points after warm-up.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod common;
@@ -9,7 +11,15 @@ mod common;
 use std::{path::PathBuf, process::Command};
 
 use common::{TestRouter, exposition::Scrape, http_get, process::BIN, start_with};
-use prompt_router::{config::Config, pb};
+use prompt_router::{
+    catalog::Tier,
+    config::Config,
+    operating::Point,
+    pb,
+    policy::Basis,
+    request::{ChatRequest, Limits},
+    setup,
+};
 use serde_json::{Value, json};
 
 /// Asks of many kinds and lengths, so scores spread over most of [0, 1].
@@ -359,4 +369,41 @@ async fn eval_target_share_reproduces_what_the_server_decided() {
             .unwrap(),
         peek.threshold
     );
+}
+
+#[test]
+fn the_realistic_corpus_in_file_order_keeps_every_target_after_warm_up() {
+    let text = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/realistic.jsonl"),
+    )
+    .unwrap();
+    let requests: Vec<ChatRequest> = text
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|line| line.get("header").is_none())
+        .map(|line| {
+            let request: pb::ConverseRequest = serde_json::from_value(line["request"].clone())
+                .unwrap_or_else(|e| panic!("{}: {e}", line["id"]));
+            ChatRequest::from_pb(request, &Limits::default()).unwrap()
+        })
+        .collect();
+    for target in [0.1, 0.3, 0.5, 0.8] {
+        let mut config = Config::default();
+        config.routing.target_strong_share = Some(target);
+        let decider = setup::decider(&config, None, None).unwrap();
+        let (mut steered, mut strong) = (0usize, 0usize);
+        for request in &requests {
+            let choice = decider.decide(request).unwrap().choice;
+            if choice.basis == Basis::Score && choice.point == Point::TargetShare {
+                steered += 1;
+                strong += usize::from(choice.tier == Tier::Strong);
+            }
+        }
+        let share = strong as f64 / steered as f64;
+        println!(
+            "realistic corpus, {} requests in file order, target {target}: {share:.3} of the {steered} after warm-up",
+            requests.len()
+        );
+        assert!((share - target).abs() <= 0.05, "target {target}: {share}");
+    }
 }
