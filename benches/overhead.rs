@@ -1,7 +1,7 @@
 //! Routing overhead: a Converse round trip through the router versus the same call made
 //! directly with the SDK to the same simulator (zero simulated latency), so the difference is
 //! what the router adds. Also the pure decision (validate + classify + policy) on its own, at
-//! the fixed threshold and through a warm target-share controller.
+//! the fixed threshold and through a warm target-share controller, and the controller alone.
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
 use std::{hint::black_box, time::Duration};
@@ -15,6 +15,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use prompt_router::{
     config::Config,
     decide::Decider,
+    operating::OperatingPoints,
     pb::{self, prompt_router_client::PromptRouterClient},
     request::{ChatRequest, Limits},
     server::{self, Options},
@@ -162,5 +163,24 @@ fn decision(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decision, round_trip);
+/// The controller alone: one warm caller's `observe` (lock, push, cursor step, unlock).
+fn controller(c: &mut Criterion) {
+    let points = OperatingPoints::new(0.5, Config::default().share_settings(), Some(0.3), []);
+    // A fixed spread of scores, cycled, so the window keeps moving as live traffic does.
+    let scores: Vec<f64> = (0..4096u32)
+        .map(|i| f64::from(i.wrapping_mul(2_654_435_761) % 1000) / 1000.0)
+        .collect();
+    for &score in &scores {
+        points.observe("", score);
+    }
+    let mut group = c.benchmark_group("operating::OperatingPoints");
+    group.throughput(Throughput::Elements(1));
+    let mut next = scores.iter().cycle();
+    group.bench_function("observe_warm", |b| {
+        b.iter(|| black_box(points.observe("", *next.next().unwrap())));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decision, controller, round_trip);
 criterion_main!(benches);
