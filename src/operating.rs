@@ -9,18 +9,19 @@
 //!
 //! **Window.** Each target-share caller has a window: a ring of the scores of its last
 //! `routing.share_window` score-decided requests (forced and capability-bound requests never
-//! look at the threshold, so they do not enter), quantised to [`BINS`] bins, and a histogram of
+//! look at the threshold, so they do not enter), quantised to 1,024 bins, and a histogram of
 //! the ring kept up to date on every push (the oldest score leaves its bin, the new one enters).
 //! A cursor on the bin that holds the quantile moves with the pushes, usually by a bin or
-//! none, so the threshold is recomputed after every request at O(1) cost and no allocation:
-//! there is no recompute interval to tune and no stale threshold between recomputes. Inside
-//! the bin the threshold is interpolated as if its scores were spread evenly.
+//! none (a walk over many bins only when the feedback moves the target far), so the threshold
+//! is recomputed after every request at O(1) amortised cost and no allocation: there is no
+//! recompute interval to tune and no stale threshold between recomputes. Inside the bin the
+//! threshold is interpolated as if its scores were spread evenly.
 //!
 //! Why not a quantile sketch (t-digest, DDSketch, GK, KLL): they summarise everything ever
 //! added and have no deletion, so they cannot forget old traffic without rotating several
 //! sketches, and they trade exactness for unbounded streams we do not have. The ring is exact
 //! over the sliding window (up to the bin width, 1/1024), bounded (2 bytes per score plus
-//! 2 KiB of bins: about 4.1 KiB per caller at the default window of 1000) and O(1) per request.
+//! 2 KiB of bins: about 4.1 KB per caller at the default window of 1000) and O(1) per request.
 //! The one maintained sliding-window crate found (`sliding-quantile` 0.1, partitioning heaps:
 //! exact, O(log n) per push, 24 bytes per score) fixes the quantile's probability when it is
 //! built, while the share feedback below moves it on every request.
