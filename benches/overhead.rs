@@ -1,6 +1,7 @@
 //! Routing overhead: a Converse round trip through the router versus the same call made
 //! directly with the SDK to the same simulator (zero simulated latency), so the difference is
-//! what the router adds. Also the pure decision (validate + classify + policy) on its own.
+//! what the router adds. Also the pure decision (validate + classify + policy) on its own, at
+//! the fixed threshold and through a warm target-share controller, and the controller alone.
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
 use std::{hint::black_box, time::Duration};
@@ -13,6 +14,8 @@ use aws_sdk_bedrockruntime::{
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use prompt_router::{
     config::Config,
+    decide::Decider,
+    operating::OperatingPoints,
     pb::{self, prompt_router_client::PromptRouterClient},
     request::{ChatRequest, Limits},
     server::{self, Options},
@@ -108,24 +111,76 @@ fn round_trip(c: &mut Criterion) {
     rt.block_on(running.shutdown()).unwrap();
 }
 
+/// Requests of many lengths and kinds, to fill a target-share window with a spread of scores.
+fn warm_up(decider: &Decider, limits: &Limits) {
+    let asks = [
+        "hi",
+        "What are your opening hours?",
+        "Translate 'see you tomorrow' into Spanish.",
+        PROMPT,
+        "Prove that the square root of 2 is irrational.",
+        "Design a rate limiter for a multi-tenant API and discuss its failure modes.",
+    ];
+    for i in 0..2_000 {
+        let text = format!(
+            "{} {}",
+            asks[i % asks.len()],
+            "More context. ".repeat(i % 7)
+        );
+        let mut req = request();
+        req.messages[0].content[0].block = Some(pb::content_block::Block::Text(text));
+        let chat = ChatRequest::from_pb(req, limits).unwrap();
+        decider.decide(&chat).unwrap();
+    }
+}
+
 fn decision(c: &mut Criterion) {
-    let decider = setup::decider(&Config::default(), None, None).unwrap();
+    let fixed = setup::decider(&Config::default(), None, None).unwrap();
+    let mut config = Config::default();
+    config.routing.target_strong_share = Some(0.3);
+    let target_share = setup::decider(&config, None, None).unwrap();
     let limits = Limits::default();
+    // Past warm-up, with a full window: the state every request but a caller's first few sees.
+    warm_up(&target_share, &limits);
     let mut group = c.benchmark_group("decide");
     group.throughput(Throughput::Bytes(PROMPT.len() as u64));
-    group.bench_function("validate_classify_policy", |b| {
-        // Building the protobuf request is the caller's work, so it stays out of the timing.
-        b.iter_batched(
-            request,
-            |req| {
-                let chat = ChatRequest::from_pb(req, &limits).unwrap();
-                black_box(decider.decide(&chat).unwrap().choice)
-            },
-            criterion::BatchSize::SmallInput,
-        );
+    for (name, decider) in [
+        ("validate_classify_policy", &fixed),
+        ("validate_classify_policy_target_share", &target_share),
+    ] {
+        group.bench_function(name, |b| {
+            // Building the protobuf request is the caller's work, so it stays out of the timing.
+            b.iter_batched(
+                request,
+                |req| {
+                    let chat = ChatRequest::from_pb(req, &limits).unwrap();
+                    black_box(decider.decide(&chat).unwrap().choice)
+                },
+                criterion::BatchSize::SmallInput,
+            );
+        });
+    }
+    group.finish();
+}
+
+/// The controller alone: one warm caller's `observe` (lock, push, cursor step, unlock).
+fn controller(c: &mut Criterion) {
+    let points = OperatingPoints::new(0.5, Config::default().share_settings(), Some(0.3), []);
+    // A fixed spread of scores, cycled, so the window keeps moving as live traffic does.
+    let scores: Vec<f64> = (0..4096u32)
+        .map(|i| f64::from(i.wrapping_mul(2_654_435_761) % 1000) / 1000.0)
+        .collect();
+    for &score in &scores {
+        points.observe("", score);
+    }
+    let mut group = c.benchmark_group("operating::OperatingPoints");
+    group.throughput(Throughput::Elements(1));
+    let mut next = scores.iter().cycle();
+    group.bench_function("observe_warm", |b| {
+        b.iter(|| black_box(points.observe("", *next.next().unwrap())));
     });
     group.finish();
 }
 
-criterion_group!(benches, decision, round_trip);
+criterion_group!(benches, decision, controller, round_trip);
 criterion_main!(benches);

@@ -3,11 +3,14 @@
 //!
 //! Secrets never live here: Bedrock credentials come from the AWS default credential chain.
 
-use std::{fmt, net::SocketAddr, path::Path};
+use std::{collections::BTreeMap, fmt, net::SocketAddr, path::Path};
 
 use serde::{Deserialize, Serialize};
 
-use crate::request::Limits;
+use crate::{
+    operating::{DEFAULT_CALLER, HORIZON, MAX_WINDOW, Settings},
+    request::{Limits, MAX_CALLER_LEN},
+};
 
 /// The prefix of environment variables that override config fields.
 pub const ENV_PREFIX: &str = "ROUTER__";
@@ -22,8 +25,11 @@ pub struct Config {
     pub bedrock: BedrockConfig,
     /// The two model tiers.
     pub models: ModelsConfig,
-    /// Classifier and threshold.
+    /// Classifier, threshold and operating point.
     pub routing: RoutingConfig,
+    /// Per-caller policy, by the name callers send in `routing.caller`; `default` applies to
+    /// every caller not named.
+    pub callers: BTreeMap<String, CallerConfig>,
     /// Retries, fallbacks and outlier ejection.
     pub resilience: ResilienceConfig,
     /// Per-request size limits.
@@ -231,14 +237,42 @@ impl ModelConfig {
     }
 }
 
-/// Classifier and threshold.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Classifier, threshold and operating point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RoutingConfig {
     /// Score at or above which a request goes to the strong tier; the weights file's when unset.
     pub threshold: Option<f64>,
     /// A weights file written by `prompt-router train`; the built-in weights when unset.
     pub weights_path: Option<String>,
+    /// Share (0–1) of each caller's AUTO requests to send to the strong tier, for callers whose
+    /// `[callers.NAME]` (or `[callers.default]`) sets none; unset: the fixed threshold.
+    pub target_strong_share: Option<f64>,
+    /// Scores of recent requests kept per target-share caller, to set its threshold from.
+    pub share_window: usize,
+    /// Scores a target-share caller's window needs before its threshold comes from it.
+    pub share_warmup: usize,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            threshold: None,
+            weights_path: None,
+            target_strong_share: None,
+            share_window: 1_000,
+            share_warmup: 100,
+        }
+    }
+}
+
+/// One caller's policy (`[callers.NAME]`). Later policies (tokens, rate limits, budgets) join it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallerConfig {
+    /// Share (0–1) of this caller's AUTO requests to send to the strong tier; unset:
+    /// `[callers.default]`'s, then `routing.target_strong_share`, then the fixed threshold.
+    pub target_strong_share: Option<f64>,
 }
 
 /// Retries, fallbacks and outlier ejection.
@@ -401,6 +435,32 @@ impl Config {
         std::iter::once(primary).chain(fallbacks).collect()
     }
 
+    /// The target strong share of `caller`: its own `[callers.NAME]`, then `[callers.default]`,
+    /// then `routing.target_strong_share`; `None` means the fixed threshold.
+    pub fn target_strong_share(&self, caller: &str) -> Option<f64> {
+        let own = |name: &str| self.callers.get(name).and_then(|c| c.target_strong_share);
+        own(caller)
+            .or_else(|| own(DEFAULT_CALLER))
+            .or(self.routing.target_strong_share)
+    }
+
+    /// The callers `[callers.NAME]` lists (`default` excepted), each with its target share.
+    pub fn named_callers(&self) -> impl Iterator<Item = (String, Option<f64>)> + '_ {
+        self.callers
+            .keys()
+            .filter(|name| *name != DEFAULT_CALLER)
+            .map(|name| (name.clone(), self.target_strong_share(name)))
+    }
+
+    /// The operating point's window settings.
+    pub fn share_settings(&self) -> Settings {
+        Settings {
+            window: self.routing.share_window,
+            warmup: self.routing.share_warmup,
+            horizon: HORIZON,
+        }
+    }
+
     /// The geography the configured source region calls profiles in.
     pub fn geography(&self) -> Option<Geography> {
         self.bedrock
@@ -528,15 +588,56 @@ impl Config {
         }
         validate_model("models.strong", &self.models.strong, geography)?;
         validate_model("models.fast", &self.models.fast, geography)?;
-        if let Some(threshold) = self.routing.threshold
-            && !(0.0..=1.0).contains(&threshold)
-        {
+        unit_interval("routing.threshold", self.routing.threshold)?;
+        unit_interval(
+            "routing.target_strong_share",
+            self.routing.target_strong_share,
+        )?;
+        let (window, warmup) = (self.routing.share_window, self.routing.share_warmup);
+        if !(1..=MAX_WINDOW).contains(&window) {
             return Err(ConfigError::invalid(
-                "routing.threshold",
-                format!("{threshold} is outside [0, 1]"),
+                "routing.share_window",
+                format!("{window} is outside [1, {MAX_WINDOW}] (a window's counts are 16-bit)"),
             ));
         }
+        if !(1..=window).contains(&warmup) {
+            return Err(ConfigError::invalid(
+                "routing.share_warmup",
+                format!("{warmup} is outside [1, routing.share_window = {window}]"),
+            ));
+        }
+        for (name, caller) in &self.callers {
+            // The names callers send: the same rules as the request's `routing.caller`.
+            let field = format!("callers.{name}");
+            if name.is_empty() || name.chars().count() > MAX_CALLER_LEN {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!("a caller name has 1 to {MAX_CALLER_LEN} characters"),
+                ));
+            }
+            if name.chars().any(char::is_control) {
+                return Err(ConfigError::invalid(
+                    field,
+                    "a caller name has no control characters",
+                ));
+            }
+            unit_interval(
+                &format!("{field}.target_strong_share"),
+                caller.target_strong_share,
+            )?;
+        }
         Ok(self)
+    }
+}
+
+/// Checks that an optional share or threshold lies in [0, 1] (NaN does not).
+fn unit_interval(field: &str, value: Option<f64>) -> Result<(), ConfigError> {
+    match value {
+        Some(v) if !(0.0..=1.0).contains(&v) => Err(ConfigError::invalid(
+            field,
+            format!("{v} is outside [0, 1]"),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -754,6 +855,78 @@ mod tests {
     }
 
     #[test]
+    fn target_share_precedence_is_caller_then_default_then_routing() {
+        let config = load_str(
+            "[routing]\ntarget_strong_share = 0.5\n\
+             [callers.batch]\ntarget_strong_share = 0.1\n\
+             [callers.default]\ntarget_strong_share = 0.3\n\
+             [callers.billing]\n",
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(config.target_strong_share("batch"), Some(0.1));
+        assert_eq!(config.target_strong_share("billing"), Some(0.3));
+        assert_eq!(config.target_strong_share("anyone"), Some(0.3));
+        let named: Vec<_> = config.named_callers().collect();
+        assert_eq!(
+            named,
+            [
+                ("batch".to_owned(), Some(0.1)),
+                ("billing".to_owned(), Some(0.3))
+            ]
+        );
+        let config =
+            load_str("[routing]\ntarget_strong_share = 0.5\n[callers.x]\n", &[]).expect("valid");
+        assert_eq!(config.target_strong_share("x"), Some(0.5));
+        assert_eq!(config.target_strong_share("y"), Some(0.5));
+        let fixed = load_str("[callers.x]\n", &[]).expect("valid");
+        assert_eq!(fixed.target_strong_share("x"), None);
+        assert_eq!(fixed.target_strong_share(DEFAULT_CALLER), None);
+    }
+
+    #[test]
+    fn env_sets_a_callers_target_share() {
+        let config = load_str(
+            "[callers.batch]\ntarget_strong_share = 0.1\n",
+            &[
+                ("ROUTER__CALLERS__BATCH__TARGET_STRONG_SHARE", "0.25"),
+                ("ROUTER__CALLERS__ETL__TARGET_STRONG_SHARE", "0.4"),
+                ("ROUTER__ROUTING__SHARE_WINDOW", "500"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(config.target_strong_share("batch"), Some(0.25));
+        assert_eq!(config.target_strong_share("etl"), Some(0.4));
+        assert_eq!(config.routing.share_window, 500);
+        assert_eq!(config.routing.share_warmup, 100);
+    }
+
+    #[test]
+    fn share_errors_name_the_key_and_the_range() {
+        let message =
+            |file: &str, env: &[(&str, &str)]| load_str(file, env).expect_err(file).to_string();
+        assert_eq!(
+            message("[callers.batch]\ntarget_strong_share = 1.5\n", &[]),
+            "config field `callers.batch.target_strong_share`: 1.5 is outside [0, 1]"
+        );
+        assert_eq!(
+            message("", &[("ROUTER__CALLERS__ETL__TARGET_STRONG_SHARE", "-0.1")]),
+            "config field `callers.etl.target_strong_share`: -0.1 is outside [0, 1]"
+        );
+        assert_eq!(
+            message("[routing]\ntarget_strong_share = nan\n", &[]),
+            "config field `routing.target_strong_share`: NaN is outside [0, 1]"
+        );
+        let unknown = message("[callers.batch]\ntarget_share = 0.3\n", &[]);
+        assert!(
+            unknown.contains("unknown field `target_share`"),
+            "{unknown}"
+        );
+        let not_a_table = message("[callers]\nbatch = 0.3\n", &[]);
+        assert!(not_a_table.contains("callers"), "{not_a_table}");
+    }
+
+    #[test]
     fn invalid_fields_are_named() {
         type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
         let cases: &[Case<'_>] = &[
@@ -816,6 +989,27 @@ mod tests {
                 "[bedrock]\ngeography = \"apac\"\n",
                 &[],
                 "bedrock.geography",
+            ),
+            (
+                "[routing]\nshare_window = 70000\n",
+                &[],
+                "routing.share_window",
+            ),
+            (
+                "[routing]\nshare_window = 50\n",
+                &[],
+                "routing.share_warmup",
+            ),
+            ("[routing]\nshare_warmup = 0\n", &[], "routing.share_warmup"),
+            (
+                "[callers.\"\"]\ntarget_strong_share = 0.5\n",
+                &[],
+                "callers.",
+            ),
+            (
+                "[callers.aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa]\n",
+                &[],
+                "callers.aaaa",
             ),
         ];
         for (file, env, field) in cases {

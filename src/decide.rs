@@ -1,20 +1,22 @@
 //! PURE. The whole routing decision for one request: classify its text, then apply the policy
-//! to the score and to what the request needs. Shared by the service, `route` and benches.
+//! to the score, the caller's operating point and what the request needs. Shared by the
+//! service, the offline commands (which replay the operating point in file order) and benches.
 
 use crate::{
     catalog::{Catalog, Model, Tier},
     classify::{Classification, Classifier, Part, Shape},
-    policy::{Basis, Choice, Needs, Policy, Unservable, can_serve},
+    operating::OperatingPoints,
+    policy::{self, Basis, Choice, Needs, Unservable, can_serve},
     request::{Block, ChatRequest, Role, ToolResultBlock},
 };
 
-/// Classifier, policy and catalog together.
+/// Classifier, operating points and catalog together.
 #[derive(Debug)]
 pub struct Decider {
     /// The complexity classifier.
     pub classifier: Classifier,
-    /// The threshold rule.
-    pub policy: Policy,
+    /// Each caller's threshold in force: fixed, or following a target strong share.
+    pub operating: OperatingPoints,
     /// The two models.
     pub catalog: Catalog,
 }
@@ -39,7 +41,8 @@ impl Decider {
         classify(&self.classifier, req)
     }
 
-    /// Classifies and decides.
+    /// Classifies and decides; a score-based decision also enters the caller's operating point
+    /// (so the order of calls matters, as the order of requests does online).
     pub fn decide(&self, req: &ChatRequest) -> Result<Routed<'_>, Unservable> {
         let classification = self.classify(req);
         let needs = Needs {
@@ -54,9 +57,16 @@ impl Decider {
                     .flat_map(|t| &t.content)
                     .any(|b| matches!(b, Block::ToolUse(_) | Block::ToolResult(_))),
         };
-        let choice = self
-            .policy
-            .decide(classification.score(), &needs, &self.catalog)?;
+        let score = classification.score();
+        let caller = req.routing.caller.as_str();
+        // Forced and capability-bound requests never look at the threshold, so they do not
+        // enter the caller's window (their replies still show the threshold in force).
+        let in_force = if policy::by_score(&needs, &self.catalog) {
+            self.operating.observe(caller, score)
+        } else {
+            self.operating.in_force(caller)
+        };
+        let choice = policy::decide(score, in_force, &needs, &self.catalog)?;
         let other = match choice.tier {
             Tier::Strong => Tier::Fast,
             Tier::Fast => Tier::Strong,

@@ -15,6 +15,8 @@
 //!   sending everything to strong: `1 − cost(routed) / cost(all strong)`, where a prompt's cost
 //!   on a model is `input price × estimated input tokens + output price × assumed output tokens`
 //!   ([`Prices`]; the output length is an assumption because it is unknown before the call).
+//!   The same figures **at given decisions** ([`at_decisions`]) measure a router whose
+//!   threshold moves from row to row (a target strong share replayed in file order).
 //!
 //! Against RouteLLM's published evaluation code (`routellm/evals/evaluate.py`): PGR, the
 //! strong-call share and APGR as a trapezoid area are the same; that code samples the curve at
@@ -166,11 +168,11 @@ pub fn cpt_point(points: &[Point], x: f64) -> Option<&Point> {
         .min_by(|a, b| a.strong_share.total_cmp(&b.strong_share))
 }
 
-/// Routing results at one threshold.
+/// Routing results at one threshold, or at given decisions.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Operating {
-    /// The threshold.
-    pub threshold: f64,
+    /// The threshold; `None` when the decisions were given row by row.
+    pub threshold: Option<f64>,
     /// Share of prompts sent to strong.
     pub strong_share: f64,
     /// Quality gap recovered.
@@ -181,13 +183,27 @@ pub struct Operating {
 
 /// Strong share, PGR and cost saved when `score ≥ threshold` goes to strong.
 pub fn at_threshold(rows: &[Row], threshold: f64, prices: &Prices) -> Result<Operating, EvalError> {
+    let strong: Vec<bool> = rows.iter().map(|r| r.score >= threshold).collect();
+    Ok(Operating {
+        threshold: Some(threshold),
+        ..at_decisions(rows, &strong, prices)?
+    })
+}
+
+/// Strong share, PGR and cost saved when the rows marked in `strong` (one flag per row) go to
+/// strong.
+pub fn at_decisions(
+    rows: &[Row],
+    strong: &[bool],
+    prices: &Prices,
+) -> Result<Operating, EvalError> {
     let gap = check(rows)?;
-    let (mut strong, mut gained, mut routed, mut all_strong) = (0usize, 0.0, 0.0, 0.0);
-    for r in rows {
+    let (mut strong_n, mut gained, mut routed, mut all_strong) = (0usize, 0.0, 0.0, 0.0);
+    for (r, &to_strong) in rows.iter().zip(strong) {
         let s = prices.strong_cost(r.input_tokens);
         all_strong += s;
-        if r.score >= threshold {
-            strong += 1;
+        if to_strong {
+            strong_n += 1;
             gained += r.strong - r.weak;
             routed += s;
         } else {
@@ -195,8 +211,8 @@ pub fn at_threshold(rows: &[Row], threshold: f64, prices: &Prices) -> Result<Ope
         }
     }
     Ok(Operating {
-        threshold,
-        strong_share: strong as f64 / rows.len() as f64,
+        threshold: None,
+        strong_share: strong_n as f64 / rows.len() as f64,
         pgr: gained / gap,
         cost_saved: if all_strong > 0.0 {
             1.0 - routed / all_strong
@@ -223,13 +239,18 @@ pub struct Summary {
 
 /// APGR, CPT(50%), CPT(80%) and the results at `threshold`.
 pub fn summarize(rows: &[Row], threshold: f64, prices: &Prices) -> Result<Summary, EvalError> {
+    summarize_at(rows, at_threshold(rows, threshold, prices)?)
+}
+
+/// APGR, CPT(50%), CPT(80%) of the rows' scores, and `operating` as the operating point.
+pub fn summarize_at(rows: &[Row], operating: Operating) -> Result<Summary, EvalError> {
     let points = sweep(rows)?;
     Ok(Summary {
         rows: rows.len(),
         apgr: apgr(&points),
         cpt50: cpt(&points, 0.5),
         cpt80: cpt(&points, 0.8),
-        operating: at_threshold(rows, threshold, prices)?,
+        operating,
     })
 }
 
@@ -528,6 +549,30 @@ mod tests {
             at_threshold(&rows, 0.5, &prices).unwrap().strong_share,
             0.75
         );
+    }
+
+    #[test]
+    fn given_decisions_are_measured_like_a_threshold() {
+        let rows = [
+            row(0.9, 1.0, 0.0),
+            row(0.5, 1.0, 1.0),
+            row(0.4, 1.0, 0.0),
+            row(0.1, 0.0, 0.0),
+        ];
+        let prices = Prices::default();
+        let at = at_threshold(&rows, 0.45, &prices).unwrap();
+        let given = at_decisions(&rows, &[true, true, false, false], &prices).unwrap();
+        assert_eq!(at.threshold, Some(0.45));
+        assert_eq!(
+            Operating {
+                threshold: None,
+                ..at
+            },
+            given
+        );
+        // Decisions a single threshold cannot make: the 0.4 row strong, the 0.5 row fast.
+        let moving = at_decisions(&rows, &[true, false, true, false], &prices).unwrap();
+        assert_eq!((moving.strong_share, moving.pgr), (0.5, 1.0));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! complexity and sends it to the cheapest Claude tier able to answer it, reporting the
 //! decision, the cost against an all-strong baseline and the latency it added.
 //!
-//! `classify`, `policy`, `cost`, `decide`, `request`, `resilience`, `train`, `eval` and
+//! `classify`, `policy`, `operating`, `cost`, `decide`, `request`, `resilience`, `train`, `eval` and
 //! `calibrate` are pure; `backend` is the only code
 //! that talks to Bedrock; `server` is the only code that records metrics.
 #![forbid(unsafe_code)]
@@ -18,6 +18,7 @@ pub mod cost;
 pub mod decide;
 pub mod eval;
 pub mod load;
+pub mod operating;
 pub mod pb;
 pub mod policy;
 pub mod request;

@@ -101,13 +101,30 @@ struct ModelArgs {
     /// Routing threshold (overrides routing.threshold and the weights file's).
     #[arg(long, value_name = "T")]
     threshold: Option<f64>,
+    /// Send this share (0–1) of each caller's requests to strong with the target-share
+    /// controller, replayed in file order (overrides routing.target_strong_share; calibrate also
+    /// finds the fixed threshold for it).
+    #[arg(long, value_name = "S", value_parser = parse_share)]
+    target_share: Option<f64>,
 }
 
 impl ModelArgs {
     fn decider(&self) -> anyhow::Result<(Config, Decider)> {
-        let config = self.config.load()?;
+        let mut config = self.config.load()?;
+        if let Some(share) = self.target_share {
+            config.routing.target_strong_share = Some(share);
+        }
         let decider = setup::decider(&config, self.weights.as_deref(), self.threshold)?;
         Ok((config, decider))
+    }
+}
+
+fn parse_share(text: &str) -> Result<f64, String> {
+    let share: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&share) {
+        Ok(share)
+    } else {
+        Err(format!("{share} is outside [0, 1]"))
     }
 }
 
@@ -178,16 +195,16 @@ struct TrainArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group = clap::ArgGroup::new("target").required(true))]
+#[command(group = clap::ArgGroup::new("target").required(true).args(["target_share", "target_pgr"]))]
 struct CalibrateArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Send this share (0–1) of the sample to the strong model.
-    #[arg(long, group = "target")]
-    target_share: Option<f64>,
     /// Recover this share (0–1) of the quality gap (needs labelled lines).
-    #[arg(long, group = "target")]
+    #[arg(long)]
     target_pgr: Option<f64>,
+    /// Output tokens assumed per answer when pricing the replay (labelled samples).
+    #[arg(long, default_value_t = 256.0)]
+    output_tokens: f64,
     /// Prompt sample or labelled JSON lines; stdin when absent or "-".
     file: Option<PathBuf>,
 }
@@ -380,17 +397,11 @@ fn prices(config: &Config, output_tokens: f64) -> Prices {
 fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     let (config, decider) = args.model.decider()?;
     let options = cli::eval::EvalOptions {
-        threshold: decider.policy.threshold(),
         prices: prices(&config, args.output_tokens),
         json: args.json,
         limits: config.limits,
     };
-    cli::eval::run(
-        &decider.classifier,
-        &options,
-        input(Some(&args.file))?,
-        stdout(),
-    )?;
+    cli::eval::run(&decider, &options, input(Some(&args.file))?, stdout())?;
     Ok(())
 }
 
@@ -434,18 +445,17 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
 
 fn calibrate(args: &CalibrateArgs) -> anyhow::Result<()> {
     let (config, decider) = args.model.decider()?;
-    let target = match (args.target_share, args.target_pgr) {
+    let target = match (args.model.target_share, args.target_pgr) {
         (Some(share), _) => Target::Share(share),
         (None, Some(pgr)) => Target::Pgr(pgr),
         (None, None) => anyhow::bail!("give --target-share or --target-pgr"),
     };
-    cli::calibrate::run(
-        &decider.classifier,
-        &config.limits,
+    let options = cli::calibrate::CalibrateOptions {
         target,
-        input(args.file.as_deref())?,
-        stdout(),
-    )?;
+        limits: config.limits,
+        prices: prices(&config, args.output_tokens),
+    };
+    cli::calibrate::run(&decider, &options, input(args.file.as_deref())?, stdout())?;
     Ok(())
 }
 

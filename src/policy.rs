@@ -1,9 +1,13 @@
 //! PURE. Turns a complexity score and what the request needs into a tier.
 //!
 //! Order of precedence: capability rules (a request only one tier can serve), then the caller's
-//! forced mode, then the score against the threshold moved by the request's quality bias.
+//! forced mode, then the score against the threshold in force (the caller's operating point,
+//! [`crate::operating`]) moved by the request's quality bias.
 
-use crate::catalog::{Catalog, Tier};
+use crate::{
+    catalog::{Catalog, Tier},
+    operating::{InForce, Point},
+};
 
 /// How the caller asked for the tier to be chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +69,8 @@ pub struct Choice {
     pub basis: Basis,
     /// The threshold the score was compared with, after the quality bias.
     pub threshold: f64,
+    /// Where the threshold came from, before the bias.
+    pub point: Point,
 }
 
 /// A request no configured model can serve; the message names the field.
@@ -72,65 +78,54 @@ pub struct Choice {
 #[error("{0}")]
 pub struct Unservable(pub String);
 
-/// The threshold rule.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Policy {
-    threshold: f64,
+/// The threshold after a quality bias: +1 lowers it to 0 (all strong), −1 raises it to 1, 0
+/// keeps it; in between it moves linearly toward that end.
+pub fn biased_threshold(threshold: f64, bias: f64) -> f64 {
+    let bias = bias.clamp(-1.0, 1.0);
+    if bias >= 0.0 {
+        threshold * (1.0 - bias)
+    } else {
+        threshold + (1.0 - threshold) * -bias
+    }
 }
 
-impl Policy {
-    /// A policy sending scores at or above `threshold` (in [0, 1]) to the strong tier.
-    pub fn new(threshold: f64) -> Option<Self> {
-        (0.0..=1.0)
-            .contains(&threshold)
-            .then_some(Self { threshold })
-    }
+/// Whether the request's tier will come from its score: AUTO mode and both tiers can serve
+/// it. Only such requests use, and feed, the caller's operating point.
+pub fn by_score(needs: &Needs, catalog: &Catalog) -> bool {
+    needs.mode == RoutingMode::Auto
+        && can_serve(Tier::Strong, needs, catalog)
+        && can_serve(Tier::Fast, needs, catalog)
+}
 
-    /// The configured threshold, before any request's bias.
-    pub fn threshold(&self) -> f64 {
-        self.threshold
+/// Chooses the tier for a request with complexity `score`, against the threshold in force.
+pub fn decide(
+    score: f64,
+    in_force: InForce,
+    needs: &Needs,
+    catalog: &Catalog,
+) -> Result<Choice, Unservable> {
+    let threshold = biased_threshold(in_force.threshold, needs.quality_bias);
+    let strong = catalog.model(Tier::Strong);
+    let fast = catalog.model(Tier::Fast);
+    let strong_ok = can_serve(Tier::Strong, needs, catalog);
+    let fast_ok = can_serve(Tier::Fast, needs, catalog);
+    if !strong_ok && !fast_ok {
+        return Err(unservable(needs, strong, fast));
     }
-
-    /// The threshold after a quality bias: +1 lowers it to 0 (all strong), −1 raises it to 1,
-    /// 0 keeps it; in between it moves linearly toward that end.
-    pub fn biased_threshold(&self, bias: f64) -> f64 {
-        let bias = bias.clamp(-1.0, 1.0);
-        if bias >= 0.0 {
-            self.threshold * (1.0 - bias)
-        } else {
-            self.threshold + (1.0 - self.threshold) * -bias
-        }
-    }
-
-    /// Chooses the tier for a request with complexity `score`.
-    pub fn decide(
-        &self,
-        score: f64,
-        needs: &Needs,
-        catalog: &Catalog,
-    ) -> Result<Choice, Unservable> {
-        let threshold = self.biased_threshold(needs.quality_bias);
-        let strong = catalog.model(Tier::Strong);
-        let fast = catalog.model(Tier::Fast);
-        let strong_ok = can_serve(Tier::Strong, needs, catalog);
-        let fast_ok = can_serve(Tier::Fast, needs, catalog);
-        if !strong_ok && !fast_ok {
-            return Err(unservable(needs, strong, fast));
-        }
-        let (tier, basis) = match needs.mode {
-            _ if !fast_ok => (Tier::Strong, Basis::Capability),
-            _ if !strong_ok => (Tier::Fast, Basis::Capability),
-            RoutingMode::ForceStrong => (Tier::Strong, Basis::Forced),
-            RoutingMode::ForceFast => (Tier::Fast, Basis::Forced),
-            RoutingMode::Auto if score >= threshold => (Tier::Strong, Basis::Score),
-            RoutingMode::Auto => (Tier::Fast, Basis::Score),
-        };
-        Ok(Choice {
-            tier,
-            basis,
-            threshold,
-        })
-    }
+    let (tier, basis) = match needs.mode {
+        _ if !fast_ok => (Tier::Strong, Basis::Capability),
+        _ if !strong_ok => (Tier::Fast, Basis::Capability),
+        RoutingMode::ForceStrong => (Tier::Strong, Basis::Forced),
+        RoutingMode::ForceFast => (Tier::Fast, Basis::Forced),
+        RoutingMode::Auto if score >= threshold => (Tier::Strong, Basis::Score),
+        RoutingMode::Auto => (Tier::Fast, Basis::Score),
+    };
+    Ok(Choice {
+        tier,
+        basis,
+        threshold,
+        point: in_force.point,
+    })
 }
 
 /// Whether `tier`'s model can take a request with these needs (output length, images, tools).
@@ -183,6 +178,13 @@ mod tests {
         Catalog::from_config(&Config::default()).expect("catalog")
     }
 
+    fn fixed(threshold: f64) -> InForce {
+        InForce {
+            threshold,
+            point: Point::Fixed,
+        }
+    }
+
     fn needs(mode: RoutingMode) -> Needs {
         Needs {
             mode,
@@ -195,7 +197,6 @@ mod tests {
 
     #[test]
     fn decision_table() {
-        let policy = Policy::new(0.5).expect("threshold");
         let catalog = catalog();
         let cases = [
             (0.49, needs(RoutingMode::Auto), Tier::Fast, Basis::Score),
@@ -259,28 +260,28 @@ mod tests {
             ),
         ];
         for (score, n, tier, basis) in cases {
-            let choice = policy.decide(score, &n, &catalog).expect("servable");
+            let choice = decide(score, fixed(0.5), &n, &catalog).expect("servable");
             assert_eq!(
                 (choice.tier, choice.basis),
                 (tier, basis),
                 "score {score} needs {n:?}"
             );
+            assert_eq!(by_score(&n, &catalog), basis == Basis::Score, "{n:?}");
         }
     }
 
     #[test]
     fn too_many_output_tokens_for_every_model_is_refused() {
-        let policy = Policy::new(0.5).expect("threshold");
-        let err = policy
-            .decide(
-                0.1,
-                &Needs {
-                    max_tokens: Some(9000),
-                    ..needs(RoutingMode::Auto)
-                },
-                &catalog(),
-            )
-            .expect_err("unservable");
+        let err = decide(
+            0.1,
+            fixed(0.5),
+            &Needs {
+                max_tokens: Some(9000),
+                ..needs(RoutingMode::Auto)
+            },
+            &catalog(),
+        )
+        .expect_err("unservable");
         assert!(
             err.0
                 .starts_with("inference_config.max_tokens: 9000 exceeds"),
@@ -294,17 +295,16 @@ mod tests {
         let mut config = Config::default();
         config.models.fast.images = false;
         let catalog = Catalog::from_config(&config).expect("catalog");
-        let policy = Policy::new(0.5).expect("threshold");
-        let choice = policy
-            .decide(
-                0.0,
-                &Needs {
-                    images: true,
-                    ..needs(RoutingMode::ForceFast)
-                },
-                &catalog,
-            )
-            .expect("servable");
+        let choice = decide(
+            0.0,
+            fixed(0.5),
+            &Needs {
+                images: true,
+                ..needs(RoutingMode::ForceFast)
+            },
+            &catalog,
+        )
+        .expect("servable");
         assert_eq!(
             (choice.tier, choice.basis),
             (Tier::Strong, Basis::Capability)
@@ -312,17 +312,27 @@ mod tests {
     }
 
     #[test]
-    fn threshold_out_of_range_is_refused() {
-        assert!(Policy::new(1.1).is_none());
-        assert!(Policy::new(f64::NAN).is_none());
+    fn the_choice_names_the_operating_point_and_applies_the_bias_to_it() {
+        let in_force = InForce {
+            threshold: 0.8,
+            point: Point::TargetShare,
+        };
+        let biased = Needs {
+            quality_bias: 0.5,
+            ..needs(RoutingMode::Auto)
+        };
+        let choice = decide(0.5, in_force, &biased, &catalog()).expect("servable");
+        assert_eq!(
+            (choice.tier, choice.threshold, choice.point),
+            (Tier::Strong, 0.4, Point::TargetShare)
+        );
     }
 
     proptest! {
         #[test]
         fn biased_threshold_stays_in_range_and_is_monotonic(t in 0.0f64..=1.0, a in -1.0f64..=1.0, b in -1.0f64..=1.0) {
-            let policy = Policy::new(t).expect("threshold");
             let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-            let (t_lo, t_hi) = (policy.biased_threshold(lo), policy.biased_threshold(hi));
+            let (t_lo, t_hi) = (biased_threshold(t, lo), biased_threshold(t, hi));
             prop_assert!((0.0..=1.0).contains(&t_lo) && (0.0..=1.0).contains(&t_hi));
             prop_assert!(t_hi <= t_lo + 1e-12);
         }

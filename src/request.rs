@@ -221,7 +221,7 @@ impl Default for Limits {
 pub struct InvalidRequest(pub String);
 
 /// Longest accepted caller name.
-const MAX_CALLER_LEN: usize = 64;
+pub const MAX_CALLER_LEN: usize = 64;
 /// Bedrock's limits on stop sequences and top_k for Anthropic models.
 const MAX_STOP_SEQUENCES: usize = 2_500;
 const MAX_TOP_K: u32 = 500;

@@ -1,5 +1,6 @@
 //! Building the router's decision parts from config: the classifier weights (built-in or a
-//! file written by `train`), the threshold, the catalog.
+//! file written by `train`), the fixed threshold and each caller's operating point, the
+//! catalog.
 
 use std::path::Path;
 
@@ -10,7 +11,7 @@ use crate::{
     classify::{Classifier, Weights},
     config::Config,
     decide::Decider,
-    policy::Policy,
+    operating::{DEFAULT_CALLER, OperatingPoints},
 };
 
 /// Reads a weights file written by `train`, or returns the built-in weights for `None`.
@@ -26,8 +27,8 @@ pub fn load_weights(path: Option<&Path>) -> anyhow::Result<Weights> {
     }
 }
 
-/// Builds classifier, policy and catalog from a validated config; `weights` and `threshold`
-/// override the config's `routing.weights_path` and `routing.threshold` when given.
+/// Builds classifier, operating points and catalog from a validated config; `weights` and
+/// `threshold` override the config's `routing.weights_path` and `routing.threshold` when given.
 pub fn decider(
     config: &Config,
     weights: Option<&Path>,
@@ -39,12 +40,20 @@ pub fn decider(
     let threshold = threshold
         .or(config.routing.threshold)
         .unwrap_or_else(|| classifier.threshold());
-    let policy = Policy::new(threshold)
-        .with_context(|| format!("threshold {threshold} is outside [0, 1]"))?;
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&threshold),
+        "threshold {threshold} is outside [0, 1]"
+    );
+    let operating = OperatingPoints::new(
+        threshold,
+        config.share_settings(),
+        config.target_strong_share(DEFAULT_CALLER),
+        config.named_callers(),
+    );
     let catalog = Catalog::from_config(config)?;
     Ok(Decider {
         classifier,
-        policy,
+        operating,
         catalog,
     })
 }

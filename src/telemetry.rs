@@ -50,6 +50,12 @@ pub const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "router_retry_budget_exhausted_to
 pub const CIRCUIT_OPEN: &str = "router_circuit_open";
 /// `router_inflight_requests`: requests being handled.
 pub const INFLIGHT_REQUESTS: &str = "router_inflight_requests";
+/// `router_threshold{caller}`: the threshold in force for each configured caller and
+/// `default` (before any request's quality bias).
+pub const THRESHOLD: &str = "router_threshold";
+/// `router_window_strong_share{caller}`: share of a target-share caller's window of
+/// score-decided requests that went strong.
+pub const WINDOW_STRONG_SHARE: &str = "router_window_strong_share";
 
 /// Seconds-range buckets for whole requests and upstream calls. Model calls mostly take
 /// 0.5–10 s, so that range is dense: with a 2.5 → 5 s bucket, a simulated soak whose true p99
@@ -197,6 +203,14 @@ fn describe() {
         "1 while a target (a model through a source region) is ejected after repeated failures."
     );
     describe_gauge!(INFLIGHT_REQUESTS, "Requests being handled now.");
+    describe_gauge!(
+        THRESHOLD,
+        "Threshold in force by caller (configured callers and \"default\"), before a request's quality bias: fixed, or following the caller's target strong share."
+    );
+    describe_gauge!(
+        WINDOW_STRONG_SHARE,
+        "Share of a target-share caller's recent score-decided requests (its window) that went strong."
+    );
 }
 
 impl Telemetry {

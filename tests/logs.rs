@@ -1,6 +1,6 @@
 //! The binary's JSON logs: every request's line carries the request span (request id, caller,
-//! tier, score, model, attempts, outcome), and prompt text appears only with
-//! `telemetry.log_prompts = true`.
+//! tier, score, threshold and operating point, model, attempts, outcome), and prompt text
+//! appears only with `telemetry.log_prompts = true`.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod common;
@@ -97,6 +97,9 @@ fn assert_span(line: &Value, id: &str, rpc: &str, outcome: &str) {
     );
     let score = span["score"].as_f64().expect("score");
     assert!((0.0..=1.0).contains(&score), "{line}");
+    let threshold = span["threshold"].as_f64().expect("threshold");
+    assert!((0.0..=1.0).contains(&threshold), "{line}");
+    assert_eq!(span["operating_point"], "fixed", "{line}");
     assert!(
         span["model"]
             .as_str()
@@ -128,6 +131,8 @@ async fn json_logs_carry_the_request_span_and_no_prompt() {
     assert_eq!(reply.get_ref().request_id, "logs-unary-1");
     let line = router.finished("logs-unary-1");
     assert_span(&line, "logs-unary-1", "Converse", "ok");
+    let decision = reply.get_ref().decision.as_ref().expect("decision");
+    assert_eq!(line["span"]["threshold"].as_f64(), Some(decision.threshold));
     assert_eq!(line["level"], "INFO");
 
     let mut stream = client

@@ -85,6 +85,7 @@ async fn metrics_follow_known_traffic_exactly() {
         ("router_baseline_cost_usd_total", "counter"),
         ("router_upstream_errors_total", "counter"),
         ("router_inflight_requests", "gauge"),
+        ("router_threshold", "gauge"),
     ] {
         assert_eq!(
             scrape.types.get(family).map(String::as_str),

@@ -1,8 +1,10 @@
 //! `classify`: JSON lines in, one decision per line out.
 //!
-//! Output per input line: `{"id", "score", "tier": "strong" | "fast", "reasons": [{"feature",
-//! "description", "contribution" (score units), "toward": "strong" | "fast"}]}`, the tier decided exactly as the server decides it (threshold, forced
-//! modes, capability rules). A line that cannot be parsed or classified
+//! Output per input line: `{"id", "score", "tier": "strong" | "fast", "model_id", "threshold",
+//! "operating_point", "basis", "reasons": [{"feature", "description", "contribution" (score
+//! units), "toward": "strong" | "fast"}]}` (and `"features"` with `--features`), the tier
+//! decided exactly as the server decides it (threshold, forced modes, capability rules; a
+//! caller's target strong share replayed in file order). A line that cannot be parsed or classified
 //! produces `{"line": N, "error": "…"}` (N counts from 1) and processing goes on; blank lines
 //! are skipped.
 
@@ -51,6 +53,7 @@ struct Decision<'a> {
     tier: &'static str,
     model_id: &'a str,
     threshold: f64,
+    operating_point: &'static str,
     basis: &'static str,
     reasons: Vec<Reason>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -91,6 +94,7 @@ pub fn run(
                 tier: routed.choice.tier.as_str(),
                 model_id: &routed.model.invoke_id,
                 threshold: routed.choice.threshold,
+                operating_point: routed.choice.point.as_str(),
                 basis: routed.choice.basis.as_str(),
                 reasons: routed
                     .classification

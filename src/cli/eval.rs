@@ -2,27 +2,30 @@
 //! (score = estimated input tokens) and a random router (a fixed-seed run, seed
 //! [`RANDOM_SEED`]). See [`crate::eval`] for the definitions.
 //!
-//! The baselines' scores are on other scales, so "at the threshold" they are taken at the
-//! classifier's strong share there (the highest baseline threshold reaching that share), which
-//! compares the routers at equal strong-model use. Every input line must parse: a bad line
-//! stops the run with its line number, since skipping it would change the metrics.
+//! The classifier's operating point is its fixed threshold, or — when a caller has a target
+//! strong share (`--target-share`, or the config) — the decisions the target-share controller
+//! makes when the rows are replayed through it in file order, as the server would make them for
+//! requests arriving in that order. The baselines' scores are on other scales, so "at the
+//! threshold" they are taken at the classifier's strong share there (the highest baseline
+//! threshold reaching that share), which compares the routers at equal strong-model use. Every
+//! input line must parse: a bad line stops the run with its line number, since skipping it
+//! would change the metrics.
 
 use std::io::{BufRead, Write};
 
 use anyhow::Context as _;
 use serde::Serialize;
 
-use super::{row, scored_lines};
+use super::{Replay, routed_lines, row};
 use crate::calibrate;
-use crate::classify::Classifier;
-use crate::eval::{self, Baseline, Prices, RANDOM_SEED, Row, Summary};
+use crate::catalog::Tier;
+use crate::decide::Decider;
+use crate::eval::{self, Baseline, Operating, Prices, RANDOM_SEED, Row, Summary};
 use crate::request::Limits;
 
 /// Options for `eval`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EvalOptions {
-    /// Operating threshold for the classifier.
-    pub threshold: f64,
     /// Prices and assumed output length for cost saved.
     pub prices: Prices,
     /// Print JSON instead of a table.
@@ -40,8 +43,8 @@ pub struct RouterResult {
     pub cpt50: Option<f64>,
     /// CPT(80%).
     pub cpt80: Option<f64>,
-    /// Threshold used for the operating point.
-    pub threshold: f64,
+    /// Threshold used for the operating point; `None` when it moved from row to row.
+    pub threshold: Option<f64>,
     /// Strong share at the operating point.
     pub strong_share: f64,
     /// Quality gap recovered at the operating point.
@@ -79,9 +82,30 @@ pub struct Comparison {
     pub random_seed: u64,
 }
 
+/// What `eval` reports: the comparison, and the replay when a target share was in force.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// The classifier beside the baselines.
+    #[serde(flatten)]
+    pub comparison: Comparison,
+    /// The target-share controller over the rows, in file order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay: Option<Replay>,
+}
+
 /// Evaluates `rows` (classifier scores) at `threshold`, with both baselines.
 pub fn compare(rows: &[Row], threshold: f64, prices: &Prices) -> anyhow::Result<Comparison> {
-    let ours = eval::summarize(rows, threshold, prices)?;
+    compare_at(rows, eval::at_threshold(rows, threshold, prices)?, prices)
+}
+
+/// Evaluates `rows` (classifier scores) with `operating` as the classifier's operating point,
+/// with both baselines at its strong share.
+pub fn compare_at(
+    rows: &[Row],
+    operating: Operating,
+    prices: &Prices,
+) -> anyhow::Result<Comparison> {
+    let ours = eval::summarize_at(rows, operating)?;
     let baseline = |b: Baseline| -> anyhow::Result<RouterResult> {
         let r = b.rescore(rows);
         let scores: Vec<f64> = r.iter().map(|x| x.score).collect();
@@ -103,10 +127,14 @@ fn opt(x: Option<f64>) -> String {
 
 /// Writes `c` as a human-readable table under `title`.
 pub fn write_table(mut out: impl Write, title: &str, c: &Comparison) -> std::io::Result<()> {
+    let point = c.classifier.threshold.map_or_else(
+        || "the target-share controller replayed in file order".to_owned(),
+        |t| format!("classifier threshold {t:.4}"),
+    );
     writeln!(
         out,
-        "{title}: {} rows; operating point = classifier threshold {:.4} (baselines at the same strong share)",
-        c.rows, c.classifier.threshold
+        "{title}: {} rows; operating point = {point} (baselines at the same strong share)",
+        c.rows
     )?;
     writeln!(
         out,
@@ -134,24 +162,64 @@ pub fn write_table(mut out: impl Write, title: &str, c: &Comparison) -> std::io:
     Ok(())
 }
 
-/// Reads labelled lines, scores them with `classifier`, writes the comparison.
+/// Writes a replay's figures as table lines.
+pub fn write_replay(mut out: impl Write, replay: &Replay) -> std::io::Result<()> {
+    let after = replay
+        .after_warmup_strong_share
+        .map_or_else(|| "-".to_owned(), |s| format!("{s:.4}"));
+    writeln!(
+        out,
+        "  replay: strong share {:.4} over {} rows, {after} over the {} after warm-up",
+        replay.strong_share, replay.rows, replay.after_warmup_rows
+    )?;
+    for (caller, point) in &replay.final_points {
+        writeln!(
+            out,
+            "  final threshold {caller}: {:.4} ({})",
+            point.threshold, point.operating_point
+        )?;
+    }
+    Ok(())
+}
+
+/// Reads labelled lines, routes them through `decider` in file order, writes the comparison.
 pub fn run(
-    classifier: &Classifier,
+    decider: &Decider,
     opts: &EvalOptions,
     input: impl BufRead,
     mut out: impl Write,
-) -> anyhow::Result<Comparison> {
+) -> anyhow::Result<Report> {
     let mut rows = Vec::new();
-    for (n, scored) in scored_lines(input, classifier, &opts.limits) {
-        let row = scored.and_then(|(r, c)| Ok(row(&c, r.labels()?)));
-        rows.push(row.with_context(|| format!("line {n}"))?);
+    let mut choices = Vec::new();
+    for (n, routed) in routed_lines(input, decider, &opts.limits) {
+        let (r, c, choice) = routed.with_context(|| format!("line {n}"))?;
+        rows.push(row(&c, r.labels().with_context(|| format!("line {n}"))?));
+        choices.push(choice);
     }
-    let c = compare(&rows, opts.threshold, &opts.prices)?;
+    let report = if decider.operating.has_target_share() {
+        let strong: Vec<bool> = choices.iter().map(|c| c.tier == Tier::Strong).collect();
+        Report {
+            comparison: compare_at(
+                &rows,
+                eval::at_decisions(&rows, &strong, &opts.prices)?,
+                &opts.prices,
+            )?,
+            replay: Some(Replay::new(decider, &choices, Some((&rows, &opts.prices)))?),
+        }
+    } else {
+        Report {
+            comparison: compare(&rows, decider.operating.fixed(), &opts.prices)?,
+            replay: None,
+        }
+    };
     if opts.json {
-        serde_json::to_writer_pretty(&mut out, &c)?;
+        serde_json::to_writer_pretty(&mut out, &report)?;
         out.write_all(b"\n")?;
     } else {
-        write_table(&mut out, "eval", &c)?;
+        write_table(&mut out, "eval", &report.comparison)?;
+        if let Some(replay) = &report.replay {
+            write_replay(&mut out, replay)?;
+        }
         let p = &opts.prices;
         writeln!(
             out,
@@ -160,57 +228,76 @@ pub fn run(
         )?;
     }
     out.flush()?;
-    Ok(c)
+    Ok(report)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{config::Config, setup};
 
-    #[test]
-    fn table_and_json() {
-        let c = Classifier::with_default_weights().unwrap();
-        let input = "\
+    const LABELLED: &str = "\
 {\"prompt\":\"hi\",\"strong_score\":1,\"weak_score\":1}
 {\"prompt\":\"Prove the theorem step by step and explain why each lemma holds.\",\"strong_score\":1,\"weak_score\":0}
 {\"prompt\":\"What is 2+2?\",\"strong_score\":1,\"weak_score\":1}
 {\"prompt\":\"Write a detailed essay comparing two economic theories.\",\"strong_score\":1,\"weak_score\":0}
 ";
-        let opts = EvalOptions {
-            threshold: c.threshold(),
+
+    fn opts(json: bool) -> EvalOptions {
+        EvalOptions {
             prices: Prices::default(),
-            json: false,
+            json,
             limits: Limits::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn table_and_json() {
+        let decider = setup::decider(&Config::default(), None, None).unwrap();
         let mut out = Vec::new();
-        let r = run(&c, &opts, input.as_bytes(), &mut out).unwrap();
-        assert_eq!(r.rows, 4);
+        let r = run(&decider, &opts(false), LABELLED.as_bytes(), &mut out).unwrap();
+        assert_eq!(r.comparison.rows, 4);
+        assert_eq!(
+            r.comparison.classifier.threshold,
+            Some(decider.classifier.threshold())
+        );
+        assert_eq!(r.replay, None);
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("length-only"));
         assert!(text.contains("random (seed 42)"));
         let mut out = Vec::new();
-        run(
-            &c,
-            &EvalOptions { json: true, ..opts },
-            input.as_bytes(),
-            &mut out,
-        )
-        .unwrap();
+        run(&decider, &opts(true), LABELLED.as_bytes(), &mut out).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert!(v["classifier"]["apgr"].is_number());
+        assert!(v.get("replay").is_none());
+    }
+
+    #[test]
+    fn a_target_share_is_replayed_in_file_order() {
+        let mut config = Config::default();
+        config.routing.target_strong_share = Some(0.5);
+        config.routing.share_warmup = 2;
+        let decider = setup::decider(&config, None, None).unwrap();
+        let mut out = Vec::new();
+        let r = run(&decider, &opts(false), LABELLED.as_bytes(), &mut out).unwrap();
+        let replay = r.replay.expect("replayed");
+        assert_eq!((replay.rows, replay.after_warmup_rows), (4, 2));
+        assert_eq!(r.comparison.classifier.threshold, None);
+        assert_eq!(r.comparison.classifier.strong_share, replay.strong_share);
+        assert_eq!(
+            replay.final_points["default"].operating_point,
+            "target_share"
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("target-share controller replayed"), "{text}");
+        assert!(text.contains("final threshold default"), "{text}");
     }
 
     #[test]
     fn bad_line_names_its_number() {
-        let c = Classifier::with_default_weights().unwrap();
-        let opts = EvalOptions {
-            threshold: 0.5,
-            prices: Prices::default(),
-            json: false,
-            limits: Limits::default(),
-        };
+        let decider = setup::decider(&Config::default(), None, Some(0.5)).unwrap();
         let input = "{\"prompt\":\"a\",\"strong_score\":1,\"weak_score\":0}\n{\"prompt\":\"b\"}\n";
-        let err = run(&c, &opts, input.as_bytes(), Vec::new()).unwrap_err();
+        let err = run(&decider, &opts(false), input.as_bytes(), Vec::new()).unwrap_err();
         assert!(format!("{err:#}").contains("line 2"));
     }
 }

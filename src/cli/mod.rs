@@ -17,16 +17,20 @@ pub mod eval;
 pub mod health;
 pub mod train;
 
-use std::io::BufRead;
+use std::{collections::BTreeMap, io::BufRead};
 
 use anyhow::{Context as _, bail};
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::{
+    catalog::Tier,
     classify::{Classification, Classifier},
-    decide,
-    eval::Row,
+    decide::{self, Decider},
+    eval::{EvalError, Prices, Row, at_decisions},
+    operating::Point,
     pb,
+    policy::{Basis, Choice},
     request::{ChatRequest, Limits},
 };
 
@@ -56,6 +60,103 @@ pub fn scored_lines<'a>(
         };
         Some((i + 1, scored))
     })
+}
+
+/// Parses and routes every non-blank line of `input` through `decider`, in file order, as the
+/// server routes requests in arrival order: a target-share caller's threshold moves from row to
+/// row exactly as it would online. Each line comes with its number (from 1).
+pub fn routed_lines<'a>(
+    input: impl BufRead + 'a,
+    decider: &'a Decider,
+    limits: &'a Limits,
+) -> impl Iterator<Item = (usize, anyhow::Result<(Request, Classification, Choice)>)> + 'a {
+    input.lines().enumerate().filter_map(move |(i, line)| {
+        let routed = match line {
+            Err(e) => Err(anyhow::Error::from(e).context("reading")),
+            Ok(line) if line.trim().is_empty() => return None,
+            Ok(line) => Request::parse(&line, limits).and_then(|r| {
+                let routed = decider
+                    .decide(&r.request)
+                    .map_err(|e| anyhow::anyhow!(e.0))?;
+                Ok((r, routed.classification, routed.choice))
+            }),
+        };
+        Some((i + 1, routed))
+    })
+}
+
+/// A caller's operating point after a replay.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct FinalPoint {
+    /// The threshold the next request would be compared with.
+    pub threshold: f64,
+    /// Where it comes from (`fixed`, `target_share`, `warmup_pooled`, `warmup_fixed`).
+    pub operating_point: &'static str,
+}
+
+/// What the target-share controller did over a file, replayed in file order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Replay {
+    /// Rows routed.
+    pub rows: usize,
+    /// Share of all rows that went strong (forced and capability-bound rows included).
+    pub strong_share: f64,
+    /// Score-decided rows of callers past their warm-up (at the target-share point).
+    pub after_warmup_rows: usize,
+    /// Share of those that went strong; `None` when there were none.
+    pub after_warmup_strong_share: Option<f64>,
+    /// Quality gap recovered by these decisions (labelled rows only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pgr: Option<f64>,
+    /// Cost saved against all-strong by these decisions (labelled rows only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_saved: Option<f64>,
+    /// Every configured caller and `default`, as the replay leaves them.
+    pub final_points: BTreeMap<String, FinalPoint>,
+}
+
+impl Replay {
+    /// Summarises the decisions `choices` (one per row, in order) and the decider's state after
+    /// them; with labels, also the quality and cost of those decisions.
+    pub fn new(
+        decider: &Decider,
+        choices: &[Choice],
+        labelled: Option<(&[Row], &Prices)>,
+    ) -> Result<Self, EvalError> {
+        let strong: Vec<bool> = choices.iter().map(|c| c.tier == Tier::Strong).collect();
+        let steered = choices
+            .iter()
+            .filter(|c| c.basis == Basis::Score && c.point == Point::TargetShare);
+        let (after_warmup_rows, after_warmup_strong) = steered.fold((0, 0), |(n, k), c| {
+            (n + 1, k + usize::from(c.tier == Tier::Strong))
+        });
+        let quality = labelled
+            .map(|(rows, prices)| at_decisions(rows, &strong, prices))
+            .transpose()?;
+        Ok(Self {
+            rows: choices.len(),
+            strong_share: strong.iter().filter(|&&s| s).count() as f64
+                / choices.len().max(1) as f64,
+            after_warmup_rows,
+            after_warmup_strong_share: (after_warmup_rows > 0)
+                .then(|| after_warmup_strong as f64 / after_warmup_rows as f64),
+            pgr: quality.map(|q| q.pgr),
+            cost_saved: quality.map(|q| q.cost_saved),
+            final_points: decider
+                .operating
+                .callers()
+                .map(|c| {
+                    (
+                        c.caller.to_owned(),
+                        FinalPoint {
+                            threshold: c.in_force.threshold,
+                            operating_point: c.in_force.point.as_str(),
+                        },
+                    )
+                })
+                .collect(),
+        })
+    }
 }
 
 /// An evaluation row from a classification and its labels.

@@ -1,21 +1,23 @@
 //! The Prometheus scrape endpoint: `GET /metrics` on its own port, so scrapes never queue
 //! behind model calls and the port can be firewalled separately from the gRPC one.
 
-use std::convert::Infallible;
+use std::{convert::Infallible, sync::Arc};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
+use metrics::gauge;
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::telemetry::Telemetry;
+use super::Router;
+use crate::telemetry;
 
 /// Serves `/metrics` on `listener` until `shutdown` flips to true.
 pub async fn serve(
     listener: TcpListener,
-    telemetry: &'static Telemetry,
+    router: Arc<Router>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -30,9 +32,12 @@ pub async fn serve(
                 continue;
             }
         };
+        let router = Arc::clone(&router);
         tokio::spawn(async move {
-            let service =
-                service_fn(move |req| async move { Ok::<_, Infallible>(respond(&req, telemetry)) });
+            let service = service_fn(move |req| {
+                let response = respond(&req, &router);
+                async move { Ok::<_, Infallible>(response) }
+            });
             if let Err(error) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await
@@ -43,13 +48,29 @@ pub async fn serve(
     }
 }
 
-fn respond(req: &Request<Incoming>, telemetry: &Telemetry) -> Response<Full<Bytes>> {
+/// Sets the operating-point gauges from the thresholds in force now: read at scrape time,
+/// they cost the request path nothing and are never stale. Labels are the configured callers
+/// and `default`, a set fixed at start.
+fn operating_points(router: &Router) {
+    for point in router.decider.operating.callers() {
+        gauge!(telemetry::THRESHOLD, "caller" => point.caller.to_owned())
+            .set(point.in_force.threshold);
+        if let Some(share) = point.window_strong_share {
+            gauge!(telemetry::WINDOW_STRONG_SHARE, "caller" => point.caller.to_owned()).set(share);
+        }
+    }
+}
+
+fn respond(req: &Request<Incoming>, router: &Router) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            Bytes::from(telemetry.render()),
-        ),
+        (&Method::GET, "/metrics") => {
+            operating_points(router);
+            (
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                Bytes::from(router.telemetry.render()),
+            )
+        }
         (_, "/metrics") => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",

@@ -132,7 +132,7 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let router_service = PromptRouterServer::new(RouterService::new(router))
+    let router_service = PromptRouterServer::new(RouterService::new(Arc::clone(&router)))
         .max_decoding_message_size(config.server.max_request_bytes);
 
     // Without TCP_NODELAY, small gRPC frames wait on Nagle's algorithm and the peer's delayed
@@ -154,7 +154,7 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
     );
     let metrics = tokio::spawn(metrics_http::serve(
         metrics_listener,
-        telemetry,
+        router,
         side_shutdown.clone(),
     ));
     let mut upkeep_shutdown = side_shutdown;

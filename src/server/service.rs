@@ -30,6 +30,7 @@ use crate::{
     catalog::{Model, Tier},
     cost::{Cost, Usage},
     decide::{Decider, Routed},
+    operating::Point,
     pb::{self, prompt_router_server::PromptRouter},
     policy::Basis,
     request::{Block, ChatRequest, Limits},
@@ -110,6 +111,8 @@ impl Context {
             caller = Empty,
             tier = Empty,
             score = Empty,
+            threshold = Empty,
+            operating_point = Empty,
             model = Empty,
             attempts = Empty,
             outcome = Empty,
@@ -202,6 +205,7 @@ impl Decided {
                     .collect(),
                 basis: pb_basis(routed.choice.basis) as i32,
                 region: resilience.region(first).to_string(),
+                operating_point: pb_operating_point(routed.choice.point) as i32,
             },
             basis: routed.choice.basis,
         }
@@ -299,6 +303,9 @@ impl Router {
             .decide(&chat)
             .map_err(|e| Status::invalid_argument(e.0))?;
         record.classified(classify_started.elapsed(), routed.classification.score());
+        ctx.span.record("threshold", routed.choice.threshold);
+        ctx.span
+            .record("operating_point", routed.choice.point.as_str());
         record.routed(
             routed.choice.tier,
             routed.choice.basis,
@@ -386,25 +393,41 @@ impl Router {
 struct Events {
     events: ReceiverStream<pb::ConverseStreamEvent>,
     end: Option<oneshot::Receiver<Status>>,
+    /// The status the relay task ended with, held until the events before it are out.
+    failed: Option<Status>,
+}
+
+impl Events {
+    fn new(
+        events: mpsc::Receiver<pb::ConverseStreamEvent>,
+        end: oneshot::Receiver<Status>,
+    ) -> Self {
+        Self {
+            events: ReceiverStream::new(events),
+            end: Some(end),
+            failed: None,
+        }
+    }
 }
 
 impl Stream for Events {
     type Item = Result<pb::ConverseStreamEvent, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        if let Poll::Ready(Some(event)) = Pin::new(&mut self.events).poll_next(cx) {
-            return Poll::Ready(Some(Ok(event)));
+        // The end first: the relay task ends (sends its status, or drops the sender when the
+        // stream succeeded) only after queueing its last event, so once the end is seen every
+        // event is in the queue. Looking at the queue first lost the last event (the metadata)
+        // when the task queued it and ended between the two looks.
+        if let Some(end) = self.end.as_mut()
+            && let Poll::Ready(ended) = Pin::new(end).poll(cx)
+        {
+            self.end = None;
+            self.failed = ended.ok();
         }
-        let Some(end) = self.end.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match Pin::new(end).poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(ended) => {
-                self.end = None;
-                // The relay task drops the sender without a status when the stream succeeded.
-                Poll::Ready(ended.ok().map(Err))
-            }
+        match Pin::new(&mut self.events).poll_next(cx) {
+            Poll::Ready(Some(event)) => Poll::Ready(Some(Ok(event))),
+            _ if self.end.is_none() => Poll::Ready(self.failed.take().map(Err)),
+            _ => Poll::Pending,
         }
     }
 }
@@ -678,6 +701,15 @@ fn pb_basis(basis: Basis) -> pb::DecisionBasis {
     }
 }
 
+fn pb_operating_point(point: Point) -> pb::OperatingPoint {
+    match point {
+        Point::Fixed => pb::OperatingPoint::Fixed,
+        Point::TargetShare => pb::OperatingPoint::TargetShare,
+        Point::WarmupPooled => pb::OperatingPoint::WarmupPooled,
+        Point::WarmupFixed => pb::OperatingPoint::WarmupFixed,
+    }
+}
+
 fn pb_usage(usage: Usage) -> pb::Usage {
     pb::Usage {
         input_tokens: usage.input_tokens,
@@ -777,10 +809,7 @@ impl PromptRouter for RouterService {
             job.pump(upstream, target, outbox)
                 .instrument(ctx.span.clone()),
         );
-        let stream = Events {
-            events: ReceiverStream::new(events_rx),
-            end: Some(end_rx),
-        };
+        let stream = Events::new(events_rx, end_rx);
         ctx.respond(Ok(Box::pin(stream) as EventStreamResponse))
     }
 
@@ -827,6 +856,42 @@ mod tests {
         ] {
             md.insert("grpc-timeout", value.parse().expect("ascii"));
             assert_eq!(grpc_timeout(&md), expected, "{value:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_ends_after_every_queued_event() {
+        use tokio_stream::StreamExt as _;
+        let event = |text: &str| pb::ConverseStreamEvent {
+            event: Some(pb::converse_stream_event::Event::Stop(pb::Stop {
+                stop_reason: text.to_owned(),
+            })),
+        };
+        for status in [None, Some(Status::unavailable("upstream failed"))] {
+            let (events, events_rx) = mpsc::channel(4);
+            let (end, end_rx) = oneshot::channel();
+            let mut stream = Events::new(events_rx, end_rx);
+            events.send(event("a")).await.expect("queued");
+            events.send(event("b")).await.expect("queued");
+            // The relay task's last moves: the status (if it failed), then both senders go.
+            if let Some(status) = status.clone() {
+                end.send(status).expect("sent");
+            } else {
+                drop(end);
+            }
+            drop(events);
+            let mut seen = Vec::new();
+            while let Some(item) = stream.next().await {
+                seen.push(item.map_or_else(|s| s.message().to_owned(), |e| format!("{e:?}")));
+            }
+            assert_eq!(seen.len(), 2 + usize::from(status.is_some()), "{seen:?}");
+            assert!(
+                seen[0].contains("\"a\"") && seen[1].contains("\"b\""),
+                "{seen:?}"
+            );
+            if status.is_some() {
+                assert_eq!(seen[2], "upstream failed");
+            }
         }
     }
 
