@@ -1,7 +1,8 @@
 //! Training. PURE: fits the classifier's linear score on feature vectors.
 //!
-//! Model: logistic regression on standardised features, fitted by Newton's method from zero
-//! (deterministic: no randomness, no data-order dependence beyond float summation order).
+//! Model: logistic regression on features with fixed centres and scales ([`FEATURES`]), fitted
+//! by Newton's method from zero (deterministic: no randomness, no data-order dependence beyond
+//! float summation order).
 //!
 //! Label: the soft label `y = (1 + strong_score − weak_score) / 2`. Routing a prompt to the strong
 //! model gains `strong − weak` in quality, and APGR only depends on the order in which prompts
@@ -9,51 +10,36 @@
 //! Cross-entropy against this soft label is minimised where `p(x) = (1 + E[gain | x]) / 2`, a
 //! monotone map of the expected gain. It keeps every row: ties (both right or both wrong) pull
 //! towards 0.5 instead of being dropped, and rows where only the fast model is right pull down.
-//! In cross-validation on the training rows this beat "strong wins vs not" and "drop ties".
+//! A judged row (the realistic corpus) stands for the same scale's outcomes: `hard` is strong
+//! right and fast wrong (label 1), `easy` both right (label 0.5); it counts
+//! [`Example::weight`] times.
 //!
-//! Priors ([`PRIORS`]): the labelled sets are two narrow domains (multiple-choice exam questions,
-//! and one fixed code-execution instruction). What they can say about a cue family is mostly
-//! what a handful of their subjects say: on MMLU the maths cues pull towards the fast model (in
-//! high-school mathematics the weak model beats the strong one on average), and no row asks for
-//! a proof, an essay or a program. So the L2 penalty pulls every weight towards a documented prior weight
-//! instead of towards 0 — cue families ([`CUE_FAMILIES`], rare in both sets) with
-//! `cue_l2`, size and shape features (which vary on every row) with `l2` — and a prior's sign is
-//! also a bound: a fit that breaks it fixes the weight at 0 and refits the rest (an active-set
-//! loop, deterministic). Features without a prior are fitted freely towards 0. With
-//! [`TrainOptions::priors`] off (`train --no-priors`) every fitted weight is pulled towards 0 with
-//! no bounds: right for a labelled sample of the traffic the router serves, wrong for these two
-//! sets (see README, "Classifier": it fits MMLU's maths artefact and orders the out-of-domain
-//! suite worse).
+//! Priors ([`FEATURES`]): the shared labelled sets are two narrow domains (multiple-choice exam
+//! questions, and one fixed code-execution instruction), graded for other pairs of models than
+//! this router's; on MMLU the maths cues pull towards the fast model (in high-school mathematics
+//! GPT-4 is graded right on 3% of the questions and Mixtral on 32%). So the L2 penalty pulls
+//! every weight towards a documented prior instead of towards 0 — cue families
+//! ([`CUE_FAMILIES`]) with `cue_l2`, the rest with `l2` — and a prior's sign is also a bound: a
+//! fit that breaks it fixes the weight at 0 and refits the rest (an active-set loop,
+//! deterministic). Features the rows do not vary, and those in [`NOT_FITTED`], keep their
+//! prior. With [`TrainOptions::priors`] off (`train --no-priors`) every fitted weight is pulled
+//! towards 0 with no bounds: right for a labelled sample of the traffic the router serves.
 //!
-//! Length backbone ([`length_backbone`]): length is the one signal known to carry to every
-//! domain, and the shape features fitted on two sets may be noise in a third. After fitting,
-//! the `tokens` weight alone is raised (nothing refitted) until the length term has at least
-//! `length_share` of the standard deviation of the logit on the training rows. On a prompt set
-//! where every other feature is uninformative the ranking then stays close to length-only
-//! rather than drifting to random.
+//! Length backbone ([`length_backbone`]): within a family of similar requests the cues barely
+//! vary and length is the signal known to carry. After fitting, the `ask_tokens` weight alone is
+//! raised (nothing refitted) until the length term has at least `length_share` of the standard
+//! deviation of the logit on the training rows.
 //!
-//! Features without variance in the training rows (images, tools, turns, system prompts, code
-//! fences, output limits: every training prompt is a single text turn) cannot be fitted: they
-//! get their prior weight, standardised by the typical value and spread in [`UNSEEN`], and are
-//! flagged `prior: true` in the weights file.
-//!
-//! Model selection (the prior sizes are judgement; `l2`, `cue_l2` and `length_share` were chosen
-//! on the training rows only): 5-fold cross-validation, the same with MMLU folds grouped by
-//! subject, MMLU → CRUXEval and CRUXEval → MMLU transfer, the training rows with every feature but
-//! length shuffled (an uninformative set), and the out-of-domain suite in `tests/ood_suite.rs`.
-//!
-//! Spread ([`spread`]): the fitted logit is a calibrated estimate of `(1 + E[gain]) / 2`, and the
-//! expected gain varies little between prompts, so fitted scores bunch in a narrow band: useless
-//! on a 0.05-bucket dashboard histogram, and too narrow for the per-request quality bias, which
-//! moves the threshold linearly towards 0 or 1. After fitting, every weight (priors included)
-//! and the bias are multiplied by one factor `k` and the bias re-centred, so the score stays
-//! literally `logistic(w·x + b)` with the same ranking (APGR and CPT unchanged) but: the median
-//! training prompt scores 0.5, and the 5th–95th percentile range of the training scores fits in
-//! [0.05, 0.95] with its farther end on the boundary. Centring on the median rather than mapping
-//! both percentiles exactly keeps the default threshold near the middle when the logits are
-//! skewed, so the quality bias has room in both directions. The score is then a rank-like
-//! complexity scale, not a probability; contributions are in these stretched logit units. The
-//! threshold is chosen after the stretch.
+//! Spread ([`spread`]) and threshold ([`choose_threshold`]): fitted logits bunch in a narrow
+//! band, useless on a 0.05-bucket dashboard histogram and too narrow for the per-request quality
+//! bias. After fitting, every weight (priors included) and the bias are multiplied by one factor
+//! and the bias re-centred, so the score stays literally `logistic(w·x + b)` with the same
+//! ranking, but the [`boundary`] between judged hard and easy rows (without judged rows, the
+//! median training prompt) scores 0.5 and the 5th–95th percentile range of the training scores
+//! fits in [0.05, 0.95] with its farther end on the boundary. The stored threshold is that
+//! boundary, 0.5: a score at or above it is what a written judgement calls "needs the strong
+//! model". The score is a complexity scale, not a probability; contributions are in these
+//! stretched logit units.
 
 use crate::calibrate;
 use crate::classify::{
@@ -174,40 +160,72 @@ impl Default for TrainOptions {
     }
 }
 
-/// Prior weight of each feature, in logit (before the stretch) per unit of the feature value;
-/// count features are `ln(1 + count)`, so the unit is one e-fold of the count. Directions:
+/// Every feature's prior weight, centre and scale.
+///
+/// The prior is a weight in logit (before the stretch) per unit of the feature value; count
+/// features are `ln(1 + count)`, so the unit is one e-fold of the count. Directions:
 /// asks for reasoning, analysis, design, diagnosis, code and what makes a problem tricky, maths,
 /// constraints, several parts, long output and length push towards the strong model (the
 /// categories where strong and fast models differ most in routing benchmarks); transforms of
 /// supplied material, small talk and lookups towards the fast one. Sizes are judgement, set so
 /// that one generative-reasoning cue in a one-line ask outweighs a request ten times longer,
 /// and the size of supplied context counts for little. A prior's sign is a bound.
-pub const PRIORS: [(&str, f64); NUM_FEATURES] = [
-    ("ask_tokens", 0.10),
-    ("context_tokens", 0.02),
-    ("numbers", 0.05),
-    ("math_notation", 0.05),
-    ("math_words", 0.15),
-    ("code", 0.10),
-    ("questions", 0.05),
-    ("multipart", 0.10),
-    ("constraints", 0.08),
-    ("proof", 0.40),
-    ("reasoning", 0.20),
-    ("analysis", 0.25),
-    ("design", 0.25),
-    ("diagnose", 0.25),
-    ("build", 0.25),
-    ("tricky", 0.25),
-    ("transform", -0.30),
-    ("chat", -0.30),
-    ("lookup", -0.20),
-    ("long_output", 0.10),
-    ("turns", 0.02),
-    ("images", 0.05),
-    ("tools", 0.03),
-    ("max_tokens", 0.10),
+///
+/// Centre and scale, `z = (x − centre) / scale`, are fixed, not fitted, so that a score means
+/// the same whatever data trained it: the centre is the value of a request without
+/// the feature (no cue, no context, no image, no output limit), so an absent feature contributes
+/// 0 and every reason names something the request has; the scale is one e-fold of a count. The
+/// exceptions: the ask's length is centred on a one-sentence ask (16 tokens), and the context's
+/// size has a scale of three e-folds, so that the clip is reached near 8,000 tokens rather
+/// than at 20.
+pub const FEATURES: [FeatureSpec; NUM_FEATURES] = [
+    spec("ask_tokens", 0.10, 2.833_213_344_056_216, 1.0),
+    spec("context_tokens", 0.02, 0.0, 3.0),
+    spec("numbers", 0.05, 0.0, 1.0),
+    spec("math_notation", 0.05, 0.0, 1.0),
+    spec("math_words", 0.15, 0.0, 1.0),
+    spec("code", 0.10, 0.0, 1.0),
+    spec("questions", 0.05, 0.0, 1.0),
+    spec("multipart", 0.10, 0.0, 1.0),
+    spec("constraints", 0.08, 0.0, 1.0),
+    spec("proof", 0.40, 0.0, 1.0),
+    spec("reasoning", 0.20, 0.0, 1.0),
+    spec("analysis", 0.25, 0.0, 1.0),
+    spec("design", 0.25, 0.0, 1.0),
+    spec("diagnose", 0.25, 0.0, 1.0),
+    spec("build", 0.25, 0.0, 1.0),
+    spec("tricky", 0.25, 0.0, 1.0),
+    spec("transform", -0.30, 0.0, 1.0),
+    spec("chat", -0.30, 0.0, 1.0),
+    spec("lookup", -0.20, 0.0, 1.0),
+    spec("long_output", 0.10, 0.0, 1.0),
+    spec("turns", 0.02, 0.0, 1.0),
+    spec("images", 0.05, 0.0, 1.0),
+    spec("tools", 0.03, 0.0, 1.0),
+    spec("max_tokens", 0.10, 0.0, 1.0),
 ];
+
+/// One feature's row of [`FEATURES`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FeatureSpec {
+    /// The feature's name, as in [`FEATURE_NAMES`] at the same index.
+    pub name: &'static str,
+    /// Prior weight per unit of the feature (its sign is a bound).
+    pub prior: f64,
+    /// The feature's value for a request without it.
+    pub centre: f64,
+    /// One unit of the standardised feature.
+    pub scale: f64,
+}
+
+const fn spec(name: &'static str, prior: f64, centre: f64, scale: f64) -> FeatureSpec {
+    FeatureSpec {
+        name,
+        prior,
+        centre,
+        scale,
+    }
+}
 
 /// Keyword families (and code), held to their priors with `cue_l2`: each fires on a few
 /// percent of the labelled rows, so its fitted weight says more about those rows' subjects than
@@ -237,43 +255,9 @@ pub const CUE_FAMILIES: [&str; 15] = [
 /// send every request of a service with a generous limit to the strong model.
 pub const NOT_FITTED: [&str; 1] = ["max_tokens"];
 
-/// Centre and scale of every feature: `z = (x − centre) / scale`. Fixed, not fitted, so that a
-/// score means the same whatever data trained it: the centre is the value of a request without
-/// the feature (no cue, no context, no image, no output limit), so an absent feature contributes
-/// 0 and every reason names something the request has; the scale is one e-fold of a count. The
-/// exceptions: the ask's length is centred on a one-sentence ask (16 tokens), and the context's
-/// size has a scale of three e-folds, so that the clip is reached near 8,000 tokens rather
-/// than at 20.
-pub const STANDARD: [(&str, f64, f64); NUM_FEATURES] = [
-    ("ask_tokens", 2.833_213_344_056_216, 1.0),
-    ("context_tokens", 0.0, 3.0),
-    ("numbers", 0.0, 1.0),
-    ("math_notation", 0.0, 1.0),
-    ("math_words", 0.0, 1.0),
-    ("code", 0.0, 1.0),
-    ("questions", 0.0, 1.0),
-    ("multipart", 0.0, 1.0),
-    ("constraints", 0.0, 1.0),
-    ("proof", 0.0, 1.0),
-    ("reasoning", 0.0, 1.0),
-    ("analysis", 0.0, 1.0),
-    ("design", 0.0, 1.0),
-    ("diagnose", 0.0, 1.0),
-    ("build", 0.0, 1.0),
-    ("tricky", 0.0, 1.0),
-    ("transform", 0.0, 1.0),
-    ("chat", 0.0, 1.0),
-    ("lookup", 0.0, 1.0),
-    ("long_output", 0.0, 1.0),
-    ("turns", 0.0, 1.0),
-    ("images", 0.0, 1.0),
-    ("tools", 0.0, 1.0),
-    ("max_tokens", 0.0, 1.0),
-];
-
 /// The prior weight of feature `i` per unit of its value (0 if it has none).
 fn prior_per_unit(i: usize) -> f64 {
-    PRIORS[i].1
+    FEATURES[i].prior
 }
 
 /// Whether `weight` has the opposite sign of feature `i`'s prior (a broken bound).
@@ -495,8 +479,8 @@ pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<Model, TrainErro
             });
         }
     }
-    let mean: [f64; NUM_FEATURES] = std::array::from_fn(|i| STANDARD[i].1);
-    let scale: [f64; NUM_FEATURES] = std::array::from_fn(|i| STANDARD[i].2);
+    let mean: [f64; NUM_FEATURES] = std::array::from_fn(|i| FEATURES[i].centre);
+    let scale: [f64; NUM_FEATURES] = std::array::from_fn(|i| FEATURES[i].scale);
     let mut prior = [false; NUM_FEATURES];
     let mut weight = [0.0; NUM_FEATURES];
     let mut fitted = Vec::with_capacity(NUM_FEATURES);
@@ -1164,6 +1148,17 @@ mod tests {
             fit(&[e], &TrainOptions::default()),
             Err(TrainError::BadWeight { row: 0, .. })
         ));
+    }
+
+    #[test]
+    fn feature_table_follows_the_feature_order() {
+        for (i, f) in FEATURES.iter().enumerate() {
+            assert_eq!(f.name, FEATURE_NAMES[i]);
+            assert!(f.scale > 0.0 && f.prior != 0.0, "{}", f.name);
+        }
+        for name in CUE_FAMILIES.iter().chain(&NOT_FITTED) {
+            assert!(FEATURE_NAMES.contains(name), "{name}");
+        }
     }
 
     #[test]

@@ -367,3 +367,30 @@ fn conversation_context_and_shape_raise_the_score() {
     });
     assert!(rich.score() > plain, "{} vs {plain}", rich.score());
 }
+
+/// The README's grpcurl examples, with the tier its comments say each gets.
+const README_EXAMPLES: &[(&str, bool)] = &[
+    ("What is the capital of France?", false),
+    ("Prove that sqrt(2) is irrational, step by step.", true),
+    ("hi", false),
+];
+
+#[test]
+fn readme_examples_route_as_the_readme_says() {
+    let readme = include_str!("../README.md");
+    let c = default_classifier();
+    for (prompt, strong) in README_EXAMPLES {
+        assert!(
+            readme.contains(&format!("{{\"text\": \"{prompt}\"}}"))
+                || readme.contains(&format!("{{\"text\":\"{prompt}\"}}")),
+            "the README no longer shows {prompt:?}"
+        );
+        let score = c.classify_prompt(prompt).score();
+        assert_eq!(
+            score >= c.threshold(),
+            *strong,
+            "{prompt:?} scores {score}, threshold {}",
+            c.threshold()
+        );
+    }
+}

@@ -180,6 +180,11 @@ pub(crate) struct PieceCounts {
 }
 
 impl PieceCounts {
+    /// Code syntax matches in this region.
+    pub(crate) fn code(&self) -> u32 {
+        self.families[Family::CodeSyntax as usize]
+    }
+
     /// Estimated tokens of this region (see [`estimate_tokens`]).
     pub(crate) fn tokens(&self) -> f64 {
         let lead = f64::from(
@@ -232,10 +237,13 @@ impl Totals {
         self.numbers += weight * f64::from(c.numbers);
     }
 
-    /// Adds both regions of a piece with their weights.
+    /// Adds both regions of a piece with their weights (a region of weight 0 is skipped).
     pub(crate) fn add_regions(&mut self, r: &Regions, w: RegionWeights) {
-        self.add(&r.edges, w.edges);
-        self.add(&r.middle, w.middle);
+        for (counts, weight) in [(&r.edges, w.edges), (&r.middle, w.middle)] {
+            if weight != 0.0 {
+                self.add(counts, weight);
+            }
+        }
     }
 
     fn class(&self, c: Class) -> f64 {
@@ -254,6 +262,8 @@ pub(crate) struct Context {
     pub ask_tokens: f64,
     /// Estimated tokens of everything else.
     pub context_tokens: f64,
+    /// Code syntax matches, weighted by part.
+    pub code: f64,
     pub turns: u32,
     pub images: u32,
     pub tools: u32,
@@ -270,8 +280,9 @@ const NEUTRAL_MAX_TOKENS: f64 = 1024.0;
 
 /// Turns the weighted counts into the feature vector (order of [`FEATURE_NAMES`]). `ask`
 /// weighs regions by how much they say about what is asked (cues, quantities, notation);
-/// `code` by how much they say about the request being about code, where pasted code counts.
-pub(crate) fn compute(ask: &Totals, code: &Totals, ctx: &Context) -> [f64; NUM_FEATURES] {
+/// `ctx.code` counts code syntax by how much a part says about the request being about code,
+/// where pasted code counts.
+pub(crate) fn compute(ask: &Totals, ctx: &Context) -> [f64; NUM_FEATURES] {
     let max_tokens = ctx
         .max_tokens
         .map_or(0.0, |m| (f64::from(m.max(1)) / NEUTRAL_MAX_TOKENS).ln());
@@ -287,7 +298,7 @@ pub(crate) fn compute(ask: &Totals, code: &Totals, ctx: &Context) -> [f64; NUM_F
                 + ask.class(Class::Dollar),
         ),
         cue(Family::MathWord),
-        log_count(code.family(Family::CodeSyntax)),
+        log_count(ctx.code),
         log_count(ask.class(Class::Question)),
         cue(Family::MultiPart),
         cue(Family::Constraint),
@@ -325,21 +336,20 @@ const MIN_ASK_PARAGRAPH: usize = 16;
 /// the piece ends inside its material and the tail is empty.
 fn edges(hay: &[u8]) -> (usize, usize) {
     let n = hay.len();
-    let head = hay[MIN_ASK_PARAGRAPH..ASK_EDGE]
-        .windows(2)
-        .position(|w| w == b"\n\n" || w == b":\n")
-        .map_or(ASK_EDGE, |p| MIN_ASK_PARAGRAPH + p + 2);
-    let end = hay.trim_ascii_end().len();
-    let window = &hay[n - ASK_EDGE..end.max(n - ASK_EDGE)];
-    let paragraph = window.windows(2).rposition(|w| w == b"\n\n").map(|p| p + 2);
-    let question = (end > n - ASK_EDGE && hay[end - 1] == b'?').then(|| {
-        window
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |p| p + 1)
-    });
+    let head = memchr::memchr_iter(b'\n', &hay[MIN_ASK_PARAGRAPH..ASK_EDGE])
+        .map(|p| MIN_ASK_PARAGRAPH + p)
+        .find(|&p| hay[p - 1] == b':' || hay.get(p + 1) == Some(&b'\n'))
+        .map_or(ASK_EDGE, |p| p + 1 + usize::from(hay[p - 1] != b':'));
+    let from = n - ASK_EDGE;
+    let end = hay.trim_ascii_end().len().max(from);
+    let window = &hay[from..end];
+    let paragraph = memchr::memrchr_iter(b'\n', window)
+        .find(|&p| p > 0 && window[p - 1] == b'\n')
+        .map(|p| p + 1);
+    let question =
+        (window.last() == Some(&b'?')).then(|| memchr::memrchr(b'\n', window).map_or(0, |p| p + 1));
     let tail = match paragraph.or(question) {
-        Some(p) if window.len() - p >= MIN_ASK_PARAGRAPH => n - ASK_EDGE + p,
+        Some(p) if window.len() - p >= MIN_ASK_PARAGRAPH => from + p,
         _ => n,
     };
     (head, tail)
@@ -374,7 +384,31 @@ struct Lane {
     sid: aho_corasick::automaton::StateID,
     prev_kind: u8,
     classes: [u32; NUM_CLASSES],
-    families: [u32; NUM_FAMILIES],
+    /// Matches ending in the edges (0) and in the middle (1).
+    families: [[u32; NUM_FAMILIES]; 2],
+    numbers: u32,
+}
+
+/// Where a piece's edges end and begin again: bytes before `head` and from `tail` on are edges.
+#[derive(Clone, Copy)]
+struct Cuts {
+    head: usize,
+    tail: usize,
+}
+
+impl Cuts {
+    /// The region (0 edges, 1 middle) of a match ending just before `end`.
+    fn region(self, end: usize) -> usize {
+        usize::from(end > self.head && end <= self.tail)
+    }
+}
+
+/// What one walk over a piece counts: byte classes and number runs of the whole piece, and
+/// keyword matches by region.
+#[derive(Default)]
+struct Walk {
+    classes: [u32; NUM_CLASSES],
+    families: [[u32; NUM_FAMILIES]; 2],
     numbers: u32,
 }
 
@@ -434,7 +468,7 @@ impl Scanner {
             sid,
             prev_kind,
             classes: [0; NUM_CLASSES],
-            families: [0; NUM_FAMILIES],
+            families: [[0; NUM_FAMILIES]; 2],
             numbers: 0,
         }
     }
@@ -447,8 +481,10 @@ impl Scanner {
         hay: &[u8],
         end: usize,
         sid: aho_corasick::automaton::StateID,
-        fams: &mut [u32; NUM_FAMILIES],
+        cuts: Cuts,
+        fams: &mut [[u32; NUM_FAMILIES]; 2],
     ) {
+        let fams = &mut fams[cuts.region(end)];
         if !self.dfa.is_match(sid) {
             return;
         }
@@ -480,7 +516,7 @@ impl Scanner {
     }
 
     #[inline(always)]
-    fn step(&self, lane: &mut Lane, hay: &[u8], pos: usize, b: u8) {
+    fn step(&self, lane: &mut Lane, hay: &[u8], pos: usize, b: u8, cuts: Cuts) {
         let t = BYTE[usize::from(b)];
         lane.classes[usize::from(t & 31)] += 1;
         let kind = t >> 5;
@@ -488,47 +524,71 @@ impl Scanner {
         lane.prev_kind = kind;
         lane.sid = self.dfa.next_state(Anchored::No, lane.sid, b);
         if self.dfa.is_special(lane.sid) {
-            self.on_match(hay, pos + 1, lane.sid, &mut lane.families);
+            self.on_match(hay, pos + 1, lane.sid, cuts, &mut lane.families);
         }
     }
 
-    /// Counts one piece of text, edges and middle apart.
+    /// Counts one piece of text, edges and middle apart. One walk covers the whole piece, as
+    /// fast as a piece without regions: keyword matches are told apart by where they end, and
+    /// the edges' byte classes are counted again by a plain pass over at most `2 × ASK_EDGE`
+    /// bytes (the middle's are the rest).
     pub(crate) fn scan(&self, text: &str) -> Regions {
         let hay = text.as_bytes();
         let n = hay.len();
+        let cuts = if n <= 2 * ASK_EDGE {
+            Cuts { head: n, tail: n }
+        } else {
+            let (head, tail) = edges(hay);
+            Cuts { head, tail }
+        };
+        let mut walk = Walk::default();
+        if n <= 2 * KEYWORD_WINDOW {
+            self.scan_keywords(hay, 0, n, cuts, &mut walk);
+        } else {
+            self.scan_keywords(hay, 0, KEYWORD_WINDOW, cuts, &mut walk);
+            let mut plain = PieceCounts::default();
+            scan_plain(hay, KEYWORD_WINDOW, n - KEYWORD_WINDOW, &mut plain);
+            for (o, v) in walk.classes.iter_mut().zip(plain.classes) {
+                *o += v;
+            }
+            walk.numbers += plain.numbers;
+            self.scan_keywords(hay, n - KEYWORD_WINDOW, n, cuts, &mut walk);
+        }
+        let [edge_families, middle_families] = walk.families;
+        let bytes = |b: usize| u32::try_from(b).unwrap_or(u32::MAX);
         let mut r = Regions::default();
-        if n <= 2 * ASK_EDGE {
-            self.scan_keywords(hay, 0, n, &mut r.edges);
-            r.edges.bytes = u32::try_from(n).unwrap_or(u32::MAX);
+        r.edges.families = edge_families;
+        r.middle.families = middle_families;
+        if cuts.head == n {
+            r.edges.classes = walk.classes;
+            r.edges.numbers = walk.numbers;
+            r.edges.bytes = bytes(n);
             return r;
         }
-        let (head, tail) = edges(hay);
-        self.scan_keywords(hay, 0, head, &mut r.edges);
-        self.scan_keywords(hay, tail, n, &mut r.edges);
-        r.edges.bytes = u32::try_from(head + n - tail).unwrap_or(u32::MAX);
-        r.middle.bytes = u32::try_from(tail - head).unwrap_or(u32::MAX);
-        if tail - head <= 2 * KEYWORD_WINDOW {
-            self.scan_keywords(hay, head, tail, &mut r.middle);
-        } else {
-            self.scan_keywords(hay, head, head + KEYWORD_WINDOW, &mut r.middle);
-            scan_plain(
-                hay,
-                head + KEYWORD_WINDOW,
-                tail - KEYWORD_WINDOW,
-                &mut r.middle,
-            );
-            self.scan_keywords(hay, tail - KEYWORD_WINDOW, tail, &mut r.middle);
+        scan_plain(hay, 0, cuts.head, &mut r.edges);
+        scan_plain(hay, cuts.tail, n, &mut r.edges);
+        r.edges.bytes = bytes(cuts.head + n - cuts.tail);
+        r.middle.bytes = bytes(cuts.tail - cuts.head);
+        for ((m, w), e) in r
+            .middle
+            .classes
+            .iter_mut()
+            .zip(walk.classes)
+            .zip(r.edges.classes)
+        {
+            *m = w.saturating_sub(e);
         }
+        r.middle.numbers = walk.numbers.saturating_sub(r.edges.numbers);
         r
     }
 
     /// Counts `hay[from..to]` with the keyword automaton, in lanes when it is long enough.
-    fn scan_keywords(&self, hay: &[u8], from: usize, to: usize, out: &mut PieceCounts) {
+    fn scan_keywords(&self, hay: &[u8], from: usize, to: usize, cuts: Cuts, out: &mut Walk) {
         let seg = (to - from) / LANES;
         if seg < MIN_LANE_BYTES.max(self.overlap) {
             let mut lane = self.lane_at(hay, from);
             for (i, &b) in hay[from..to].iter().enumerate() {
-                self.step(&mut lane, hay, from + i, b);
+                self.step(&mut lane, hay, from + i, b, cuts);
             }
             merge(out, &lane);
             return;
@@ -537,12 +597,12 @@ impl Scanner {
         for i in from..from + seg {
             for (k, lane) in lanes.iter_mut().enumerate() {
                 let pos = k * seg + i;
-                self.step(lane, hay, pos, hay[pos]);
+                self.step(lane, hay, pos, hay[pos], cuts);
             }
         }
         let rest = from + LANES * seg;
         for (i, &b) in hay[rest..to].iter().enumerate() {
-            self.step(&mut lanes[LANES - 1], hay, rest + i, b);
+            self.step(&mut lanes[LANES - 1], hay, rest + i, b, cuts);
         }
         for lane in &lanes {
             merge(out, lane);
@@ -587,12 +647,14 @@ fn scan_plain(hay: &[u8], from: usize, to: usize, out: &mut PieceCounts) {
     out.numbers += numbers;
 }
 
-fn merge(out: &mut PieceCounts, lane: &Lane) {
+fn merge(out: &mut Walk, lane: &Lane) {
     for (o, v) in out.classes.iter_mut().zip(lane.classes) {
         *o += v;
     }
-    for (o, v) in out.families.iter_mut().zip(lane.families) {
-        *o += v;
+    for (out, lane) in out.families.iter_mut().zip(&lane.families) {
+        for (o, v) in out.iter_mut().zip(lane) {
+            *o += v;
+        }
     }
     out.numbers += lane.numbers;
 }
@@ -656,11 +718,15 @@ mod tests {
             "Why is x == 3? Prove it step by step.\n1. def f(x): return x\n  naïve 東京 (a) ";
         for reps in [1, 3, 7, 20, 61] {
             let text = unit.repeat(reps);
-            let mut whole = PieceCounts::default();
-            s.scan_keywords(text.as_bytes(), 0, text.len(), &mut whole);
+            let cuts = Cuts {
+                head: text.len() / 3,
+                tail: 2 * text.len() / 3,
+            };
+            let mut whole = Walk::default();
+            s.scan_keywords(text.as_bytes(), 0, text.len(), cuts, &mut whole);
             let mut lane = s.lane_at(text.as_bytes(), 0);
             for (pos, &b) in text.as_bytes().iter().enumerate() {
-                s.step(&mut lane, text.as_bytes(), pos, b);
+                s.step(&mut lane, text.as_bytes(), pos, b, cuts);
             }
             assert_eq!(whole.families, lane.families, "reps {reps}");
             assert_eq!(whole.classes, lane.classes, "reps {reps}");

@@ -128,7 +128,7 @@ impl Classifier {
         Accumulator {
             classifier: self,
             ask: Totals::default(),
-            code: Totals::default(),
+            code: 0.0,
             ask_tokens: 0.0,
             input_tokens: 0.0,
         }
@@ -150,7 +150,7 @@ impl Classifier {
 pub struct Accumulator<'a> {
     classifier: &'a Classifier,
     ask: Totals,
-    code: Totals,
+    code: f64,
     ask_tokens: f64,
     input_tokens: f64,
 }
@@ -166,14 +166,7 @@ impl Accumulator<'_> {
         }
         let (edges, middle) = part.ask_weights();
         self.ask.add_regions(&r, RegionWeights { edges, middle });
-        let code = part.code_weight();
-        self.code.add_regions(
-            &r,
-            RegionWeights {
-                edges: code,
-                middle: code,
-            },
-        );
+        self.code += part.code_weight() * f64::from(r.edges.code() + r.middle.code());
     }
 
     /// Computes the features and the score.
@@ -181,12 +174,13 @@ impl Accumulator<'_> {
         let ctx = Context {
             ask_tokens: self.ask_tokens,
             context_tokens: self.input_tokens - self.ask_tokens,
+            code: self.code,
             turns: shape.turns,
             images: shape.images,
             tools: shape.tools,
             max_tokens: shape.max_tokens,
         };
-        let values = features::compute(&self.ask, &self.code, &ctx);
+        let values = features::compute(&self.ask, &ctx);
         let d = &self.classifier.dense;
         let mut contributions = [0.0; NUM_FEATURES];
         let mut logit = d.bias;

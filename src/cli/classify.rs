@@ -76,7 +76,7 @@ pub fn run(
     let mut summary = ClassifySummary::default();
     for (i, line) in input.lines().enumerate() {
         let line = line?;
-        if line.trim().is_empty() || super::is_header(&line) {
+        if super::skipped(&line) {
             continue;
         }
         let parsed = if opts.plain_text && !line.trim_start().starts_with('{') {

@@ -42,6 +42,11 @@ pub fn is_header(line: &str) -> bool {
             .is_ok_and(|m| m.len() == 1 && m.contains_key("header"))
 }
 
+/// Whether a line holds no row: blank, or a file header.
+pub fn skipped(line: &str) -> bool {
+    line.trim().is_empty() || is_header(line)
+}
+
 /// Parses and scores every line of `input` as the server would, each with its line number
 /// (from 1) for error messages; blank lines and a header are skipped.
 pub fn scored_lines<'a>(
@@ -52,7 +57,7 @@ pub fn scored_lines<'a>(
     input.lines().enumerate().filter_map(move |(i, line)| {
         let scored = match line {
             Err(e) => Err(anyhow::Error::from(e).context("reading")),
-            Ok(line) if line.trim().is_empty() || is_header(&line) => return None,
+            Ok(line) if skipped(&line) => return None,
             Ok(line) => Request::parse(&line, limits).map(|r| {
                 let c = decide::classify(classifier, &r.request);
                 (r, c)
@@ -62,7 +67,7 @@ pub fn scored_lines<'a>(
     })
 }
 
-/// Parses and routes every non-blank line of `input` through `decider`, in file order, as the
+/// Parses and routes every line of `input` (blank lines and a header skipped) through `decider`, in file order, as the
 /// server routes requests in arrival order: a target-share caller's threshold moves from row to
 /// row exactly as it would online. Each line comes with its number (from 1).
 pub fn routed_lines<'a>(
@@ -73,7 +78,7 @@ pub fn routed_lines<'a>(
     input.lines().enumerate().filter_map(move |(i, line)| {
         let routed = match line {
             Err(e) => Err(anyhow::Error::from(e).context("reading")),
-            Ok(line) if line.trim().is_empty() => return None,
+            Ok(line) if skipped(&line) => return None,
             Ok(line) => Request::parse(&line, limits).and_then(|r| {
                 let routed = decider
                     .decide(&r.request)

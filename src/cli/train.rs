@@ -351,7 +351,7 @@ pub fn run<R: BufRead>(
         files: summaries,
         held_out_apgr_pooled: pooled_summary.map_or(0.0, |s| s.apgr),
         method: format!(
-            "logistic regression on features with fixed centres and scales (train::STANDARD), soft label \
+            "logistic regression on features with fixed centres and scales (train::FEATURES), soft label \
              (1 + strong - weak) / 2 (a judged row: 1 hard, 0.5 easy, counted {} times), Newton's method; \
              L2 towards {centre}, {} for size and shape features and {} for cue families \
              (train::CUE_FAMILIES), {bounds}; length backbone share {}; rows with crc32(id) % 5 == 0 \
@@ -362,7 +362,7 @@ pub fn run<R: BufRead>(
             opts.train.cue_l2,
             opts.train.length_share,
             centre = if opts.train.priors {
-                "documented prior weights (train::PRIORS)"
+                "documented prior weights (train::FEATURES)"
             } else {
                 "0"
             },
