@@ -19,7 +19,7 @@
 //! this router's; on MMLU the maths cues pull towards the fast model (in high-school mathematics
 //! GPT-4 is graded right on 3% of the questions and Mixtral on 32%). So the L2 penalty pulls
 //! every weight towards a documented prior instead of towards 0 — cue families
-//! ([`CUE_FAMILIES`]) with `cue_l2`, the rest with `l2` — and a prior's sign is also a bound: a
+//! (the cue families of [`FEATURES`]) with `cue_l2`, the rest with `l2` — and a prior's sign is also a bound: a
 //! fit that breaks it fixes the weight at 0 and refits the rest (an active-set loop,
 //! deterministic). Features the rows do not vary, and those in [`NOT_FITTED`], keep their
 //! prior. With [`TrainOptions::priors`] off (`train --no-priors`) every fitted weight is pulled
@@ -125,7 +125,7 @@ pub struct TrainOptions {
     /// L2 penalty pulling the weight of a size or shape feature towards its prior;
     /// the objective is `Σ row weight × cross-entropy + Σᵢ λᵢ/2 · (wᵢ − priorᵢ)² + BIAS_L2/2 · bias²`.
     pub l2: f64,
-    /// The same penalty for the [`CUE_FAMILIES`].
+    /// The same penalty for the cue families ([`FeatureSpec::cue`]).
     pub cue_l2: f64,
     /// Smallest share, in [0, 1), of the logit's standard deviation on the training rows that
     /// the ask-length term must carry ([`length_backbone`]); 0 turns the backbone off.
@@ -139,7 +139,7 @@ pub struct TrainOptions {
     /// Without judged rows, the stored threshold is the one with the lowest strong share whose
     /// PGR on the training rows reaches this (i.e. the CPT(target) point).
     pub target_pgr: f64,
-    /// Pull fitted weights towards the [`PRIORS`] under their signs (true), or towards 0 with
+    /// Pull fitted weights towards the priors of [`FEATURES`] under their signs (true), or towards 0 with
     /// no bounds (false: for a labelled sample of the traffic itself, where the data are the
     /// domain). Features the data do not vary keep their prior either way.
     pub priors: bool,
@@ -179,30 +179,30 @@ impl Default for TrainOptions {
 /// size has a scale of three e-folds, so that the clip is reached near 8,000 tokens rather
 /// than at 20.
 pub const FEATURES: [FeatureSpec; NUM_FEATURES] = [
-    spec("ask_tokens", 0.10, 2.833_213_344_056_216, 1.0),
-    spec("context_tokens", 0.02, 0.0, 3.0),
-    spec("numbers", 0.05, 0.0, 1.0),
-    spec("math_notation", 0.05, 0.0, 1.0),
-    spec("math_words", 0.15, 0.0, 1.0),
-    spec("code", 0.10, 0.0, 1.0),
-    spec("questions", 0.05, 0.0, 1.0),
-    spec("multipart", 0.10, 0.0, 1.0),
-    spec("constraints", 0.08, 0.0, 1.0),
-    spec("proof", 0.40, 0.0, 1.0),
-    spec("reasoning", 0.20, 0.0, 1.0),
-    spec("analysis", 0.25, 0.0, 1.0),
-    spec("design", 0.25, 0.0, 1.0),
-    spec("diagnose", 0.25, 0.0, 1.0),
-    spec("build", 0.25, 0.0, 1.0),
-    spec("tricky", 0.25, 0.0, 1.0),
-    spec("transform", -0.30, 0.0, 1.0),
-    spec("chat", -0.30, 0.0, 1.0),
-    spec("lookup", -0.20, 0.0, 1.0),
-    spec("long_output", 0.10, 0.0, 1.0),
-    spec("turns", 0.02, 0.0, 1.0),
-    spec("images", 0.05, 0.0, 1.0),
-    spec("tools", 0.03, 0.0, 1.0),
-    spec("max_tokens", 0.10, 0.0, 1.0),
+    shape("ask_tokens", 0.10, 2.833_213_344_056_216, 1.0),
+    shape("context_tokens", 0.02, 0.0, 3.0),
+    shape("numbers", 0.05, 0.0, 1.0),
+    shape("math_notation", 0.05, 0.0, 1.0),
+    cue("math_words", 0.15, 0.0, 1.0),
+    cue("code", 0.10, 0.0, 1.0),
+    shape("questions", 0.05, 0.0, 1.0),
+    cue("multipart", 0.10, 0.0, 1.0),
+    cue("constraints", 0.08, 0.0, 1.0),
+    cue("proof", 0.40, 0.0, 1.0),
+    cue("reasoning", 0.20, 0.0, 1.0),
+    cue("analysis", 0.25, 0.0, 1.0),
+    cue("design", 0.25, 0.0, 1.0),
+    cue("diagnose", 0.25, 0.0, 1.0),
+    cue("build", 0.25, 0.0, 1.0),
+    cue("tricky", 0.25, 0.0, 1.0),
+    cue("transform", -0.30, 0.0, 1.0),
+    cue("chat", -0.30, 0.0, 1.0),
+    cue("lookup", -0.20, 0.0, 1.0),
+    cue("long_output", 0.10, 0.0, 1.0),
+    shape("turns", 0.02, 0.0, 1.0),
+    shape("images", 0.05, 0.0, 1.0),
+    shape("tools", 0.03, 0.0, 1.0),
+    shape("max_tokens", 0.10, 0.0, 1.0),
 ];
 
 /// One feature's row of [`FEATURES`].
@@ -216,37 +216,33 @@ pub struct FeatureSpec {
     pub centre: f64,
     /// One unit of the standardised feature.
     pub scale: f64,
+    /// A cue family, penalised with `cue_l2` rather than `l2`.
+    pub cue: bool,
 }
 
-const fn spec(name: &'static str, prior: f64, centre: f64, scale: f64) -> FeatureSpec {
+/// A keyword family (or code): held to its prior with `cue_l2`. Each fires on a few percent of
+/// the labelled rows, so its fitted weight says more about those rows' subjects than about the
+/// cue.
+const fn cue(name: &'static str, prior: f64, centre: f64, scale: f64) -> FeatureSpec {
     FeatureSpec {
         name,
         prior,
         centre,
         scale,
+        cue: true,
     }
 }
 
-/// Keyword families (and code), held to their priors with `cue_l2`: each fires on a few
-/// percent of the labelled rows, so its fitted weight says more about those rows' subjects than
-/// about the cue.
-pub const CUE_FAMILIES: [&str; 15] = [
-    "math_words",
-    "proof",
-    "code",
-    "multipart",
-    "constraints",
-    "reasoning",
-    "analysis",
-    "design",
-    "diagnose",
-    "build",
-    "tricky",
-    "transform",
-    "chat",
-    "lookup",
-    "long_output",
-];
+/// A size or shape feature, which varies on every row: held to its prior with `l2`.
+const fn shape(name: &'static str, prior: f64, centre: f64, scale: f64) -> FeatureSpec {
+    FeatureSpec {
+        name,
+        prior,
+        centre,
+        scale,
+        cue: false,
+    }
+}
 
 /// Features that keep their prior whatever the data say. A request's output limit is mostly a
 /// per-service setting (many services send 4,096 on every call), not a judgement of that
@@ -500,7 +496,7 @@ pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<Model, TrainErro
     // Penalty strength and centre per standardised weight: the prior per unit times the spread.
     let penalty: Vec<(f64, f64)> = (0..NUM_FEATURES)
         .map(|i| {
-            let l2 = if CUE_FAMILIES.contains(&FEATURE_NAMES[i]) {
+            let l2 = if FEATURES[i].cue {
                 opts.cue_l2
             } else {
                 opts.l2
@@ -1156,8 +1152,8 @@ mod tests {
             assert_eq!(f.name, FEATURE_NAMES[i]);
             assert!(f.scale > 0.0 && f.prior != 0.0, "{}", f.name);
         }
-        for name in CUE_FAMILIES.iter().chain(&NOT_FITTED) {
-            assert!(FEATURE_NAMES.contains(name), "{name}");
+        for name in NOT_FITTED {
+            assert!(FEATURE_NAMES.contains(&name), "{name}");
         }
     }
 

@@ -354,7 +354,7 @@ pub fn run<R: BufRead>(
             "logistic regression on features with fixed centres and scales (train::FEATURES), soft label \
              (1 + strong - weak) / 2 (a judged row: 1 hard, 0.5 easy, counted {} times), Newton's method; \
              L2 towards {centre}, {} for size and shape features and {} for cue families \
-             (train::CUE_FAMILIES), {bounds}; length backbone share {}; rows with crc32(id) % 5 == 0 \
+             (train::FEATURES), {bounds}; length backbone share {}; rows with crc32(id) % 5 == 0 \
              held out; then every weight and the bias stretched by one factor around {stretch}, the \
              training 5th-95th percentile scores within [0.05, 0.95] (see `rescale`); threshold = {rule}",
             opts.judged_weight,
