@@ -3,11 +3,12 @@
 //!
 //! **The ask and the material.** What a request supplies (a system prompt, pasted documents,
 //! earlier turns, tool output) says little about how hard it is; what it asks of that says a
-//! lot. Each piece is split into its *edges*, the first and last [`ASK_EDGE`] bytes, where a
-//! request states what it wants ("Summarise these notes:", "…which line causes the leak?"),
-//! and its *middle*, which in a long piece is pasted material. Counts from each region of each
-//! part are weighted ([`RegionWeights`]); the newest user turn's edges weigh most. The length
-//! of the newest ask and the size of everything else are two separate features.
+//! lot. Each piece is split into its *edges*, its first and last paragraphs of at most
+//! [`ASK_EDGE`] bytes ([`edges`]), where a request states what it wants ("Summarise these
+//! notes:", "…which line causes the leak?"), and its *middle*, which in a long piece is pasted
+//! material. The edges' cues, quantities and notation are weighted by part (the newest user
+//! turn's weigh most); the middle's count only for its size and its code. The length of the
+//! newest ask and the size of everything else are two separate features.
 //!
 //! Speed: the pass splits a region into four equal segments and walks them in lock-step, so the
 //! four Aho-Corasick DFA walks (each a chain of dependent table loads) overlap in the CPU instead
@@ -208,16 +209,7 @@ pub fn estimate_tokens(ascii_chars: f64, non_ascii_chars: f64) -> f64 {
     ascii_chars / 4.0 + non_ascii_chars
 }
 
-/// How much one part's counts weigh, by region.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct RegionWeights {
-    /// Weight of the first and last [`ASK_EDGE`] bytes.
-    pub edges: f64,
-    /// Weight of the rest.
-    pub middle: f64,
-}
-
-/// Counts accumulated over a conversation, each region scaled by its weight.
+/// The edges' counts accumulated over a conversation, each piece's scaled by its part's weight.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Totals {
     classes: [f64; NUM_CLASSES],
@@ -235,15 +227,6 @@ impl Totals {
             *t += weight * f64::from(v);
         }
         self.numbers += weight * f64::from(c.numbers);
-    }
-
-    /// Adds both regions of a piece with their weights (a region of weight 0 is skipped).
-    pub(crate) fn add_regions(&mut self, r: &Regions, w: RegionWeights) {
-        for (counts, weight) in [(&r.edges, w.edges), (&r.middle, w.middle)] {
-            if weight != 0.0 {
-                self.add(counts, weight);
-            }
-        }
     }
 
     fn class(&self, c: Class) -> f64 {

@@ -4,8 +4,8 @@
 //! newest). Each piece is scanned once: byte classes, number runs, and keyword-family matches
 //! from one Aho-Corasick automaton (ASCII case-insensitive, no lowercased copy), its edges (where
 //! a request states its ask) apart from its middle (where long pieces hold pasted material).
-//! Counts are added to running totals scaled by the part and region ([`Part::ask_weights`]), so
-//! the newest user turn's ask counts most and supplied material least. [`Accumulator::finish`]
+//! The edges' counts are added to running totals scaled by the part ([`Part::ask_weight`]), so
+//! the newest user turn's ask counts most; the middle's cues count for nothing. [`Accumulator::finish`]
 //! turns the totals and the request [`Shape`] into feature values and scores them:
 //! `score = logistic(bias + Σ wᵢ·zᵢ)` with `zᵢ = clamp((xᵢ − centreᵢ)/scaleᵢ, ±clip)`; `wᵢ·zᵢ`
 //! is feature i's contribution. Every centre is the value of a request without the feature (no
@@ -24,7 +24,7 @@ pub use weights::{
     WeightsError,
 };
 
-use features::{Context, RegionWeights, Regions, Scanner, Totals};
+use features::{Context, Regions, Scanner, Totals};
 use weights::Dense;
 
 /// The committed default weights, produced by `train`.
@@ -47,20 +47,19 @@ pub enum Part {
 }
 
 impl Part {
-    /// How much a piece's cue, quantity and notation counts weigh, by region (edges, middle).
-    /// The newest user turn says what has to be done, in its edges; the middle of a long piece
-    /// is pasted material, whose vocabulary says what it is about, not what is asked, so it
-    /// weighs nothing (a 3,000-word meeting transcript full of "analysed" and "design" is still
-    /// a summary request). System prompts, earlier turns and tool output are context: their cues
+    /// How much the cue, quantity and notation counts of a piece's edges weigh; its middle's
+    /// weigh nothing. The newest user turn says what has to be done, in its edges; the middle
+    /// of a long piece is pasted material, whose vocabulary says what it is about, not what is
+    /// asked (a 3,000-word meeting transcript full of "analysed" and "design" is still a
+    /// summary request). System prompts, earlier turns and tool output are context: their cues
     /// (a support bot's policy "must"s, the hard question three turns back) say little about
     /// the request being answered now.
-    pub fn ask_weights(self) -> (f64, f64) {
+    pub fn ask_weight(self) -> f64 {
         match self {
-            Part::User { last: true } => (1.0, 0.0),
-            Part::User { last: false } => (0.3, 0.0),
-            Part::System => (0.1, 0.0),
-            Part::Assistant => (0.1, 0.0),
-            Part::ToolResult => (0.05, 0.0),
+            Part::User { last: true } => 1.0,
+            Part::User { last: false } => 0.3,
+            Part::System | Part::Assistant => 0.1,
+            Part::ToolResult => 0.05,
         }
     }
 
@@ -164,8 +163,7 @@ impl Accumulator<'_> {
         if part == (Part::User { last: true }) {
             self.ask_tokens += edge_tokens;
         }
-        let (edges, middle) = part.ask_weights();
-        self.ask.add_regions(&r, RegionWeights { edges, middle });
+        self.ask.add(&r.edges, part.ask_weight());
         self.code += part.code_weight() * f64::from(r.edges.code() + r.middle.code());
     }
 
@@ -255,7 +253,14 @@ impl Classification {
     /// order); features that did not move it (absent ones) are left out.
     pub fn top_reasons(&self, n: usize) -> impl Iterator<Item = Reason> + '_ {
         let mut order: [usize; NUM_FEATURES] = std::array::from_fn(|i| i);
-        let effects: [f64; NUM_FEATURES] = std::array::from_fn(|i| self.effect(i));
+        // An absent feature's effect is exactly 0; only the present ones need a logistic.
+        let effects: [f64; NUM_FEATURES] = std::array::from_fn(|i| {
+            if self.contributions[i] == 0.0 {
+                0.0
+            } else {
+                self.effect(i)
+            }
+        });
         order.sort_unstable_by(|&a, &b| {
             effects[b]
                 .abs()
