@@ -262,22 +262,22 @@ pub struct JudgedSummary {
     pub hard: usize,
     /// Rows judged easy.
     pub easy: usize,
-    /// Share of hard rows with `score ≥ threshold` (sent strong).
-    pub hard_to_strong: f64,
-    /// Share of easy rows with `score < threshold` (sent fast).
-    pub easy_to_fast: f64,
-    /// Share of (hard, easy) pairs where the hard row scores higher, ties counting half.
-    pub ordering: f64,
+    /// Share of hard rows with `score ≥ threshold` (sent strong); `None` without hard rows.
+    pub hard_to_strong: Option<f64>,
+    /// Share of easy rows with `score < threshold` (sent fast); `None` without easy rows.
+    pub easy_to_fast: Option<f64>,
+    /// Share of (hard, easy) pairs where the hard row scores higher, ties counting half;
+    /// `None` unless both kinds are present.
+    pub ordering: Option<f64>,
 }
 
-/// [`JudgedSummary`] of `(score, judged hard)` rows at `threshold`; `None` unless both kinds
-/// are present.
+/// [`JudgedSummary`] of `(score, judged hard)` rows at `threshold`; `None` without rows.
 pub fn judged(rows: &[(f64, bool)], threshold: f64) -> Option<JudgedSummary> {
-    let hard: Vec<f64> = rows.iter().filter(|r| r.1).map(|r| r.0).collect();
-    let mut easy: Vec<f64> = rows.iter().filter(|r| !r.1).map(|r| r.0).collect();
-    if hard.is_empty() || easy.is_empty() {
+    if rows.is_empty() {
         return None;
     }
+    let hard: Vec<f64> = rows.iter().filter(|r| r.1).map(|r| r.0).collect();
+    let mut easy: Vec<f64> = rows.iter().filter(|r| !r.1).map(|r| r.0).collect();
     easy.sort_by(f64::total_cmp);
     // Each hard score beats the easy scores below it and ties with the equal ones.
     let wins: f64 = hard
@@ -289,14 +289,15 @@ pub fn judged(rows: &[(f64, bool)], threshold: f64) -> Option<JudgedSummary> {
         })
         .sum();
     let share = |v: &[f64], f: &dyn Fn(f64) -> bool| {
-        v.iter().filter(|&&x| f(x)).count() as f64 / v.len() as f64
+        (!v.is_empty()).then(|| v.iter().filter(|&&x| f(x)).count() as f64 / v.len() as f64)
     };
     Some(JudgedSummary {
         hard: hard.len(),
         easy: easy.len(),
         hard_to_strong: share(&hard, &|x| x >= threshold),
         easy_to_fast: share(&easy, &|x| x < threshold),
-        ordering: wins / (hard.len() * easy.len()) as f64,
+        ordering: (!hard.is_empty() && !easy.is_empty())
+            .then(|| wins / (hard.len() * easy.len()) as f64),
     })
 }
 
@@ -376,11 +377,17 @@ mod tests {
         ];
         let j = judged(&rows, 0.5).unwrap();
         assert_eq!((j.hard, j.easy), (2, 3));
-        assert!(close(j.hard_to_strong, 0.5));
-        assert!(close(j.easy_to_fast, 2.0 / 3.0));
+        assert!(close(j.hard_to_strong.unwrap(), 0.5));
+        assert!(close(j.easy_to_fast.unwrap(), 2.0 / 3.0));
         // 0.9 beats all three easy; 0.4 beats 0.1, ties 0.4, loses to 0.6.
-        assert!(close(j.ordering, (3.0 + 1.5) / 6.0));
-        assert!(judged(&[(0.3, true)], 0.5).is_none());
+        assert!(close(j.ordering.unwrap(), (3.0 + 1.5) / 6.0));
+        // One kind only: its share, no ordering.
+        let j = judged(&[(0.3, true)], 0.5).unwrap();
+        assert_eq!(
+            (j.hard_to_strong, j.easy_to_fast, j.ordering),
+            (Some(0.0), None, None)
+        );
+        assert!(judged(&[], 0.5).is_none());
     }
 
     #[test]

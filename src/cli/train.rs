@@ -19,7 +19,7 @@ use anyhow::{Context as _, bail};
 
 use super::eval::{compare, write_table};
 use super::scored_lines;
-use crate::classify::{Classifier, FEATURE_NAMES, FileSummary, Metadata, Weights};
+use crate::classify::{Classifier, FEATURE_NAMES, FileSummary, Metadata, Rescale, Weights};
 use crate::eval::{self, Baseline, Prices, Row};
 use crate::request::Limits;
 use crate::train::{self, Example, Model, TrainOptions, choose_threshold, is_held_out, score_rows};
@@ -92,12 +92,30 @@ fn read_file(
     Ok(f)
 }
 
+/// What the whole fitting procedure gives.
+struct Fit {
+    /// The model as fitted, before the stretch.
+    fitted: Model,
+    /// The stretch applied to it.
+    rescale: Rescale,
+    /// The stretched model, the one shipped.
+    model: Model,
+    /// The stored threshold.
+    threshold: f64,
+}
+
 /// The whole fitting procedure: fit, stretch, threshold.
-fn fit_all(rows: &[Example], opts: &TrainOptions) -> anyhow::Result<(Model, Model, f64)> {
+fn fit_all(rows: &[Example], opts: &TrainOptions) -> anyhow::Result<Fit> {
     let fitted = train::fit(rows, opts)?;
-    let model = fitted.rescaled(train::spread(&fitted, rows));
+    let rescale = train::spread(&fitted, rows);
+    let model = fitted.rescaled(rescale);
     let threshold = choose_threshold(&model, rows, opts)?;
-    Ok((fitted, model, threshold))
+    Ok(Fit {
+        fitted,
+        rescale,
+        model,
+        threshold,
+    })
 }
 
 fn examples(rows: &[Labelled]) -> Vec<Example> {
@@ -133,15 +151,25 @@ fn write_rows(
     if let Some(j) = eval::judged(&judged, threshold) {
         writeln!(
             report,
-            "  judged: {} hard → strong {:.1}%, {} easy → fast {:.1}%, hard above easy {:.4}",
+            "  judged: {} hard → strong {}, {} easy → fast {}, hard above easy {}",
             j.hard,
-            100.0 * j.hard_to_strong,
+            percent(j.hard_to_strong),
             j.easy,
-            100.0 * j.easy_to_fast,
-            j.ordering
+            percent(j.easy_to_fast),
+            decimal(j.ordering)
         )?;
     }
     Ok(summary)
+}
+
+/// A share as a percentage, or "-".
+fn percent(share: Option<f64>) -> String {
+    share.map_or_else(|| "-".to_owned(), |s| format!("{:.1}%", 100.0 * s))
+}
+
+/// A figure to four places, or "-".
+fn decimal(x: Option<f64>) -> String {
+    x.map_or_else(|| "-".to_owned(), |x| format!("{x:.4}"))
 }
 
 /// One family's row of the cross-validation table.
@@ -163,25 +191,20 @@ fn cv_line(
         .zip(rows)
         .filter_map(|(r, e)| e.hard.map(|h| (r.score, h)))
         .collect();
-    let (hard, easy, order) = match eval::judged(&judged, threshold) {
-        Some(j) => (
-            format!("{:.1}% of {}", 100.0 * j.hard_to_strong, j.hard),
-            format!("{:.1}% of {}", 100.0 * j.easy_to_fast, j.easy),
-            format!("{:.4}", j.ordering),
-        ),
-        None => {
-            let share = |h: bool, strong: bool| {
-                let v: Vec<f64> = judged.iter().filter(|j| j.1 == h).map(|j| j.0).collect();
-                let n = v.iter().filter(|&&s| (s >= threshold) == strong).count();
-                if v.is_empty() {
-                    "-".to_owned()
-                } else {
-                    format!("{:.1}% of {}", 100.0 * n as f64 / v.len() as f64, v.len())
-                }
+    let (hard, easy, order) = eval::judged(&judged, threshold).map_or_else(
+        || ("-".to_owned(), "-".to_owned(), "-".to_owned()),
+        |j| {
+            let of = |share: Option<f64>, n: usize| match share {
+                Some(_) => format!("{} of {n}", percent(share)),
+                None => "-".to_owned(),
             };
-            (share(true, true), share(false, false), "-".to_owned())
-        }
-    };
+            (
+                of(j.hard_to_strong, j.hard),
+                of(j.easy_to_fast, j.easy),
+                decimal(j.ordering),
+            )
+        },
+    );
     let strong = scored.iter().filter(|r| r.score >= threshold).count();
     format!(
         "  {:<14} {:>6} {:>8} {:>8} {:>13} {:>13} {:>11} {:>8.1}%",
@@ -233,7 +256,9 @@ fn cross_validate(
             .filter(|(f, _)| *f != family)
             .flat_map(|(_, (train, _))| train.iter().cloned())
             .collect();
-        let (_, model, threshold) = fit_all(&rest, &opts.train)
+        let Fit {
+            model, threshold, ..
+        } = fit_all(&rest, &opts.train)
             .with_context(|| format!("cross-validation without {family}"))?;
         let (train, held) = &families[family];
         let all: Vec<Example> = train.iter().chain(held).cloned().collect();
@@ -266,8 +291,12 @@ pub fn run<R: BufRead>(
         .map(|(name, r)| read_file(&extractor, opts, name, r))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let train_rows: Vec<Example> = files.iter().flat_map(|f| examples(&f.train)).collect();
-    let (fitted, model, threshold) = fit_all(&train_rows, &opts.train)?;
-    let rescale = train::spread(&fitted, &train_rows);
+    let Fit {
+        fitted,
+        rescale,
+        model,
+        threshold,
+    } = fit_all(&train_rows, &opts.train)?;
     let judged = train_rows.iter().any(|e| e.hard.is_some());
     writeln!(
         report,
