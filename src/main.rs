@@ -180,7 +180,7 @@ struct TrainArgs {
     #[arg(long)]
     no_priors: bool,
     /// How many scored rows one judged row (`"judgement": "easy" | "hard"`) counts as.
-    #[arg(long, default_value_t = 80.0)]
+    #[arg(long, default_value_t = 160.0)]
     judged_weight: f64,
     /// Skip the cross-validation by task family.
     #[arg(long)]

@@ -149,7 +149,7 @@ impl Default for TrainOptions {
     fn default() -> Self {
         Self {
             l2: 1000.0,
-            cue_l2: 100.0,
+            cue_l2: 1000.0,
             length_share: 0.3,
             max_iterations: 100,
             tolerance: 1e-10,
@@ -181,9 +181,6 @@ impl Default for TrainOptions {
 pub const FEATURES: [FeatureSpec; NUM_FEATURES] = [
     shape("ask_tokens", 0.10, 2.833_213_344_056_216, 1.0),
     shape("context_tokens", 0.02, 0.0, 3.0),
-    shape("numbers", 0.05, 0.0, 1.0),
-    shape("math_notation", 0.05, 0.0, 1.0),
-    cue("math_words", 0.15, 0.0, 1.0),
     cue("code", 0.10, 0.0, 1.0),
     shape("questions", 0.05, 0.0, 1.0),
     cue("multipart", 0.10, 0.0, 1.0),
@@ -960,7 +957,7 @@ mod tests {
         let (cue, ex) = against("reasoning");
         let m = fit(&ex, &opts).unwrap();
         assert!(!m.clamped[cue] && m.weight[cue] > 0.0, "{}", m.weight[cue]);
-        let (shape, ex) = against("numbers");
+        let (shape, ex) = against("turns");
         let m = fit(&ex, &opts).unwrap();
         assert!(m.clamped[shape]);
     }

@@ -1,12 +1,12 @@
-//! Feature extraction: one pass over each text piece, counting byte classes, word and number
-//! runs, and keyword-family matches, then turning the weighted counts into feature values.
+//! Feature extraction: one pass over each text piece, counting byte classes and keyword-family
+//! matches, then turning the weighted counts into feature values.
 //!
 //! **The ask and the material.** What a request supplies (a system prompt, pasted documents,
 //! earlier turns, tool output) says little about how hard it is; what it asks of that says a
 //! lot. Each piece is split into its *edges*, its first and last paragraphs of at most
 //! [`ASK_EDGE`] bytes ([`edges`]), where a request states what it wants ("Summarise these
 //! notes:", "…which line causes the leak?"), and its *middle*, which in a long piece is pasted
-//! material. The edges' cues, quantities and notation are weighted by part (the newest user
+//! material. The edges' cues are weighted by part (the newest user
 //! turn's weigh most); the middle's count only for its size and its code. The length of the
 //! newest ask and the size of everything else are two separate features.
 //!
@@ -17,7 +17,7 @@
 //! segment border is counted exactly once, by the segment it ends in.
 //!
 //! Keyword families are counted in the edges and in the first and last [`KEYWORD_WINDOW`] bytes
-//! of the middle; byte classes and word/number runs cover every byte. The keyword automaton is
+//! of the middle; byte classes cover every byte. The keyword automaton is
 //! large (hundreds of case-insensitive patterns, a DFA that runs at L2 speed), and the middle of
 //! a long piece is pasted material, whose vocabulary says what the document is about rather
 //! than what is asked.
@@ -33,28 +33,14 @@ use super::keywords::{self, Family, NUM_FAMILIES, PatternInfo};
 #[repr(u8)]
 enum Class {
     Other,
-    Lower,
-    Upper,
-    Newline,
     Question,
-    Brace,
-    Paren,
-    Bracket,
-    Semicolon,
-    Equals,
-    MathOp,
-    Backslash,
-    Dollar,
-    Quote,
-    Comma,
-    Underscore,
     Utf8Lead,
     Utf8Symbol,
     Utf8Cont,
 }
 
 /// Number of byte classes.
-const NUM_CLASSES: usize = 19;
+const NUM_CLASSES: usize = 5;
 
 /// Byte → class.
 static CLASS: [u8; 256] = {
@@ -63,21 +49,7 @@ static CLASS: [u8; 256] = {
     while b < 256 {
         let c = b as u8;
         t[b] = match c {
-            b'a'..=b'z' => Class::Lower,
-            b'A'..=b'Z' => Class::Upper,
-            b'\n' => Class::Newline,
             b'?' => Class::Question,
-            b'{' | b'}' => Class::Brace,
-            b'(' | b')' => Class::Paren,
-            b'[' | b']' => Class::Bracket,
-            b';' => Class::Semicolon,
-            b'=' => Class::Equals,
-            b'+' | b'*' | b'/' | b'^' | b'<' | b'>' | b'%' => Class::MathOp,
-            b'\\' => Class::Backslash,
-            b'$' => Class::Dollar,
-            b'"' | b'\'' | b'`' => Class::Quote,
-            b',' => Class::Comma,
-            b'_' => Class::Underscore,
             0x80..=0xBF => Class::Utf8Cont,
             // U+0080–U+00BF (°, ±, ·, µ, no-break space) and U+2000–U+2FFF (typographic
             // quotes and dashes, maths operators, arrows): symbols, not letters of a script.
@@ -90,34 +62,10 @@ static CLASS: [u8; 256] = {
     t
 };
 
-/// Byte → class in bits 0–4, run kind in bits 5–6: bit 5 word (ASCII letter or any non-ASCII
-/// byte, so non-Latin words count as words), bit 6 digit. A run starts where a kind bit turns
-/// on. One table so the hot loop does one lookup per byte.
-static BYTE: [u8; 256] = {
-    let mut t = [0u8; 256];
-    let mut b = 0usize;
-    while b < 256 {
-        let c = b as u8;
-        let kind = if c.is_ascii_alphabetic() || c >= 0x80 {
-            1
-        } else if c.is_ascii_digit() {
-            2
-        } else {
-            0
-        };
-        t[b] = CLASS[b] | (kind << 5);
-        b += 1;
-    }
-    t
-};
-
 /// Names of the features, in vector order. The weights file names them the same way.
 pub const FEATURE_NAMES: [&str; NUM_FEATURES] = [
     "ask_tokens",
     "context_tokens",
-    "numbers",
-    "math_notation",
-    "math_words",
     "code",
     "questions",
     "multipart",
@@ -140,22 +88,19 @@ pub const FEATURE_NAMES: [&str; NUM_FEATURES] = [
 ];
 
 /// Number of features.
-pub const NUM_FEATURES: usize = 24;
+pub const NUM_FEATURES: usize = 21;
 
 /// What each feature says, in words a caller understands; a positive contribution pushes
 /// towards the strong model.
 pub const FEATURE_DESCRIPTIONS: [&str; NUM_FEATURES] = [
     "length of the newest request",
     "size of the supplied context (system prompt, earlier turns, pasted material, tool output)",
-    "quantities to work with",
-    "mathematical notation",
-    "mathematical vocabulary",
     "code",
-    "questions asked",
+    "more than one question asked",
     "several parts or steps asked for",
     "requirements the answer must meet",
     "asks for a proof or a derivation",
-    "asks why, for a calculation or for step-by-step reasoning",
+    "asks why, what follows from what, or for step-by-step reasoning",
     "asks to compare, evaluate or weigh trade-offs",
     "asks to design a system (architecture, scaling, consistency, failure handling)",
     "asks to debug or diagnose a failure",
@@ -176,7 +121,6 @@ pub const FEATURE_DESCRIPTIONS: [&str; NUM_FEATURES] = [
 pub(crate) struct PieceCounts {
     classes: [u32; NUM_CLASSES],
     families: [u32; NUM_FAMILIES],
-    numbers: u32,
     bytes: u32,
 }
 
@@ -214,7 +158,6 @@ pub fn estimate_tokens(ascii_chars: f64, non_ascii_chars: f64) -> f64 {
 pub(crate) struct Totals {
     classes: [f64; NUM_CLASSES],
     families: [f64; NUM_FAMILIES],
-    numbers: f64,
 }
 
 impl Totals {
@@ -226,7 +169,11 @@ impl Totals {
         for (t, v) in self.families.iter_mut().zip(c.families) {
             *t += weight * f64::from(v);
         }
-        self.numbers += weight * f64::from(c.numbers);
+    }
+
+    /// Whether the ask says it works on supplied material (a transform or an answer from it).
+    pub(crate) fn material_follows(&self) -> bool {
+        self.family(Family::Transform) > 0.0
     }
 
     fn class(&self, c: Class) -> f64 {
@@ -273,16 +220,8 @@ pub(crate) fn compute(ask: &Totals, ctx: &Context) -> [f64; NUM_FEATURES] {
     [
         log_count(ctx.ask_tokens),
         log_count(ctx.context_tokens),
-        log_count(ask.numbers),
-        log_count(
-            ask.class(Class::MathOp)
-                + ask.class(Class::Equals)
-                + ask.class(Class::Backslash)
-                + ask.class(Class::Dollar),
-        ),
-        cue(Family::MathWord),
         log_count(ctx.code),
-        log_count(ask.class(Class::Question)),
+        log_count(ask.class(Class::Question) - 1.0),
         cue(Family::MultiPart),
         cue(Family::Constraint),
         cue(Family::Proof),
@@ -365,11 +304,9 @@ pub struct BuildError(#[from] aho_corasick::BuildError);
 #[derive(Clone, Copy)]
 struct Lane {
     sid: aho_corasick::automaton::StateID,
-    prev_kind: u8,
     classes: [u32; NUM_CLASSES],
     /// Matches ending in the edges (0) and in the middle (1).
     families: [[u32; NUM_FAMILIES]; 2],
-    numbers: u32,
 }
 
 /// Where a piece's edges end and begin again: bytes before `head` and from `tail` on are edges.
@@ -386,13 +323,12 @@ impl Cuts {
     }
 }
 
-/// What one walk over a piece counts: byte classes and number runs of the whole piece, and
+/// What one walk over a piece counts: byte classes of the whole piece, and
 /// keyword matches by region.
 #[derive(Default)]
 struct Walk {
     classes: [u32; NUM_CLASSES],
     families: [[u32; NUM_FAMILIES]; 2],
-    numbers: u32,
 }
 
 impl Scanner {
@@ -442,17 +378,10 @@ impl Scanner {
             sid = self.dfa.next_state(Anchored::No, sid, b'\n');
         }
         sid = self.replay(sid, &hay[back..from]);
-        let prev_kind = if from == 0 {
-            0
-        } else {
-            BYTE[usize::from(hay[from - 1])] >> 5
-        };
         Lane {
             sid,
-            prev_kind,
             classes: [0; NUM_CLASSES],
             families: [[0; NUM_FAMILIES]; 2],
-            numbers: 0,
         }
     }
 
@@ -500,11 +429,7 @@ impl Scanner {
 
     #[inline(always)]
     fn step(&self, lane: &mut Lane, hay: &[u8], pos: usize, b: u8, cuts: Cuts) {
-        let t = BYTE[usize::from(b)];
-        lane.classes[usize::from(t & 31)] += 1;
-        let kind = t >> 5;
-        lane.numbers += u32::from((kind & !lane.prev_kind) >> 1);
-        lane.prev_kind = kind;
+        lane.classes[class_at(hay, pos)] += 1;
         lane.sid = self.dfa.next_state(Anchored::No, lane.sid, b);
         if self.dfa.is_special(lane.sid) {
             self.on_match(hay, pos + 1, lane.sid, cuts, &mut lane.families);
@@ -534,7 +459,6 @@ impl Scanner {
             for (o, v) in walk.classes.iter_mut().zip(plain.classes) {
                 *o += v;
             }
-            walk.numbers += plain.numbers;
             self.scan_keywords(hay, n - KEYWORD_WINDOW, n, cuts, &mut walk);
         }
         let [edge_families, middle_families] = walk.families;
@@ -544,7 +468,6 @@ impl Scanner {
         r.middle.families = middle_families;
         if cuts.head == n {
             r.edges.classes = walk.classes;
-            r.edges.numbers = walk.numbers;
             r.edges.bytes = bytes(n);
             return r;
         }
@@ -561,7 +484,6 @@ impl Scanner {
         {
             *m = w.saturating_sub(e);
         }
-        r.middle.numbers = walk.numbers.saturating_sub(r.edges.numbers);
         r
     }
 
@@ -593,41 +515,44 @@ impl Scanner {
     }
 }
 
-/// Counts byte classes and word/number runs of `hay[from..to]` (no keywords). Four interleaved
+/// Counts byte classes of `hay[from..to]` (no keywords). Four interleaved
 /// class tables so that runs of same-class bytes do not serialise on one counter.
 fn scan_plain(hay: &[u8], from: usize, to: usize, out: &mut PieceCounts) {
     let mut classes = [[0u32; NUM_CLASSES]; 4];
-    let mut prev = if from == 0 {
-        0
-    } else {
-        BYTE[usize::from(hay[from - 1])] >> 5
-    };
-    let mut numbers = 0u32;
-    let mut count = |table: &mut [u32; NUM_CLASSES], b: u8| {
-        let t = BYTE[usize::from(b)];
-        table[usize::from(t & 31)] += 1;
-        let kind = t >> 5;
-        numbers += u32::from((kind & !prev) >> 1);
-        prev = kind;
-    };
-    let chunks = hay[from..to].chunks_exact(4);
-    let rest = chunks.remainder();
-    for c in chunks {
+    let quads = (to - from) / 4;
+    for q in 0..quads {
+        let at = from + 4 * q;
         let [t0, t1, t2, t3] = &mut classes;
-        count(t0, c[0]);
-        count(t1, c[1]);
-        count(t2, c[2]);
-        count(t3, c[3]);
+        t0[class_at(hay, at)] += 1;
+        t1[class_at(hay, at + 1)] += 1;
+        t2[class_at(hay, at + 2)] += 1;
+        t3[class_at(hay, at + 3)] += 1;
     }
-    for &b in rest {
-        count(&mut classes[0], b);
+    for pos in from + 4 * quads..to {
+        classes[0][class_at(hay, pos)] += 1;
     }
     for table in &classes {
         for (o, v) in out.classes.iter_mut().zip(table) {
             *o += v;
         }
     }
-    out.numbers += numbers;
+}
+
+/// The class of `hay[pos]`. A `?` asks a question only right after a word, a closing bracket
+/// or a quote: the `??` of a fill-in placeholder (`assert f(x) == ??`) or a lone ` ? ` asks
+/// nothing.
+#[inline(always)]
+fn class_at(hay: &[u8], pos: usize) -> usize {
+    let c = CLASS[usize::from(hay[pos])];
+    if c == Class::Question as u8 && !(pos > 0 && ends_phrase(hay[pos - 1])) {
+        return Class::Other as usize;
+    }
+    usize::from(c)
+}
+
+/// Bytes a question's `?` follows.
+fn ends_phrase(b: u8) -> bool {
+    keywords::is_word_byte(b) || matches!(b, b')' | b']' | b'"' | b'\'' | b'`' | b'*')
 }
 
 fn merge(out: &mut Walk, lane: &Lane) {
@@ -639,7 +564,6 @@ fn merge(out: &mut Walk, lane: &Lane) {
             *o += v;
         }
     }
-    out.numbers += lane.numbers;
 }
 
 #[cfg(test)]
@@ -674,8 +598,6 @@ mod tests {
         assert_eq!(fam("s = summary(text)", Family::Transform), 0);
         assert_eq!(fam("x.validate", Family::Analysis), 0);
         assert_eq!(fam("cfg.design", Family::Design), 0);
-        // Maths keeps its calls: sqrt(2) is maths.
-        assert_eq!(fam("sqrt(2)", Family::MathWord), 1);
         assert_eq!(fam("n = len(xs)", Family::CodeSyntax), 1);
     }
 
@@ -713,7 +635,6 @@ mod tests {
             }
             assert_eq!(whole.families, lane.families, "reps {reps}");
             assert_eq!(whole.classes, lane.classes, "reps {reps}");
-            assert_eq!(whole.numbers, lane.numbers, "reps {reps}");
         }
     }
 
@@ -749,22 +670,28 @@ mod tests {
         let r = s.scan(&text);
         assert_eq!(r.edges.families[Family::Proof as usize], 2);
         assert_eq!(r.middle.families[Family::Proof as usize], 0);
-        // Classes and runs still cover every byte.
+        // Classes still cover every byte.
         let total: u32 = r.edges.classes.iter().chain(&r.middle.classes).sum();
         assert_eq!(total as usize, text.len());
-        let numbers = text.matches("12").count();
         // A long piece that ends inside its material has no tail edge.
         let open = format!("prove {filler} prove {filler} prove");
         let r = s.scan(&open);
         assert_eq!(r.edges.families[Family::Proof as usize], 1);
-        assert_eq!((r.edges.numbers + r.middle.numbers) as usize, numbers);
     }
 
     #[test]
-    fn counts_numbers_and_chars() {
+    fn placeholders_ask_no_question() {
+        let s = Scanner::new().unwrap();
+        let q = |t: &str| s.scan(t).edges.classes[Class::Question as usize];
+        assert_eq!(q("assert f([1, 2]) == ??"), 0);
+        assert_eq!(q("Why? (Really?) \"Sure?\" é?"), 4);
+        assert_eq!(q("? a ? b"), 0);
+    }
+
+    #[test]
+    fn counts_chars() {
         let s = Scanner::new().unwrap();
         let c = s.scan("ab 12 cd3 é ≤").edges;
-        assert_eq!(c.numbers, 2);
         assert_eq!(c.classes[Class::Utf8Lead as usize], 1);
         assert_eq!(c.classes[Class::Utf8Symbol as usize], 1);
         assert_eq!(c.classes[Class::Utf8Cont as usize], 3);

@@ -129,6 +129,7 @@ impl Classifier {
             ask: Totals::default(),
             code: 0.0,
             ask_tokens: 0.0,
+            ask_middle_tokens: 0.0,
             input_tokens: 0.0,
         }
     }
@@ -151,6 +152,7 @@ pub struct Accumulator<'a> {
     ask: Totals,
     code: f64,
     ask_tokens: f64,
+    ask_middle_tokens: f64,
     input_tokens: f64,
 }
 
@@ -162,6 +164,7 @@ impl Accumulator<'_> {
         self.input_tokens += edge_tokens + r.middle.tokens();
         if part == (Part::User { last: true }) {
             self.ask_tokens += edge_tokens;
+            self.ask_middle_tokens += r.middle.tokens();
         }
         self.ask.add(&r.edges, part.ask_weight());
         self.code += part.code_weight() * f64::from(r.edges.code() + r.middle.code());
@@ -169,9 +172,14 @@ impl Accumulator<'_> {
 
     /// Computes the features and the score.
     pub fn finish(self, shape: Shape) -> Classification {
+        let ask_tokens = if self.ask.material_follows() {
+            self.ask_tokens
+        } else {
+            self.ask_tokens + self.ask_middle_tokens
+        };
         let ctx = Context {
-            ask_tokens: self.ask_tokens,
-            context_tokens: self.input_tokens - self.ask_tokens,
+            ask_tokens,
+            context_tokens: self.input_tokens - ask_tokens,
             code: self.code,
             turns: shape.turns,
             images: shape.images,
@@ -331,12 +339,15 @@ mod tests {
     fn last_user_turn_weighs_most() {
         let c = Classifier::new(Weights::neutral()).unwrap();
         let mut a = c.begin();
-        a.push(Part::Assistant, "1 2 3 4 5 6 7 8");
+        a.push(Part::Assistant, "Why? Justify it step by step.");
         let low = a.finish(Shape::default());
         let mut b = c.begin();
-        b.push(Part::User { last: true }, "1 2 3 4 5 6 7 8");
+        b.push(Part::User { last: true }, "Why? Justify it step by step.");
         let high = b.finish(Shape::default());
-        let i = FEATURE_NAMES.iter().position(|n| *n == "numbers").unwrap();
+        let i = FEATURE_NAMES
+            .iter()
+            .position(|n| *n == "reasoning")
+            .unwrap();
         assert!(high.values()[i] > low.values()[i]);
         assert_eq!(high.input_tokens(), low.input_tokens());
     }
