@@ -107,7 +107,7 @@ impl Context {
         let span = tracing::info_span!(
             "request",
             rpc,
-            request_id = %request_id,
+            request_id = request_id.as_str(),
             caller = Empty,
             tier = Empty,
             score = Empty,
@@ -295,7 +295,7 @@ impl Router {
                     Block::Image(_) | Block::ToolUse(_) | Block::ToolResult(_) => None,
                 })
                 .collect();
-            tracing::info!(parent: &ctx.span, prompt = %prompt.join("\n"), "prompt");
+            tracing::info!(parent: &ctx.span, prompt = prompt.join("\n").as_str(), "prompt");
         }
         let classify_started = std::time::Instant::now();
         let routed = self
