@@ -1,7 +1,8 @@
 //! The binary's logs. JSON lines: every request's line carries the request span (request id,
 //! caller, tier, score, threshold and operating point, model, attempts, outcome), and prompt
 //! text appears only with `telemetry.log_prompts = true`. Text lines: one event is one line
-//! whatever a caller sends, and every field holds exactly the value it was given.
+//! whatever a caller sends, every field holds exactly the value it was given, and each field
+//! appears once per line with its final value.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod common;
@@ -20,6 +21,8 @@ const SECRET: &str = "zebra-umbrella-4711";
 const FORGED_ID: &str = r#"x}outcome=ok,caller="admin""#;
 /// A caller name that would add a field were its quotes not escaped.
 const FORGED_CALLER: &str = r#"billing" outcome="ok"#;
+const HAIKU: &str = "anthropic.claude-3-haiku-20240307-v1:0";
+const SONNET_US: &str = "us.anthropic.claude-3-5-sonnet-20241022-v2:0";
 
 /// A prompt that writes a complete fake log line, clears the screen and hides a line break.
 fn forged_prompt() -> String {
@@ -125,7 +128,8 @@ fn assert_span(line: &Value, id: &str, rpc: &str, outcome: &str) {
     );
     assert!(span["attempts"].as_u64().is_some_and(|a| a >= 1), "{line}");
     assert_eq!(span["outcome"], outcome, "{line}");
-    assert_eq!(line["outcome"], outcome, "{line}");
+    // Once, on the span: the event does not repeat it.
+    assert!(line.get("outcome").is_none(), "{line}");
     assert!(
         line["total_ms"].is_number() && line["upstream_ms"].is_number(),
         "{line}"
@@ -449,7 +453,7 @@ async fn text_logs_cannot_be_forged() {
         assert_eq!(line.one("request_id"), FORGED_ID, "{line:?}");
         assert_eq!(line.one("caller"), FORGED_CALLER, "{line:?}");
     }
-    assert_eq!(lines[1].all("outcome").last(), Some(&"ok"));
+    assert_eq!(lines[1].one("outcome"), "ok");
     // Every line the process wrote is a whole log line: the prompt's fake line, its escape
     // sequences and its hidden line break stayed inside the prompt field.
     for line in &router.seen {
@@ -462,4 +466,75 @@ async fn text_logs_cannot_be_forged() {
         .filter(|line| parse_text(line).unwrap().message == "request finished")
         .count();
     assert_eq!(finished, 1, "{:#?}", router.seen);
+}
+
+#[tokio::test]
+async fn text_logs_name_each_field_once_with_its_final_value() {
+    let mut router = TextRouter::start(false);
+    let mut client = router.client().await;
+    // Haiku fails in both regions, so Sonnet answers: tier, model and attempts all change.
+    client
+        .converse(request(
+            &format!("Hello [sim:fail=ServiceUnavailableException;model={HAIKU}]"),
+            "logs-escalated-1",
+        ))
+        .await
+        .expect("escalated answer");
+    // A stream retried in the fallback region.
+    let mut stream = client
+        .converse_stream(request(
+            "Hello [sim:fail=ThrottlingException;region=us-east-1]",
+            "logs-stream-retried-1",
+        ))
+        .await
+        .expect("stream")
+        .into_inner();
+    while stream.message().await.expect("event").is_some() {}
+    // An upstream failure logged inside the request before its end.
+    let status = client
+        .converse(request(
+            "Hello [sim:fail=AccessDeniedException]",
+            "logs-internal-1",
+        ))
+        .await
+        .expect_err("access denied");
+    assert_eq!(status.code(), tonic::Code::Internal);
+
+    for (id, tier, model, attempts, outcome) in [
+        ("logs-escalated-1", "strong", SONNET_US, "3", "ok"),
+        (
+            "logs-stream-retried-1",
+            "fast",
+            "us.anthropic.claude-3-haiku-20240307-v1:0",
+            "2",
+            "ok",
+        ),
+        (
+            "logs-internal-1",
+            "fast",
+            "us.anthropic.claude-3-haiku-20240307-v1:0",
+            "1",
+            "internal",
+        ),
+    ] {
+        let lines = router.lines_of(id);
+        for line in &lines {
+            let mut keys: Vec<&str> = line.fields.iter().map(|(k, _)| k.as_str()).collect();
+            keys.sort_unstable();
+            let before = keys.len();
+            keys.dedup();
+            assert_eq!(keys.len(), before, "a field repeats: {line:?}");
+        }
+        let last = lines.last().unwrap();
+        assert_eq!(last.one("tier"), tier, "{last:?}");
+        assert_eq!(last.one("model"), model, "{last:?}");
+        assert_eq!(last.one("attempts"), attempts, "{last:?}");
+        assert_eq!(last.one("outcome"), outcome, "{last:?}");
+        if outcome == "internal" {
+            assert!(
+                lines.iter().any(|l| l.message == "upstream call failed"),
+                "{lines:#?}"
+            );
+        }
+    }
 }

@@ -768,10 +768,12 @@ impl PromptRouter for RouterService {
             self.router.call_timeout,
         );
         let mut record = Record::start(self.router.telemetry, ctx.span.clone());
-        let admitted = self.router.admit_slot().and_then(|slot| {
-            self.router
-                .admit(request.into_inner(), &mut record, &ctx)
-                .map(|admitted| (admitted, slot))
+        let admitted = ctx.span.in_scope(|| {
+            self.router.admit_slot().and_then(|slot| {
+                self.router
+                    .admit(request.into_inner(), &mut record, &ctx)
+                    .map(|admitted| (admitted, slot))
+            })
         });
         let (admitted, slot) = match admitted {
             Ok(admitted) => admitted,
