@@ -155,7 +155,7 @@ mod tests {
             {{"role":"ROLE_USER","content":[{{"text":"{ask}"}}]}},
             {{"role":"ROLE_ASSISTANT","content":[{{"toolUse":{{"toolUseId":"t1","name":"search","inputJson":"{{}}"}}}}]}},
             {{"role":"ROLE_USER","content":[{{"toolResult":{{"toolUseId":"t1","content":[{{"text":"3 flights"}}]}}}}]}}],
-            "toolConfig":{{"tools":[{{"name":"search","inputSchemaJson":"{{}}"}}]}}}}"#
+            "toolConfig":{{"tools":[{{"name":"search","inputSchemaJson":"{{\"type\":\"object\"}}"}}]}}}}"#
         );
         let direct =
             format!(r#"{{"messages":[{{"role":"ROLE_USER","content":[{{"text":"{ask}"}}]}}]}}"#);

@@ -18,6 +18,7 @@ pub mod cost;
 pub mod decide;
 pub mod eval;
 pub mod load;
+pub mod logfmt;
 pub mod operating;
 pub mod pb;
 pub mod policy;

@@ -297,6 +297,7 @@ impl ChatRequest {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let (messages, images) = messages(req.messages, limits)?;
+        tool_links(&messages, req.tool_config.is_some())?;
         let inference = inference(req.inference_config.unwrap_or_default())?;
         let tools = req.tool_config.map(|cfg| tools(cfg, limits)).transpose()?;
         let routing = routing(req.routing.unwrap_or_default())?;
@@ -428,16 +429,17 @@ fn content_block(
                     "only assistant messages can hold tool calls",
                 ));
             }
-            if tool_use.tool_use_id.is_empty() {
-                return Err(invalid(
-                    field.child("tool_use").child("tool_use_id"),
-                    "must not be empty",
-                ));
-            }
-            if tool_use.name.is_empty() {
+            tool_use_id(
+                &field.child("tool_use").child("tool_use_id"),
+                &tool_use.tool_use_id,
+            )?;
+            if !valid_tool_name(&tool_use.name) {
                 return Err(invalid(
                     field.child("tool_use").child("name"),
-                    "must not be empty",
+                    format!(
+                        "{:?} is not 1 to 64 letters, digits, '_' or '-'",
+                        tool_use.name
+                    ),
                 ));
             }
             let input = json_object(
@@ -457,12 +459,10 @@ fn content_block(
                     "only user messages can hold tool results",
                 ));
             }
-            if result.tool_use_id.is_empty() {
-                return Err(invalid(
-                    field.child("tool_result").child("tool_use_id"),
-                    "must not be empty",
-                ));
-            }
+            tool_use_id(
+                &field.child("tool_result").child("tool_use_id"),
+                &result.tool_use_id,
+            )?;
             let is_error = match pb::ToolResultStatus::try_from(result.status) {
                 Ok(pb::ToolResultStatus::Unspecified | pb::ToolResultStatus::Success) => false,
                 Ok(pb::ToolResultStatus::Error) => true,
@@ -632,6 +632,149 @@ fn inference(cfg: pb::InferenceConfig) -> Result<Inference, InvalidRequest> {
     })
 }
 
+/// Bedrock's rule for tool names, declared or called: 1 to 64 of `[a-zA-Z0-9_-]`.
+fn valid_tool_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Bedrock's rule for tool-use ids: 1 to 64 of `[a-zA-Z0-9_.:-]` (older API references allow
+/// neither `.` nor `:`; the ids Bedrock hands out are `tooluse_` and base62).
+fn tool_use_id(field: &Field<'_>, id: &str) -> Result<(), InvalidRequest> {
+    let valid = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+    if valid {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!("{id:?} is not 1 to 64 letters, digits, '_', '-', '.' or ':'"),
+        ))
+    }
+}
+
+/// What Bedrock and the Claude models require of the tool blocks of a conversation, checked
+/// here so that a broken one costs no upstream call and its message names our field: tool
+/// blocks need a `tool_config`; the user turn after an assistant turn with tool calls answers
+/// each of them, with its results before any other block; and a result answers a call of the
+/// turn just before it (Bedrock: "Each `tool_result` block must have a corresponding
+/// `tool_use` block in the previous message").
+fn tool_links(turns: &[Turn], declared: bool) -> Result<(), InvalidRequest> {
+    use std::collections::{HashMap, HashSet};
+    // Call id → its block's index, for the assistant turn just before. Maps, not scans: a
+    // request may hold many calls.
+    let mut calls: HashMap<&str, usize> = HashMap::new();
+    for (i, turn) in turns.iter().enumerate() {
+        let field = Field::indexed("messages", i);
+        if turn.role == Role::Assistant {
+            calls.clear();
+            for (j, block) in turn.content.iter().enumerate() {
+                if let Block::ToolUse(call) = block {
+                    needs_tool_config(declared, &field.item("content", j), "tool_use")?;
+                    calls.insert(call.id.as_str(), j);
+                }
+            }
+            continue;
+        }
+        let mut answered: HashSet<&str> = HashSet::new();
+        let mut other_block = false;
+        for (j, block) in turn.content.iter().enumerate() {
+            let Block::ToolResult(result) = block else {
+                other_block = true;
+                continue;
+            };
+            let at = field.item("content", j);
+            needs_tool_config(declared, &at, "tool_result")?;
+            if !calls.contains_key(result.tool_use_id.as_str()) {
+                return Err(invalid(
+                    at.child("tool_result").child("tool_use_id"),
+                    format!(
+                        "{:?} matches no tool_use in the previous message",
+                        result.tool_use_id
+                    ),
+                ));
+            }
+            if other_block {
+                return Err(invalid(
+                    at.child("tool_result"),
+                    "tool results must come before the message's other blocks",
+                ));
+            }
+            answered.insert(result.tool_use_id.as_str());
+        }
+        let unanswered = calls
+            .iter()
+            .filter(|(id, _)| !answered.contains(**id))
+            .min_by_key(|(_, j)| **j);
+        if let Some((id, &j)) = unanswered {
+            let previous = Field::indexed("messages", i - 1);
+            return Err(invalid(
+                previous
+                    .item("content", j)
+                    .child("tool_use")
+                    .child("tool_use_id"),
+                format!("{id:?} has no tool_result in the next message"),
+            ));
+        }
+        calls.clear();
+    }
+    Ok(())
+}
+
+fn needs_tool_config(
+    declared: bool,
+    field: &Field<'_>,
+    kind: &'static str,
+) -> Result<(), InvalidRequest> {
+    if declared {
+        Ok(())
+    } else {
+        Err(invalid(
+            field.child(kind),
+            "tool_config must be set when the messages hold tool_use or tool_result blocks",
+        ))
+    }
+}
+
+/// The JSON Schema of a tool's input: an object schema (Bedrock: "The top level schema type
+/// must be object"), whose `properties`, if any, are schemas and whose `required`, if any,
+/// names properties, as JSON Schema defines those keywords. Deeper checks are Bedrock's.
+fn object_schema(field: &Field<'_>, schema: &Value) -> Result<(), InvalidRequest> {
+    if schema.get("type") != Some(&Value::from("object")) {
+        return Err(invalid(
+            field,
+            "must be a JSON Schema whose top-level \"type\" is \"object\"",
+        ));
+    }
+    if let Some(properties) = schema.get("properties") {
+        let schemas = properties
+            .as_object()
+            .is_some_and(|p| p.values().all(|s| s.is_object() || s.is_boolean()));
+        if !schemas {
+            return Err(invalid(
+                field,
+                "\"properties\" must be an object whose values are schemas",
+            ));
+        }
+    }
+    if let Some(required) = schema.get("required") {
+        let names = required
+            .as_array()
+            .is_some_and(|r| r.iter().all(Value::is_string));
+        if !names {
+            return Err(invalid(
+                field,
+                "\"required\" must be an array of property names",
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn tools(cfg: pb::ToolConfig, limits: &Limits) -> Result<Tools, InvalidRequest> {
     if cfg.tools.is_empty() {
         return Err(invalid(
@@ -653,13 +796,7 @@ fn tools(cfg: pb::ToolConfig, limits: &Limits) -> Result<Tools, InvalidRequest> 
     let mut names = std::collections::HashSet::with_capacity(cfg.tools.len());
     for (i, tool) in cfg.tools.into_iter().enumerate() {
         let field = Field::indexed("tool_config.tools", i);
-        let valid_name = !tool.name.is_empty()
-            && tool.name.len() <= 64
-            && tool
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if !valid_name {
+        if !valid_tool_name(&tool.name) {
             return Err(invalid(
                 field.child("name"),
                 format!("{:?} is not 1 to 64 letters, digits, '_' or '-'", tool.name),
@@ -672,7 +809,9 @@ fn tools(cfg: pb::ToolConfig, limits: &Limits) -> Result<Tools, InvalidRequest> 
                 format!("duplicate tool name {:?}", tool.name),
             ));
         }
-        let input_schema = json_object(&field.child("input_schema_json"), &tool.input_schema_json)?;
+        let schema_field = field.child("input_schema_json");
+        let input_schema = json_object(&schema_field, &tool.input_schema_json)?;
+        object_schema(&schema_field, &input_schema)?;
         specs.push(ToolSpec {
             name: tool.name,
             description: tool.description,
@@ -744,6 +883,7 @@ mod tests {
     use super::*;
 
     const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";
+    const OBJECT_SCHEMA: &str = r#"{"type":"object"}"#;
 
     fn user(text: &str) -> pb::Message {
         pb::Message {
@@ -934,7 +1074,7 @@ mod tests {
                         tools: vec![pb::Tool {
                             name: "get weather".into(),
                             description: String::new(),
-                            input_schema_json: "{}".into(),
+                            input_schema_json: OBJECT_SCHEMA.into(),
                         }],
                         tool_choice: None,
                     }),
@@ -985,7 +1125,7 @@ mod tests {
         let tool = |name: &str| pb::Tool {
             name: name.to_owned(),
             description: String::new(),
-            input_schema_json: "{}".to_owned(),
+            input_schema_json: OBJECT_SCHEMA.to_owned(),
         };
         let with_tools = |tools: Vec<pb::Tool>| pb::ConverseRequest {
             tool_config: Some(pb::ToolConfig {
@@ -1006,6 +1146,254 @@ mod tests {
         let err = ChatRequest::from_pb(with_tools(vec![tool("a"), tool("b"), tool("c")]), &limits)
             .expect_err("limit");
         assert_eq!(err.0, "tool_config.tools: 3 tools exceed the limit of 2");
+    }
+
+    fn tool_use(id: &str) -> pb::ContentBlock {
+        pb::ContentBlock {
+            block: Some(pb::content_block::Block::ToolUse(pb::ToolUse {
+                tool_use_id: id.to_owned(),
+                name: "search".to_owned(),
+                input_json: "{}".to_owned(),
+            })),
+        }
+    }
+
+    fn tool_result(id: &str) -> pb::ContentBlock {
+        pb::ContentBlock {
+            block: Some(pb::content_block::Block::ToolResult(pb::ToolResult {
+                tool_use_id: id.to_owned(),
+                content: vec![pb::ToolResultContent {
+                    block: Some(pb::tool_result_content::Block::Text("3 hits".to_owned())),
+                }],
+                status: 0,
+            })),
+        }
+    }
+
+    fn turn(role: pb::Role, content: Vec<pb::ContentBlock>) -> pb::Message {
+        pb::Message {
+            role: role as i32,
+            content,
+        }
+    }
+
+    /// A conversation with `turns`, declaring one tool whose input schema is `schema`, or
+    /// none.
+    fn with_tools(turns: Vec<pb::Message>, schema: Option<&str>) -> pb::ConverseRequest {
+        pb::ConverseRequest {
+            tool_config: schema.map(|schema| pb::ToolConfig {
+                tools: vec![pb::Tool {
+                    name: "search".to_owned(),
+                    description: String::new(),
+                    input_schema_json: schema.to_owned(),
+                }],
+                tool_choice: None,
+            }),
+            ..request(turns)
+        }
+    }
+
+    #[test]
+    fn tool_blocks_are_checked_against_each_other_and_the_tool_config() {
+        use pb::Role::{Assistant as A, User as U};
+        let schema = Some(OBJECT_SCHEMA);
+        let cases: Vec<(pb::ConverseRequest, &str)> = vec![
+            (
+                with_tools(
+                    vec![
+                        user("Find flights"),
+                        turn(A, vec![tool_use("t1")]),
+                        turn(U, vec![tool_result("t1")]),
+                    ],
+                    None,
+                ),
+                "messages[1].content[0].tool_use: tool_config must be set when the messages hold",
+            ),
+            (
+                with_tools(vec![turn(U, vec![tool_result("t1")])], None),
+                "messages[0].content[0].tool_result: tool_config must be set",
+            ),
+            (
+                with_tools(vec![turn(U, vec![tool_result("t1")])], schema),
+                "messages[0].content[0].tool_result.tool_use_id: \"t1\" matches no tool_use in the previous message",
+            ),
+            (
+                with_tools(
+                    vec![
+                        user("Find flights"),
+                        turn(A, vec![tool_use("t1")]),
+                        turn(U, vec![tool_result("t2")]),
+                    ],
+                    schema,
+                ),
+                "messages[2].content[0].tool_result.tool_use_id: \"t2\" matches no tool_use",
+            ),
+            (
+                // A call answered once cannot be answered again two turns later.
+                with_tools(
+                    vec![
+                        user("Find flights"),
+                        turn(A, vec![tool_use("t1")]),
+                        turn(U, vec![tool_result("t1")]),
+                        turn(A, vec![text_block("Which day?")]),
+                        turn(U, vec![tool_result("t1")]),
+                    ],
+                    schema,
+                ),
+                "messages[4].content[0].tool_result.tool_use_id: \"t1\" matches no tool_use",
+            ),
+            (
+                with_tools(
+                    vec![
+                        user("Find flights"),
+                        turn(
+                            A,
+                            vec![text_block("Two searches"), tool_use("t1"), tool_use("t2")],
+                        ),
+                        turn(U, vec![tool_result("t1")]),
+                    ],
+                    schema,
+                ),
+                "messages[1].content[2].tool_use.tool_use_id: \"t2\" has no tool_result in the next message",
+            ),
+            (
+                with_tools(
+                    vec![
+                        user("Find flights"),
+                        turn(A, vec![tool_use("t1")]),
+                        user("never mind"),
+                    ],
+                    schema,
+                ),
+                "messages[1].content[0].tool_use.tool_use_id: \"t1\" has no tool_result",
+            ),
+            (
+                with_tools(
+                    vec![
+                        user("Find flights"),
+                        turn(A, vec![tool_use("t1")]),
+                        turn(U, vec![text_block("Here:"), tool_result("t1")]),
+                    ],
+                    schema,
+                ),
+                "messages[2].content[1].tool_result: tool results must come before the message's other blocks",
+            ),
+            (
+                with_tools(
+                    vec![
+                        user("Find flights"),
+                        turn(A, vec![tool_use("call 1")]),
+                        turn(U, vec![tool_result("call 1")]),
+                    ],
+                    schema,
+                ),
+                "messages[1].content[0].tool_use.tool_use_id: \"call 1\" is not 1 to 64 letters",
+            ),
+            (
+                with_tools(
+                    vec![
+                        user("Find flights"),
+                        turn(A, vec![tool_use(&"t".repeat(65))]),
+                        turn(U, vec![tool_result("t1")]),
+                    ],
+                    schema,
+                ),
+                "messages[1].content[0].tool_use.tool_use_id: \"ttt",
+            ),
+            (
+                with_tools(vec![user("Find flights")], Some("{}")),
+                "tool_config.tools[0].input_schema_json: must be a JSON Schema whose top-level \"type\" is \"object\"",
+            ),
+            (
+                with_tools(vec![user("Find flights")], Some(r#"{"type":"string"}"#)),
+                "tool_config.tools[0].input_schema_json: must be a JSON Schema whose top-level",
+            ),
+            (
+                with_tools(
+                    vec![user("Find flights")],
+                    Some(r#"{"type":"object","properties":["q"]}"#),
+                ),
+                "tool_config.tools[0].input_schema_json: \"properties\" must be an object whose values are schemas",
+            ),
+            (
+                with_tools(
+                    vec![user("Find flights")],
+                    Some(r#"{"type":"object","properties":{"q":"string"}}"#),
+                ),
+                "tool_config.tools[0].input_schema_json: \"properties\" must be",
+            ),
+            (
+                with_tools(
+                    vec![user("Find flights")],
+                    Some(r#"{"type":"object","required":"q"}"#),
+                ),
+                "tool_config.tools[0].input_schema_json: \"required\" must be an array of property names",
+            ),
+        ];
+        for (req, expected) in cases {
+            let err = check(req).expect_err(expected);
+            assert!(
+                err.0.starts_with(expected),
+                "expected {expected:?}, got {:?}",
+                err.0
+            );
+        }
+        let mut bad_name = with_tools(
+            vec![
+                user("Find flights"),
+                turn(A, vec![tool_use("t1")]),
+                turn(U, vec![tool_result("t1")]),
+            ],
+            schema,
+        );
+        if let Some(pb::content_block::Block::ToolUse(call)) =
+            &mut bad_name.messages[1].content[0].block
+        {
+            call.name = "web search".to_owned();
+        }
+        assert_eq!(
+            check(bad_name).expect_err("bad name").0,
+            "messages[1].content[0].tool_use.name: \"web search\" is not 1 to 64 letters, digits, '_' or '-'"
+        );
+    }
+
+    #[test]
+    fn valid_tool_conversations_pass() {
+        use pb::Role::{Assistant as A, User as U};
+        let schemas = [
+            OBJECT_SCHEMA,
+            r#"{"type":"object","properties":{"q":{"type":"string"},"any":true},"required":["q"]}"#,
+            r#"{"type":"object","properties":{},"additionalProperties":false}"#,
+        ];
+        for schema in schemas {
+            let req = with_tools(
+                vec![
+                    user("Find flights, then hotels"),
+                    turn(
+                        A,
+                        vec![
+                            text_block("Searching both"),
+                            tool_use("tooluse_AbC123"),
+                            tool_use("toolu_01.x:y-z"),
+                        ],
+                    ),
+                    // Results in any order, then text.
+                    turn(
+                        U,
+                        vec![
+                            tool_result("toolu_01.x:y-z"),
+                            tool_result("tooluse_AbC123"),
+                            text_block("Cheapest first, please"),
+                        ],
+                    ),
+                    turn(A, vec![tool_use("t3")]),
+                    turn(U, vec![tool_result("t3")]),
+                ],
+                Some(schema),
+            );
+            let chat = check(req).unwrap_or_else(|e| panic!("{schema}: {e}"));
+            assert_eq!(chat.messages.len(), 5);
+        }
     }
 
     #[test]

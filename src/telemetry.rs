@@ -287,7 +287,7 @@ pub fn init_logs(format: LogFormat) {
         .with_writer(std::io::stderr);
     // try_init: a second call (tests, embedding) keeps the first subscriber.
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder.fmt_fields(crate::logfmt::TextFields).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }

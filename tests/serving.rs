@@ -601,7 +601,69 @@ async fn invalid_requests_are_refused_before_bedrock() {
         }],
         ..Default::default()
     };
+    let tool_use = |id: &str| pb::ContentBlock {
+        block: Some(pb::content_block::Block::ToolUse(pb::ToolUse {
+            tool_use_id: id.to_owned(),
+            name: "get_weather".to_owned(),
+            input_json: r#"{"city":"Paris"}"#.to_owned(),
+        })),
+    };
+    let tool_result = |id: &str| pb::ContentBlock {
+        block: Some(pb::content_block::Block::ToolResult(pb::ToolResult {
+            tool_use_id: id.to_owned(),
+            content: vec![pb::ToolResultContent {
+                block: Some(pb::tool_result_content::Block::Json(
+                    r#"{"celsius":18}"#.to_owned(),
+                )),
+            }],
+            status: pb::ToolResultStatus::Success as i32,
+        })),
+    };
+    let weather = |schema: &str| pb::ToolConfig {
+        tools: vec![pb::Tool {
+            name: "get_weather".to_owned(),
+            description: "Current weather for a city".to_owned(),
+            input_schema_json: schema.to_owned(),
+        }],
+        tool_choice: None,
+    };
+    let tool_loop =
+        |call: &str, answer: &str, tool_config: Option<pb::ToolConfig>| pb::ConverseRequest {
+            messages: vec![
+                user("Weather in Paris?"),
+                pb::Message {
+                    role: pb::Role::Assistant as i32,
+                    content: vec![tool_use(call)],
+                },
+                pb::Message {
+                    role: pb::Role::User as i32,
+                    content: vec![tool_result(answer)],
+                },
+            ],
+            tool_config,
+            ..Default::default()
+        };
+    let object = r#"{"type":"object","properties":{"city":{"type":"string"}}}"#;
     let cases: Vec<(&str, pb::ConverseRequest, &str)> = vec![
+        (
+            "tool blocks without tool_config",
+            tool_loop("t1", "t1", None),
+            "messages[1].content[0].tool_use: tool_config must be set when the messages hold tool_use or tool_result blocks",
+        ),
+        (
+            "tool result for an unknown call",
+            tool_loop("t1", "t2", Some(weather(object))),
+            "messages[2].content[0].tool_result.tool_use_id: \"t2\" matches no tool_use in the previous message",
+        ),
+        (
+            "input schema not an object schema",
+            tool_loop(
+                "t1",
+                "t1",
+                Some(weather(r#"{"properties":{"city":{"type":"string"}}}"#)),
+            ),
+            "tool_config.tools[0].input_schema_json: must be a JSON Schema whose top-level \"type\" is \"object\"",
+        ),
         (
             "no messages",
             pb::ConverseRequest::default(),

@@ -150,7 +150,7 @@ mod tests {
                 ..crate::request::Limits::default()
             },
         };
-        let line = r#"{"messages":[{"role":"ROLE_USER","content":[{"text":"x"}]}],"toolConfig":{"tools":[{"name":"a","inputSchemaJson":"{}"},{"name":"b","inputSchemaJson":"{}"}]}}"#;
+        let line = r#"{"messages":[{"role":"ROLE_USER","content":[{"text":"x"}]}],"toolConfig":{"tools":[{"name":"a","inputSchemaJson":"{\"type\":\"object\"}"},{"name":"b","inputSchemaJson":"{\"type\":\"object\"}"}]}}"#;
         let mut out = Vec::new();
         let s = super::run(&decider, opts, line.as_bytes(), &mut out).unwrap();
         assert_eq!(s.errors, 1);

@@ -366,7 +366,7 @@ mod tests {
             {"role":"ROLE_ASSISTANT","content":[{"text":"Hi"}]},
             {"role":"ROLE_USER","content":[{"text":"Why?"}]}],
             "inferenceConfig":{"maxTokens":4096},
-            "toolConfig":{"tools":[{"name":"a","inputSchemaJson":"{}"},{"name":"b","inputSchemaJson":"{}"}]}}"#;
+            "toolConfig":{"tools":[{"name":"a","inputSchemaJson":"{\"type\":\"object\"}"},{"name":"b","inputSchemaJson":"{\"type\":\"object\"}"}]}}"#;
         let r = Request::parse(line, &Limits::default()).unwrap();
         assert_eq!(r.id_text(), "7");
         let c = decide::classify(&classifier(), &r.request);

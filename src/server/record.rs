@@ -2,6 +2,11 @@
 //! handler finishes it, or — if the caller cancels or the server drops the request — when it is
 //! dropped, as `cancelled`. So every request is counted once, however it ends, and so is an
 //! upstream call still running at that moment.
+//!
+//! The request span gets `tier`, `model`, `attempts` and `outcome` once, at that end, and the
+//! last line repeats none of them: text logs append every value a span field is given, so
+//! recording them as they changed wrote `attempts=1 attempts=2 attempts=3`, and a tier and a
+//! model before and after an escalation.
 
 use std::{
     sync::Arc,
@@ -71,7 +76,7 @@ impl Record {
         self.started
     }
 
-    /// Notes the classification: how long it took and the score.
+    /// Notes the classification (once a request): how long it took and the score.
     pub fn classified(&mut self, took: Duration, score: f64) {
         self.span.record("score", score);
         self.classify = Some((took, score));
@@ -79,8 +84,6 @@ impl Record {
 
     /// Notes the decision (again, when another tier answered).
     pub fn routed(&mut self, tier: Tier, basis: Basis, model: &Arc<str>) {
-        self.span.record("tier", tier.as_str());
-        self.span.record("model", &**model);
         self.route = Some((tier, basis, Arc::clone(model)));
     }
 
@@ -102,7 +105,6 @@ impl Record {
         let took = call.started.elapsed();
         self.attempts += 1;
         self.upstream += took;
-        self.span.record("attempts", self.attempts);
         let outcome = error_kind.unwrap_or("ok");
         histogram!(
             telemetry::UPSTREAM_DURATION,
@@ -199,6 +201,11 @@ impl Record {
         }));
         let outcome = code_label(code);
         let total = self.started.elapsed();
+        if let Some((tier, _, model)) = &self.route {
+            self.span.record("tier", tier.as_str());
+            self.span.record("model", &**model);
+        }
+        self.span.record("attempts", self.attempts);
         self.span.record("outcome", outcome);
         let (tier, basis, model) = match &self.route {
             Some((tier, basis, model)) => (
@@ -236,9 +243,9 @@ impl Record {
         let upstream_ms = self.upstream.as_secs_f64() * 1e3;
         match code {
             Code::Ok | Code::InvalidArgument | Code::Cancelled | Code::DeadlineExceeded => {
-                tracing::info!(outcome, total_ms, upstream_ms, "request finished");
+                tracing::info!(total_ms, upstream_ms, "request finished");
             }
-            _ => tracing::warn!(outcome, total_ms, upstream_ms, "request failed"),
+            _ => tracing::warn!(total_ms, upstream_ms, "request failed"),
         }
     }
 }

@@ -107,7 +107,7 @@ impl Context {
         let span = tracing::info_span!(
             "request",
             rpc,
-            request_id = %request_id,
+            request_id = request_id.as_str(),
             caller = Empty,
             tier = Empty,
             score = Empty,
@@ -295,7 +295,7 @@ impl Router {
                     Block::Image(_) | Block::ToolUse(_) | Block::ToolResult(_) => None,
                 })
                 .collect();
-            tracing::info!(parent: &ctx.span, prompt = %prompt.join("\n"), "prompt");
+            tracing::info!(parent: &ctx.span, prompt = prompt.join("\n").as_str(), "prompt");
         }
         let classify_started = std::time::Instant::now();
         let routed = self
@@ -768,10 +768,12 @@ impl PromptRouter for RouterService {
             self.router.call_timeout,
         );
         let mut record = Record::start(self.router.telemetry, ctx.span.clone());
-        let admitted = self.router.admit_slot().and_then(|slot| {
-            self.router
-                .admit(request.into_inner(), &mut record, &ctx)
-                .map(|admitted| (admitted, slot))
+        let admitted = ctx.span.in_scope(|| {
+            self.router.admit_slot().and_then(|slot| {
+                self.router
+                    .admit(request.into_inner(), &mut record, &ctx)
+                    .map(|admitted| (admitted, slot))
+            })
         });
         let (admitted, slot) = match admitted {
             Ok(admitted) => admitted,

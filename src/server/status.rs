@@ -35,7 +35,8 @@ pub fn from_backend(err: &BackendError, request_id: &str) -> Status {
         | BackendError::BadResponse { .. }
         | BackendError::Build { .. }
         | BackendError::Unknown { .. } => {
-            tracing::error!(request_id, kind = err.kind(), error = %err, "upstream call failed");
+            // Inside the request span, which names the request id.
+            tracing::error!(kind = err.kind(), error = %err, "upstream call failed");
             internal(request_id)
         }
     }
