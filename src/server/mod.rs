@@ -1,6 +1,7 @@
 //! Starting and stopping the router: the gRPC server (PromptRouter, health, reflection), the
 //! `/metrics` listener and, with `--simulate`, the in-process Bedrock simulator.
 
+mod deadline;
 mod dispatch;
 mod metrics_http;
 mod record;

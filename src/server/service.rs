@@ -18,6 +18,7 @@ use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
 use tracing::{Instrument, Span, field::Empty};
 
 use super::{
+    deadline,
     dispatch::{Dispatcher, Resilience, Walk, deadline_status},
     record::Record,
     status::from_backend,
@@ -42,11 +43,6 @@ use crate::{
 pub const REQUEST_ID: &str = "x-request-id";
 /// How many top features a decision names.
 const REASONS: usize = 3;
-/// Answer slightly before the caller's deadline so the caller gets DEADLINE_EXCEEDED from us
-/// (with a message) rather than a bare cancellation from its own or the transport's timer, which
-/// started earlier than ours (the request spent time on the wire). A tenth of the budget, at
-/// most 20 ms.
-const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 /// Events buffered per stream between the upstream reader and the caller.
 const STREAM_BUFFER: usize = 32;
 
@@ -101,9 +97,7 @@ impl Context {
                 !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
             })
             .map_or_else(|| format!("{:032x}", fastrand::u128(..)), str::to_owned);
-        let budget = grpc_timeout(metadata).map_or(call_timeout, |t| {
-            t.saturating_sub(DEADLINE_MARGIN.min(t / 10))
-        });
+        let budget = deadline::grpc_timeout(metadata).map_or(call_timeout, deadline::budget);
         let span = tracing::info_span!(
             "request",
             rpc,
@@ -146,26 +140,6 @@ impl Context {
             }
         }
     }
-}
-
-/// Reads the `grpc-timeout` header: at most 8 digits and a unit, as gRPC over HTTP/2 defines
-/// it; anything else is ignored (the transport ignores it too).
-fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
 }
 
 /// The routing decision of a request, before and after its calls.
@@ -837,27 +811,6 @@ impl PromptRouter for RouterService {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grpc_timeout_units() {
-        let mut md = MetadataMap::new();
-        for (value, expected) in [
-            ("200m", Some(Duration::from_millis(200))),
-            ("5S", Some(Duration::from_secs(5))),
-            ("1H", Some(Duration::from_secs(3600))),
-            ("99999999H", Some(Duration::from_secs(99_999_999 * 3600))),
-            ("1500u", Some(Duration::from_micros(1500))),
-            ("7n", Some(Duration::from_nanos(7))),
-            ("2M", Some(Duration::from_secs(120))),
-            ("999999999H", None),
-            ("10x", None),
-            ("m", None),
-            ("", None),
-        ] {
-            md.insert("grpc-timeout", value.parse().expect("ascii"));
-            assert_eq!(grpc_timeout(&md), expected, "{value:?}");
-        }
-    }
 
     #[tokio::test]
     async fn a_stream_ends_after_every_queued_event() {
