@@ -333,7 +333,7 @@ impl Router {
                     .converse(target.region, &model.invoke_id, parts.clone())
             })
             .await?;
-        dispatcher.succeeded(target);
+        dispatcher.succeeded(&walk, target);
         record.end_call(None);
         let (decision, fallback) = decided.answered(self, &walk, target, record);
         let Completion {
@@ -496,7 +496,7 @@ impl StreamJob {
                 Ok(Ok(event)) => {
                     self.router
                         .dispatcher(&self.request_id, self.deadline)
-                        .succeeded(target);
+                        .succeeded(&self.walk, target);
                     return Ok((upstream, target, event));
                 }
                 Ok(Err(err)) => err,
