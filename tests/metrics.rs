@@ -208,6 +208,17 @@ async fn metrics_follow_known_traffic_exactly() {
         )),
         1.0
     );
+    // It changed region twice (Haiku's, then Sonnet's) but is one request that fell back across
+    // regions: the fallback-ratio rule and RouterFallbackSurge divide this by requests.
+    assert_eq!(
+        scrape.sum("router_fallbacks_total", &["kind=\"region\""]),
+        1.0
+    );
+    assert_eq!(
+        scrape.sum("router_fallbacks_total", &[""]) / scrape.sum("router_requests_total", &[""]),
+        2.0 / 6.0,
+        "region and escalate, each 1 of the 6 requests"
+    );
     assert_eq!(
         scrape.value(
             &format!(

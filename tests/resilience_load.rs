@@ -190,15 +190,23 @@ async fn throttling_and_5xx_on_every_target_leave_99_percent_answered() {
     let took = started.elapsed();
     let failed: u64 = failures.values().sum();
     let after = scrape(&router).await;
-    let budget_refusals = after.sum("router_retry_budget_exhausted_total", &[])
-        - before.sum("router_retry_budget_exhausted_total", &[]);
+    let delta =
+        |family: &str, filters: &[&str]| after.sum(family, filters) - before.sum(family, filters);
+    // Every fallback starts with a region move, so the region count is the requests that fell
+    // back; every retry moves to another target, so retries are what counting moves would give.
+    let fell_back = delta("router_fallbacks_total", &["kind=\"region\""]);
+    let moves = delta("router_retries_total", &[]);
     println!(
         "faults on every target (20% throttling, 5% 503): {} of {REQUESTS} ok ({:.2}%), \
          failed {failures:?}, answered after n attempts {by_attempts:?}, retries refused by the \
-         budget {budget_refusals}, {:.1} s",
+         budget {}, {:.1} s; requests that fell back {fell_back} ({} per kind), moves {moves} \
+         ({:+.0}%)",
         REQUESTS as u64 - failed,
         100.0 * (REQUESTS as u64 - failed) as f64 / REQUESTS as f64,
-        took.as_secs_f64()
+        delta("router_retry_budget_exhausted_total", &[]),
+        took.as_secs_f64(),
+        delta("router_fallbacks_total", &[]),
+        100.0 * (moves / fell_back - 1.0),
     );
     assert!(
         failed * 100 <= REQUESTS as u64,
