@@ -10,7 +10,7 @@ use std::{
 };
 
 use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch},
     time::Instant,
 };
 use tokio_stream::{Stream, wrappers::ReceiverStream};
@@ -63,6 +63,9 @@ pub struct Router {
     pub concurrency: Arc<Semaphore>,
     /// Whether prompt text may be logged.
     pub log_prompts: bool,
+    /// Set when a shutdown's drain time is up: requests still running end at once with
+    /// UNAVAILABLE, a failure on the router's side, instead of being dropped with the process.
+    pub cut_off: watch::Sender<bool>,
     /// Metrics.
     pub telemetry: &'static Telemetry,
 }
@@ -235,6 +238,16 @@ struct Admitted {
 }
 
 impl Router {
+    /// Completes when the drain time is up.
+    async fn cut_off(&self) {
+        let mut cut_off = self.cut_off.subscribe();
+        if cut_off.wait_for(|cut| *cut).await.is_err() {
+            // The sender lives as long as the router, so this is never reached; if it were,
+            // no cut-off would ever come.
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Takes a concurrency slot or refuses at once: queueing would only turn overload into
     /// timeouts for everyone.
     fn admit_slot(self: &Arc<Self>) -> Result<OwnedSemaphorePermit, Status> {
@@ -515,7 +528,11 @@ impl StreamJob {
     /// Relays upstream events to the caller until the stream ends, fails, passes its deadline
     /// or the caller goes away (which drops the upstream stream and so closes its connection).
     async fn pump(mut self, upstream: EventStream, target: Target, outbox: Outbox) {
-        let outcome = self.relay(upstream, target, &outbox).await;
+        let router = Arc::clone(&self.router);
+        let outcome = tokio::select! {
+            outcome = self.relay(upstream, target, &outbox) => outcome,
+            () = router.cut_off() => Outcome::Failed(cut_off_status()),
+        };
         self.finish(outcome, outbox);
     }
 
@@ -645,6 +662,14 @@ impl StreamJob {
     }
 }
 
+/// The status of a request still running when the drain time is up.
+fn cut_off_status() -> Status {
+    Status::unavailable(
+        "the router is shutting down and its drain time (server.drain_timeout_ms) ran out before \
+         this request finished; retry",
+    )
+}
+
 fn content_block(block: OutputBlock) -> pb::ContentBlock {
     let block = match block {
         OutputBlock::Text(text) => pb::content_block::Block::Text(text),
@@ -719,10 +744,14 @@ impl PromptRouter for RouterService {
         let mut record = Record::start(self.router.telemetry, ctx.span.clone());
         let result = match self.router.admit_slot() {
             Ok(_slot) => {
-                self.router
+                let work = self
+                    .router
                     .converse(&ctx, request.into_inner(), &mut record)
-                    .instrument(ctx.span.clone())
-                    .await
+                    .instrument(ctx.span.clone());
+                tokio::select! {
+                    result = work => result,
+                    () = self.router.cut_off() => Err(cut_off_status()),
+                }
             }
             Err(status) => Err(status),
         };
@@ -765,7 +794,11 @@ impl PromptRouter for RouterService {
             _slot: slot,
         };
         // A refusal before any event is an ordinary error status, not a broken stream.
-        let (upstream, target) = match job.open().instrument(ctx.span.clone()).await {
+        let opened = tokio::select! {
+            opened = job.open().instrument(ctx.span.clone()) => opened,
+            () = self.router.cut_off() => Err(cut_off_status()),
+        };
+        let (upstream, target) = match opened {
             Ok(opened) => opened,
             Err(status) => {
                 job.record.finish(status.code());
