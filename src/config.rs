@@ -54,7 +54,8 @@ pub struct ServerConfig {
     /// On SIGTERM, how long to keep accepting requests while health reports NOT_SERVING, so load
     /// balancers stop sending before the listener closes (0 when a preStop hook already waits).
     pub shutdown_delay_ms: u64,
-    /// On SIGTERM, how long in-flight requests may take to finish before the router exits anyway.
+    /// On SIGTERM, how long in-flight requests may take to finish; those still running then end
+    /// with UNAVAILABLE before the router exits.
     pub drain_timeout_ms: u64,
 }
 
