@@ -54,7 +54,8 @@ pub struct ServerConfig {
     /// On SIGTERM, how long to keep accepting requests while health reports NOT_SERVING, so load
     /// balancers stop sending before the listener closes (0 when a preStop hook already waits).
     pub shutdown_delay_ms: u64,
-    /// On SIGTERM, how long in-flight requests may take to finish before the router exits anyway.
+    /// On SIGTERM, how long in-flight requests may take to finish; those still running then end
+    /// with UNAVAILABLE before the router exits.
     pub drain_timeout_ms: u64,
 }
 
@@ -297,12 +298,14 @@ pub struct ResilienceConfig {
     pub breaker_failures: u32,
     /// How long an ejected target is skipped before one probe request may try it.
     pub breaker_cooldown_ms: u64,
+    /// Most of a model's targets (its source regions), in percent rounded down, ejected at once.
+    pub max_ejected_percent: u32,
 }
 
 impl Default for ResilienceConfig {
     fn default() -> Self {
         Self {
-            max_attempts: 3,
+            max_attempts: 4,
             backoff_base_ms: 25,
             backoff_max_ms: 1_000,
             retry_budget_ratio: 0.5,
@@ -311,6 +314,7 @@ impl Default for ResilienceConfig {
             escalate_to_strong: true,
             breaker_failures: 5,
             breaker_cooldown_ms: 10_000,
+            max_ejected_percent: 50,
         }
     }
 }
@@ -572,6 +576,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "resilience.breaker_failures",
                 "must be at least 1",
+            ));
+        }
+        if r.max_ejected_percent > 100 {
+            return Err(ConfigError::invalid(
+                "resilience.max_ejected_percent",
+                format!("{} is above 100", r.max_ejected_percent),
             ));
         }
         if self.server.max_concurrency == 0 {
@@ -973,6 +983,11 @@ mod tests {
                 "[resilience]\nbackoff_base_ms = 5000\n",
                 &[],
                 "resilience.backoff_base_ms",
+            ),
+            (
+                "[resilience]\nmax_ejected_percent = 101\n",
+                &[],
+                "resilience.max_ejected_percent",
             ),
             (
                 "[server]\nmax_concurrency = 0\n",

@@ -292,6 +292,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.telemetry.log_format = format;
     }
     telemetry::init_logs(config.telemetry.log_format);
+    let stop = shutdown_signal()?;
     let running = server::start(
         config,
         Options {
@@ -299,31 +300,36 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
-    shutdown_signal().await?;
+    stop.await;
     tracing::info!("shutting down");
     running.shutdown().await
 }
 
 async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     telemetry::init_logs(LogFormat::Text);
+    let stop = shutdown_signal()?;
     let handle = sim::start(args.listen, sim::SimConfig::default())
         .await
         .with_context(|| format!("starting the simulator on {}", args.listen))?;
     tracing::info!(endpoint = %handle.endpoint_url(), "Bedrock simulator listening");
-    shutdown_signal().await?;
+    stop.await;
     handle.shutdown().await;
     Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        ctrl_c = tokio::signal::ctrl_c() => ctrl_c.context("waiting for Ctrl-C")?,
-        _ = term.recv() => {}
-    }
-    Ok(())
+/// Installs the SIGTERM and Ctrl-C handlers at once, before anything announces it is serving
+/// (a signal arriving before them would kill the process without a graceful shutdown), and
+/// resolves on either.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the Ctrl-C handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
 }
 
 async fn load(args: LoadArgs) -> anyhow::Result<()> {

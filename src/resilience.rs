@@ -148,8 +148,12 @@ impl RetryBudget {
     }
 }
 
-/// Outlier ejection for one target: after `threshold` consecutive failures it is skipped for a
-/// cool-down, then one probe request may try it; the probe's result closes or re-opens it.
+/// Outlier ejection for one target. The rule, exactly: a target is ejected after `threshold`
+/// consecutive failures that say it is unhealthy (the caller decides which: throttling never
+/// counts) and skipped for `cooldown` from that moment; then one probe request may try it, and
+/// the probe's result alone restores it or ejects it for another cool-down. Calls that started
+/// before the target's current state neither extend nor end it: a burst of calls in flight when
+/// the target was ejected cannot keep it ejected past its cool-down.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Breaker {
     threshold: u32,
@@ -163,7 +167,7 @@ pub struct Breaker {
 enum BreakerState {
     /// Requests flow.
     Closed,
-    /// Ejected until the instant.
+    /// Ejected at the instant, skipped for the cool-down after it.
     Open(Instant),
     /// One probe was let through at the instant; others wait for its result.
     Probing(Instant),
@@ -180,11 +184,11 @@ impl Breaker {
         }
     }
 
-    /// Whether a request may go to this target now (a `true` in the open state is the probe).
+    /// Whether a request may go to this target now (a `true` while ejected is the probe).
     pub fn allow(&mut self, now: Instant) -> bool {
         match self.state {
             BreakerState::Closed => true,
-            BreakerState::Open(until) if now >= until => {
+            BreakerState::Open(since) if now.saturating_duration_since(since) >= self.cooldown => {
                 self.state = BreakerState::Probing(now);
                 true
             }
@@ -200,27 +204,111 @@ impl Breaker {
         }
     }
 
-    /// Records a success: the target is healthy.
-    pub fn success(&mut self) {
-        self.failures = 0;
-        self.state = BreakerState::Closed;
-    }
-
-    /// Records a failure that says something about the target's health.
-    pub fn failure(&mut self, now: Instant) {
-        self.failures = self.failures.saturating_add(1);
-        let trips = match self.state {
-            BreakerState::Closed => self.failures >= self.threshold,
-            BreakerState::Probing(_) | BreakerState::Open(_) => true,
-        };
-        if trips {
-            self.state = BreakerState::Open(now + self.cooldown);
+    /// Records a success of a call that started at `started`.
+    pub fn success(&mut self, started: Instant) {
+        match self.state {
+            BreakerState::Closed => self.failures = 0,
+            BreakerState::Probing(since) if started >= since => {
+                self.failures = 0;
+                self.state = BreakerState::Closed;
+            }
+            BreakerState::Open(_) | BreakerState::Probing(_) => {}
         }
     }
 
-    /// Whether the target is being skipped (open, or waiting on a probe).
+    /// Records, at `now`, a failure of a call that started at `started`; `may_eject` says
+    /// whether the panic threshold leaves room for one more ejected target. A failed probe
+    /// re-ejects whatever the room: its target is ejected already.
+    pub fn failure(&mut self, started: Instant, now: Instant, may_eject: bool) {
+        match self.state {
+            BreakerState::Closed => {
+                self.failures = self.failures.saturating_add(1);
+                if self.failures >= self.threshold && may_eject {
+                    self.state = BreakerState::Open(now);
+                }
+            }
+            BreakerState::Probing(since) if started >= since => {
+                self.state = BreakerState::Open(now);
+            }
+            BreakerState::Open(_) | BreakerState::Probing(_) => {}
+        }
+    }
+
+    /// Whether the target is being skipped (ejected, or waiting on a probe).
     pub fn is_open(&self) -> bool {
         !matches!(self.state, BreakerState::Closed)
+    }
+}
+
+/// Every target's breaker, with Envoy's panic threshold: at most `max_ejected_percent` of a
+/// model's targets (its source regions) are ejected at once, rounded down. When failures are
+/// everywhere, ejection cannot help (there is nowhere better to send the request) and would only
+/// turn a partial outage into a total one that outlasts Bedrock's recovery by a cool-down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ejection {
+    breakers: Vec<Breaker>,
+    regions: usize,
+    max_ejected: usize,
+}
+
+impl Ejection {
+    /// Closed breakers for both tiers through `regions` source regions.
+    pub fn new(regions: usize, config: &ResilienceConfig) -> Self {
+        let regions = regions.max(1);
+        let percent = usize::try_from(config.max_ejected_percent.min(100)).unwrap_or(100);
+        Self {
+            breakers: vec![
+                Breaker::new(
+                    config.breaker_failures,
+                    Duration::from_millis(config.breaker_cooldown_ms),
+                );
+                2 * regions
+            ],
+            regions,
+            max_ejected: regions * percent / 100,
+        }
+    }
+
+    fn index(&self, target: Target) -> Option<usize> {
+        let tier = match target.tier {
+            Tier::Strong => 0,
+            Tier::Fast => 1,
+        };
+        (target.region < self.regions).then_some(tier * self.regions + target.region)
+    }
+
+    /// Whether a request may go to `target` now (see [`Breaker::allow`]).
+    pub fn allow(&mut self, target: Target, now: Instant) -> bool {
+        self.index(target)
+            .is_none_or(|i| self.breakers[i].allow(now))
+    }
+
+    /// Records how a call to `target` that started at `started` went: `healthy`, or a failure
+    /// that counts against the target. Returns whether the target is ejected now, if that changed.
+    pub fn report(
+        &mut self,
+        target: Target,
+        healthy: bool,
+        started: Instant,
+        now: Instant,
+    ) -> Option<bool> {
+        let i = self.index(target)?;
+        let tier = i / self.regions * self.regions..(i / self.regions + 1) * self.regions;
+        let ejected = self.breakers[tier].iter().filter(|b| b.is_open()).count();
+        let breaker = &mut self.breakers[i];
+        let was_open = breaker.is_open();
+        if healthy {
+            breaker.success(started);
+        } else {
+            breaker.failure(started, now, ejected < self.max_ejected);
+        }
+        (breaker.is_open() != was_open).then_some(!was_open)
+    }
+
+    /// Whether `target` is being skipped.
+    pub fn is_open(&self, target: Target) -> bool {
+        self.index(target)
+            .is_some_and(|i| self.breakers[i].is_open())
     }
 }
 
@@ -310,28 +398,37 @@ mod tests {
         assert!(!budget.try_withdraw(start + Duration::from_millis(100)));
     }
 
+    fn config(failures: u32, cooldown_ms: u64, max_ejected_percent: u32) -> ResilienceConfig {
+        ResilienceConfig {
+            breaker_failures: failures,
+            breaker_cooldown_ms: cooldown_ms,
+            max_ejected_percent,
+            ..ResilienceConfig::default()
+        }
+    }
+
     #[test]
     fn breaker_ejects_probes_and_recovers() {
         let start = Instant::now();
         let cooldown = Duration::from_secs(10);
         let mut b = Breaker::new(3, cooldown);
-        b.failure(start);
-        b.failure(start);
+        b.failure(start, start, true);
+        b.failure(start, start, true);
         assert!(b.allow(start));
-        b.failure(start);
+        b.failure(start, start, true);
         assert!(!b.allow(start), "three failures in a row eject");
         assert!(b.is_open());
         let later = start + cooldown;
         assert!(b.allow(later), "one probe after the cool-down");
         assert!(!b.allow(later), "only one");
-        b.failure(later);
+        b.failure(later, later, false);
         assert!(
             !b.allow(later + Duration::from_secs(1)),
-            "a failed probe re-ejects"
+            "a failed probe re-ejects, whatever the room"
         );
         let much_later = later + cooldown;
         assert!(b.allow(much_later));
-        b.success();
+        b.success(much_later);
         assert!(b.allow(much_later) && !b.is_open());
     }
 
@@ -339,9 +436,9 @@ mod tests {
     fn a_success_resets_the_count() {
         let now = Instant::now();
         let mut b = Breaker::new(2, Duration::from_secs(1));
-        b.failure(now);
-        b.success();
-        b.failure(now);
+        b.failure(now, now, true);
+        b.success(now);
+        b.failure(now, now, true);
         assert!(b.allow(now));
     }
 
@@ -349,10 +446,78 @@ mod tests {
     fn a_lost_probe_does_not_hold_the_target_shut() {
         let start = Instant::now();
         let mut b = Breaker::new(1, Duration::from_secs(5));
-        b.failure(start);
+        b.failure(start, start, true);
         assert!(b.allow(start + Duration::from_secs(5)));
         assert!(!b.allow(start + Duration::from_secs(6)));
         assert!(b.allow(start + Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn calls_in_flight_at_ejection_neither_extend_nor_end_it() {
+        let start = Instant::now();
+        let cooldown = Duration::from_secs(10);
+        let mut b = Breaker::new(1, cooldown);
+        let second = Duration::from_secs(1);
+        b.failure(start, start + second, true);
+        // Calls that started before the ejection report later, both ways.
+        b.failure(start, start + 9 * second, true);
+        b.success(start);
+        assert!(
+            !b.allow(start + 10 * second),
+            "still ejected: only the probe decides"
+        );
+        assert!(
+            b.allow(start + 11 * second),
+            "the cool-down ran from the ejection"
+        );
+        // The probe is out; an older call failing now says nothing about the probe.
+        b.failure(start, start + 11 * second, true);
+        assert!(b.is_open());
+        b.success(start + 11 * second);
+        assert!(!b.is_open(), "the probe's success restores the target");
+    }
+
+    #[test]
+    fn no_more_than_the_panic_threshold_of_a_models_targets_is_ejected() {
+        let now = Instant::now();
+        let t0 = t(Tier::Strong, 0);
+        let t1 = t(Tier::Strong, 1);
+        let fast = t(Tier::Fast, 0);
+        let mut ejection = Ejection::new(2, &config(1, 1_000, 50));
+        assert_eq!(ejection.report(t0, false, now, now), Some(true));
+        assert_eq!(
+            ejection.report(t1, false, now, now),
+            None,
+            "half is ejected already"
+        );
+        assert!(ejection.allow(t1, now) && !ejection.allow(t0, now));
+        assert_eq!(
+            ejection.report(fast, false, now, now),
+            Some(true),
+            "each model has its own share"
+        );
+        // Once the first is restored, the other may go.
+        let later = now + Duration::from_secs(1);
+        assert!(ejection.allow(t0, later));
+        assert_eq!(ejection.report(t0, true, later, later), Some(false));
+        assert_eq!(ejection.report(t1, false, later, later), Some(true));
+
+        let mut all = Ejection::new(2, &config(1, 1_000, 100));
+        all.report(t0, false, now, now);
+        all.report(t1, false, now, now);
+        assert!(
+            all.is_open(t0) && all.is_open(t1),
+            "100% lets every target go"
+        );
+
+        for (regions, percent) in [(1, 50), (2, 0), (3, 33)] {
+            let mut none = Ejection::new(regions, &config(1, 1_000, percent));
+            assert_eq!(
+                none.report(t0, false, now, now),
+                None,
+                "{regions} regions at {percent}%: no room for one target"
+            );
+        }
     }
 
     proptest! {

@@ -42,7 +42,8 @@ pub const BASELINE_COST_USD_TOTAL: &str = "router_baseline_cost_usd_total";
 pub const UPSTREAM_ERRORS_TOTAL: &str = "router_upstream_errors_total";
 /// `router_retries_total{model, kind}`: attempts repeated after a failure of `kind` on `model`.
 pub const RETRIES_TOTAL: &str = "router_retries_total";
-/// `router_fallbacks_total{model, kind}`: moves to `model` through another region or tier.
+/// `router_fallbacks_total{model, kind}`: requests that moved at least once to another target of
+/// this kind (`model` is the first one moved to), so that over requests it is a share of them.
 pub const FALLBACKS_TOTAL: &str = "router_fallbacks_total";
 /// `router_retry_budget_exhausted_total`: retries refused by the router-wide budget.
 pub const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "router_retry_budget_exhausted_total";
@@ -192,7 +193,7 @@ fn describe() {
     );
     describe_counter!(
         FALLBACKS_TOTAL,
-        "Moves to another target, by the model moved to and kind (region, degrade, escalate)."
+        "Requests that moved at least once to another target of this kind (region, degrade, escalate), by the first model moved to; counted once per request and kind."
     );
     describe_counter!(
         RETRY_BUDGET_EXHAUSTED_TOTAL,

@@ -171,12 +171,13 @@ async fn metrics_follow_known_traffic_exactly() {
         ),
         1.0
     );
-    // The throttled request tried three targets (max_attempts): Haiku in both regions, then
-    // Sonnet (escalation) in the primary region; every one was throttled.
+    // The throttled request tried four targets (max_attempts): Haiku in both regions, then
+    // Sonnet (escalation) in both; every one was throttled.
     for (model, region) in [
         (HAIKU_US, "us-east-1"),
         (HAIKU_US, "us-west-2"),
         (SONNET_US, "us-east-1"),
+        (SONNET_US, "us-west-2"),
     ] {
         let key = format!(
             "router_upstream_errors_total{{model=\"{model}\",region=\"{region}\",kind=\"throttling\"}}"
@@ -191,6 +192,12 @@ async fn metrics_follow_known_traffic_exactly() {
     );
     assert_eq!(
         scrape.value(&format!(
+            "router_retries_total{{model=\"{SONNET_US}\",kind=\"throttling\"}}"
+        )),
+        1.0
+    );
+    assert_eq!(
+        scrape.value(&format!(
             "router_fallbacks_total{{model=\"{HAIKU_US}\",kind=\"region\"}}"
         )),
         1.0
@@ -200,6 +207,17 @@ async fn metrics_follow_known_traffic_exactly() {
             "router_fallbacks_total{{model=\"{SONNET_US}\",kind=\"escalate\"}}"
         )),
         1.0
+    );
+    // It changed region twice (Haiku's, then Sonnet's) but is one request that fell back across
+    // regions: the fallback-ratio rule and RouterFallbackSurge divide this by requests.
+    assert_eq!(
+        scrape.sum("router_fallbacks_total", &["kind=\"region\""]),
+        1.0
+    );
+    assert_eq!(
+        scrape.sum("router_fallbacks_total", &[""]) / scrape.sum("router_requests_total", &[""]),
+        2.0 / 6.0,
+        "region and escalate, each 1 of the 6 requests"
     );
     assert_eq!(
         scrape.value(

@@ -77,7 +77,7 @@ async fn every_target_failing_fails_fast_with_the_right_code() {
         let took = started.elapsed();
         assert_eq!(status.code(), code, "{kind}: {status:?}");
         assert!(
-            status.message().contains("after 3 attempts"),
+            status.message().contains("after 4 attempts"),
             "{kind}: {}",
             status.message()
         );
@@ -86,7 +86,7 @@ async fn every_target_failing_fails_fast_with_the_right_code() {
             "{kind}: failed in {took:?}, well inside the 10 s deadline"
         );
         println!(
-            "every target failing with {kind}: {:?} after 3 attempts in {took:?}",
+            "every target failing with {kind}: {:?} after 4 attempts in {took:?}",
             status.code()
         );
     }
@@ -322,6 +322,77 @@ async fn a_failing_target_is_ejected_probed_and_restored() {
 }
 
 #[tokio::test]
+async fn throttling_moves_requests_on_but_never_ejects() {
+    let mut router = start_with(|config| config.resilience.breaker_failures = 2).await;
+    for i in 0..6 {
+        let reply = router
+            .ask(&format!(
+                "Throttled {i} [sim:fail=ThrottlingException;region=us-east-1]"
+            ))
+            .await
+            .expect("answered from the other region");
+        // Every request still tries the first region: a quota is not a broken host.
+        assert_eq!(reply.attempts, 2, "request {i}");
+        assert_eq!(reply.fallback.unwrap().reason, "throttling", "request {i}");
+    }
+    let first_regions = router
+        .sim()
+        .received()
+        .iter()
+        .filter(|r| r.source_region.as_deref() == Some("us-east-1"))
+        .count();
+    assert_eq!(first_regions, 6);
+}
+
+#[tokio::test]
+async fn a_5xx_storm_everywhere_ejects_no_more_than_half_of_a_models_regions() {
+    let mut router = start_with(|config| {
+        config.resilience.breaker_failures = 1;
+        config.resilience.breaker_cooldown_ms = 60_000;
+    })
+    .await;
+    let everywhere = |rate| FaultConfig {
+        rules: vec![FaultRule {
+            fault: Fault::Http(BedrockError::ServiceUnavailableException),
+            rate,
+            region: None,
+            model: None,
+        }],
+    };
+    router.sim().set_faults(everywhere(1.0)).unwrap();
+    let forced = || ask_forced("Strong, please", pb::RoutingMode::ForceStrong);
+    for i in 0..3 {
+        let status = router
+            .client
+            .converse(forced())
+            .await
+            .expect_err("every target fails");
+        assert_eq!(status.code(), Code::Unavailable, "{i}: {status:?}");
+        assert!(
+            !status.message().contains("ejected"),
+            "{i}: a target stays in use: {status:?}"
+        );
+    }
+    // Bedrock recovers: the region that was never ejected answers at once, not after the
+    // 60 s cool-down.
+    router.sim().set_faults(FaultConfig::default()).unwrap();
+    for i in 0..3 {
+        let reply = router
+            .client
+            .converse(forced())
+            .await
+            .unwrap_or_else(|status| panic!("{i} after recovery: {status:?}"))
+            .into_inner();
+        assert_eq!(reply.attempts, 1, "{i}");
+        let fallback = reply.fallback.expect("the ejected region is skipped");
+        assert_eq!(
+            (fallback.from_region.as_str(), fallback.reason.as_str()),
+            ("us-east-1", "ejected")
+        );
+    }
+}
+
+#[tokio::test]
 async fn overload_is_refused_quickly_and_the_rest_succeed() {
     let router = start_with(|config| config.server.max_concurrency = 4).await;
     let mut calls = tokio::task::JoinSet::new();
@@ -405,7 +476,7 @@ async fn streams_failing_before_their_first_event_eject_the_target() {
     for _ in 0..2 {
         let (events, error) = router
             .stream(ask(
-                "Go [sim:fail=throttlingException;after=0;region=us-east-1]",
+                "Go [sim:fail=serviceUnavailableException;after=0;region=us-east-1]",
             ))
             .await;
         assert!(error.is_none(), "{error:?}");

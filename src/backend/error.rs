@@ -127,6 +127,15 @@ impl BackendError {
         }
     }
 
+    /// Whether the failure counts against the target (this model through this source region)
+    /// for outlier ejection. Throttling does not: it says this account is over a quota, not
+    /// that the target is broken, so it moves the request on (backoff, another region, the
+    /// retry budget) but never ejects; a storm of it would otherwise eject every target at
+    /// once and keep them ejected after Bedrock recovered.
+    pub fn faults_target(&self) -> bool {
+        self.retryable() && !matches!(self, Self::Throttled { .. })
+    }
+
     /// A bounded label for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {

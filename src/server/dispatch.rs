@@ -18,18 +18,19 @@ use crate::{
     backend::BackendError,
     catalog::{Catalog, Model, Tier},
     config::ResilienceConfig,
-    resilience::{Backoff, Breaker, Move, RetryBudget, Target, chain, tier_fallback_allowed},
+    resilience::{Backoff, Ejection, Move, RetryBudget, Target, chain, tier_fallback_allowed},
     telemetry,
 };
 
-/// Router-wide resilience state: one breaker per target, one retry budget, and the source
-/// regions' names (the labels every upstream metric carries).
+/// Router-wide resilience state: every target's breaker (one lock, as the panic threshold
+/// looks across a model's targets), one retry budget, and the source regions' names (the labels
+/// every upstream metric carries).
 #[derive(Debug)]
 pub struct Resilience {
     config: ResilienceConfig,
     backoff: Backoff,
     budget: Mutex<RetryBudget>,
-    breakers: Vec<Mutex<Breaker>>,
+    ejection: Mutex<Ejection>,
     regions: Vec<Arc<str>>,
     unknown_region: Arc<str>,
 }
@@ -39,25 +40,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn tier_index(tier: Tier) -> usize {
-    match tier {
-        Tier::Strong => 0,
-        Tier::Fast => 1,
-    }
-}
-
 impl Resilience {
     /// Fresh state for `regions` (primary first), with every target's ejection gauge at 0.
     pub fn new(config: &ResilienceConfig, regions: &[String], catalog: &Catalog) -> Self {
         let regions: Vec<Arc<str>> = regions.iter().map(|r| Arc::from(r.as_str())).collect();
-        let breakers = (0..2 * regions.len())
-            .map(|_| {
-                Mutex::new(Breaker::new(
-                    config.breaker_failures,
-                    Duration::from_millis(config.breaker_cooldown_ms),
-                ))
-            })
-            .collect();
         for model in catalog.models() {
             for region in &regions {
                 gauge!(telemetry::CIRCUIT_OPEN, "model" => Arc::clone(&model.invoke_id), "region" => Arc::clone(region))
@@ -75,7 +61,7 @@ impl Resilience {
                 std::time::Instant::now(),
             )),
             config: config.clone(),
-            breakers,
+            ejection: Mutex::new(Ejection::new(regions.len(), config)),
             regions,
             unknown_region: Arc::from("?"),
         }
@@ -88,32 +74,23 @@ impl Resilience {
             .unwrap_or(&self.unknown_region)
     }
 
-    fn breaker(&self, target: Target) -> Option<&Mutex<Breaker>> {
-        self.breakers
-            .get(tier_index(target.tier) * self.regions.len() + target.region)
-    }
-
     fn allow(&self, target: Target) -> bool {
-        self.breaker(target)
-            .is_none_or(|b| lock(b).allow(std::time::Instant::now()))
+        lock(&self.ejection).allow(target, std::time::Instant::now())
     }
 
-    /// Tells the target's breaker how a call went; the gauge moves only when ejection changes.
-    fn report(&self, target: Target, model: &Model, healthy: bool) {
-        let Some(breaker) = self.breaker(target) else {
-            return;
-        };
-        let mut breaker = lock(breaker);
-        let was_open = breaker.is_open();
-        if healthy {
-            breaker.success();
-        } else {
-            breaker.failure(std::time::Instant::now());
-        }
-        let open = breaker.is_open();
-        drop(breaker);
-        if open != was_open {
-            gauge!(telemetry::CIRCUIT_OPEN, "model" => Arc::clone(&model.invoke_id), "region" => Arc::clone(self.region(target)))
+    /// Tells the target's breaker how a call that started at `started` went; the gauge moves
+    /// only when ejection changes.
+    fn report(&self, target: Target, model: &Model, healthy: bool, started: std::time::Instant) {
+        let changed =
+            lock(&self.ejection).report(target, healthy, started, std::time::Instant::now());
+        if let Some(open) = changed {
+            let region = self.region(target);
+            if open {
+                tracing::warn!(model = %model.invoke_id, %region, "target ejected after repeated failures");
+            } else {
+                tracing::info!(model = %model.invoke_id, %region, "ejected target restored");
+            }
+            gauge!(telemetry::CIRCUIT_OPEN, "model" => Arc::clone(&model.invoke_id), "region" => Arc::clone(region))
                 .set(if open { 1.0 } else { 0.0 });
         }
     }
@@ -126,6 +103,7 @@ impl Resilience {
             next: 0,
             made: 0,
             last: None,
+            call_started: std::time::Instant::now(),
         }
     }
 }
@@ -138,6 +116,9 @@ pub struct Walk {
     next: usize,
     made: u32,
     last: Option<(Target, BackendError)>,
+    /// When the latest attempt started: its breaker ignores results of calls older than its
+    /// current state.
+    call_started: std::time::Instant,
 }
 
 impl Walk {
@@ -248,6 +229,7 @@ impl<'a> Dispatcher<'a> {
                 record.fallback(&model.invoke_id, kind);
             }
             walk.made += 1;
+            walk.call_started = std::time::Instant::now();
             record.start_call(&model.invoke_id, self.resilience.region(target));
             match tokio::time::timeout_at(self.deadline, call(target, model)).await {
                 Err(_) => {
@@ -269,17 +251,25 @@ impl<'a> Dispatcher<'a> {
         }
     }
 
-    /// Notes that `target` answered, for its breaker.
-    pub fn succeeded(&self, target: Target) {
-        self.resilience
-            .report(target, self.catalog.model(target.tier), true);
+    /// Notes that `target`, the walk's latest attempt, answered, for its breaker.
+    pub fn succeeded(&self, walk: &Walk, target: Target) {
+        self.resilience.report(
+            target,
+            self.catalog.model(target.tier),
+            true,
+            walk.call_started,
+        );
     }
 
-    /// Notes a retryable failure of `target`, for its breaker and for the walk's next step; also
-    /// for a stream that failed before its first event, after `attempt` returned it.
+    /// Notes a retryable failure of `target`, for its breaker (unless the failure says nothing
+    /// about the target's health: see [`BackendError::faults_target`]) and for the walk's next
+    /// step; also for a stream that failed before its first event, after `attempt` returned it.
     pub fn failed(&self, walk: &mut Walk, target: Target, err: BackendError) {
         let model = self.catalog.model(target.tier);
-        self.resilience.report(target, model, false);
+        if err.faults_target() {
+            self.resilience
+                .report(target, model, false, walk.call_started);
+        }
         tracing::debug!(kind = err.kind(), region = %self.resilience.region(target), model = %model.invoke_id, "upstream attempt failed");
         walk.failed(target, err);
     }

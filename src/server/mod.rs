@@ -1,6 +1,7 @@
 //! Starting and stopping the router: the gRPC server (PromptRouter, health, reflection), the
 //! `/metrics` listener and, with `--simulate`, the in-process Bedrock simulator.
 
+mod deadline;
 mod dispatch;
 mod metrics_http;
 mod record;
@@ -54,8 +55,13 @@ pub struct Running {
     drain_timeout: Duration,
     concurrency: Arc<Semaphore>,
     max_concurrency: usize,
+    cut_off: watch::Sender<bool>,
     side_tasks: Vec<JoinHandle<()>>,
 }
+
+/// How long requests cut off at the end of the drain get to send their status before the
+/// server is stopped regardless.
+const CUT_OFF_GRACE: Duration = Duration::from_secs(1);
 
 /// Builds the shared router state from a validated config.
 pub async fn build_router(config: &Config, auth: Auth) -> anyhow::Result<Router> {
@@ -73,6 +79,7 @@ pub async fn build_router(config: &Config, auth: Auth) -> anyhow::Result<Router>
         limits: config.limits,
         call_timeout: Duration::from_millis(config.bedrock.call_timeout_ms),
         log_prompts: config.telemetry.log_prompts,
+        cut_off: watch::channel(false).0,
         telemetry,
     })
 }
@@ -100,6 +107,7 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
     let router = Arc::new(build_router(&config, auth).await?);
     let telemetry = router.telemetry;
     let concurrency = Arc::clone(&router.concurrency);
+    let cut_off = router.cut_off.clone();
 
     let grpc_listener = TcpListener::bind(config.server.listen)
         .await
@@ -180,13 +188,15 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
         drain_timeout: Duration::from_millis(config.server.drain_timeout_ms),
         concurrency,
         max_concurrency: config.server.max_concurrency,
+        cut_off,
         side_tasks: vec![metrics, upkeep],
     })
 }
 
 impl Running {
     /// Reports NOT_SERVING, keeps serving for `server.shutdown_delay_ms`, stops accepting, lets
-    /// in-flight requests finish within `server.drain_timeout_ms`, then stops.
+    /// in-flight requests finish within `server.drain_timeout_ms`, ends those still running
+    /// with UNAVAILABLE, then stops.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.health
             .set_not_serving::<PromptRouterServer<RouterService>>()
@@ -200,14 +210,21 @@ impl Running {
         let served = match tokio::time::timeout(self.drain_timeout, &mut self.grpc).await {
             Ok(joined) => joined.context("gRPC server task")?,
             Err(_) => {
-                let abandoned = self.max_concurrency - self.concurrency.available_permits();
+                let cut_off = self.max_concurrency - self.concurrency.available_permits();
                 tracing::warn!(
-                    abandoned,
+                    cut_off,
                     drain_timeout_ms = self.drain_timeout.as_millis(),
-                    "drain time is up; abandoning the requests still in flight"
+                    "drain time is up; ending the requests still in flight with UNAVAILABLE"
                 );
-                self.grpc.abort();
-                Ok(())
+                self.cut_off.send_replace(true);
+                match tokio::time::timeout(CUT_OFF_GRACE, &mut self.grpc).await {
+                    Ok(joined) => joined.context("gRPC server task")?,
+                    Err(_) => {
+                        tracing::warn!("connections still open after the cut-off; closing them");
+                        self.grpc.abort();
+                        Ok(())
+                    }
+                }
             }
         };
         // Metrics stay up through the drain, so the last scrape sees every request's outcome.

@@ -46,6 +46,8 @@ pub struct Record {
     upstream: Duration,
     waited: Duration,
     attempts: u32,
+    /// The kinds of move this request has made (bit per [`Move`]): each is counted once.
+    moved: u8,
     ttft: Option<Duration>,
     answered: Option<(Usage, Cost)>,
     outcome: Option<Code>,
@@ -65,6 +67,7 @@ impl Record {
             upstream: Duration::ZERO,
             waited: Duration::ZERO,
             attempts: 0,
+            moved: 0,
             ttft: None,
             answered: None,
             outcome: None,
@@ -130,8 +133,16 @@ impl Record {
             .increment(1);
     }
 
-    /// Notes a move to another target, `model` being the one moved to.
+    /// Notes a move to another target, `model` being the one moved to. The counter counts
+    /// requests, not moves: a request that goes round its regions twice, or tries another
+    /// region of the other tier too, counts once per kind, so `router_fallbacks_total` over
+    /// `router_requests_total` is the share of requests that needed a fallback of that kind.
     pub fn fallback(&mut self, model: &Arc<str>, kind: Move) {
+        let bit = 1 << kind as u8;
+        if self.moved & bit != 0 {
+            return;
+        }
+        self.moved |= bit;
         counter!(telemetry::FALLBACKS_TOTAL, "model" => Arc::clone(model), "kind" => kind.as_str())
             .increment(1);
     }

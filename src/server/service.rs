@@ -10,7 +10,7 @@ use std::{
 };
 
 use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch},
     time::Instant,
 };
 use tokio_stream::{Stream, wrappers::ReceiverStream};
@@ -18,6 +18,7 @@ use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
 use tracing::{Instrument, Span, field::Empty};
 
 use super::{
+    deadline,
     dispatch::{Dispatcher, Resilience, Walk, deadline_status},
     record::Record,
     status::from_backend,
@@ -42,11 +43,6 @@ use crate::{
 pub const REQUEST_ID: &str = "x-request-id";
 /// How many top features a decision names.
 const REASONS: usize = 3;
-/// Answer slightly before the caller's deadline so the caller gets DEADLINE_EXCEEDED from us
-/// (with a message) rather than a bare cancellation from its own or the transport's timer, which
-/// started earlier than ours (the request spent time on the wire). A tenth of the budget, at
-/// most 20 ms.
-const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 /// Events buffered per stream between the upstream reader and the caller.
 const STREAM_BUFFER: usize = 32;
 
@@ -67,6 +63,9 @@ pub struct Router {
     pub concurrency: Arc<Semaphore>,
     /// Whether prompt text may be logged.
     pub log_prompts: bool,
+    /// Set when a shutdown's drain time is up: requests still running end at once with
+    /// UNAVAILABLE, a failure on the router's side, instead of being dropped with the process.
+    pub cut_off: watch::Sender<bool>,
     /// Metrics.
     pub telemetry: &'static Telemetry,
 }
@@ -101,9 +100,7 @@ impl Context {
                 !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
             })
             .map_or_else(|| format!("{:032x}", fastrand::u128(..)), str::to_owned);
-        let budget = grpc_timeout(metadata).map_or(call_timeout, |t| {
-            t.saturating_sub(DEADLINE_MARGIN.min(t / 10))
-        });
+        let budget = deadline::grpc_timeout(metadata).map_or(call_timeout, deadline::budget);
         let span = tracing::info_span!(
             "request",
             rpc,
@@ -146,26 +143,6 @@ impl Context {
             }
         }
     }
-}
-
-/// Reads the `grpc-timeout` header: at most 8 digits and a unit, as gRPC over HTTP/2 defines
-/// it; anything else is ignored (the transport ignores it too).
-fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
 }
 
 /// The routing decision of a request, before and after its calls.
@@ -261,6 +238,16 @@ struct Admitted {
 }
 
 impl Router {
+    /// Completes when the drain time is up.
+    async fn cut_off(&self) {
+        let mut cut_off = self.cut_off.subscribe();
+        if cut_off.wait_for(|cut| *cut).await.is_err() {
+            // The sender lives as long as the router, so this is never reached; if it were,
+            // no cut-off would ever come.
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Takes a concurrency slot or refuses at once: queueing would only turn overload into
     /// timeouts for everyone.
     fn admit_slot(self: &Arc<Self>) -> Result<OwnedSemaphorePermit, Status> {
@@ -359,7 +346,7 @@ impl Router {
                     .converse(target.region, &model.invoke_id, parts.clone())
             })
             .await?;
-        dispatcher.succeeded(target);
+        dispatcher.succeeded(&walk, target);
         record.end_call(None);
         let (decision, fallback) = decided.answered(self, &walk, target, record);
         let Completion {
@@ -522,7 +509,7 @@ impl StreamJob {
                 Ok(Ok(event)) => {
                     self.router
                         .dispatcher(&self.request_id, self.deadline)
-                        .succeeded(target);
+                        .succeeded(&self.walk, target);
                     return Ok((upstream, target, event));
                 }
                 Ok(Err(err)) => err,
@@ -541,7 +528,11 @@ impl StreamJob {
     /// Relays upstream events to the caller until the stream ends, fails, passes its deadline
     /// or the caller goes away (which drops the upstream stream and so closes its connection).
     async fn pump(mut self, upstream: EventStream, target: Target, outbox: Outbox) {
-        let outcome = self.relay(upstream, target, &outbox).await;
+        let router = Arc::clone(&self.router);
+        let outcome = tokio::select! {
+            outcome = self.relay(upstream, target, &outbox) => outcome,
+            () = router.cut_off() => Outcome::Failed(cut_off_status()),
+        };
         self.finish(outcome, outbox);
     }
 
@@ -671,6 +662,14 @@ impl StreamJob {
     }
 }
 
+/// The status of a request still running when the drain time is up.
+fn cut_off_status() -> Status {
+    Status::unavailable(
+        "the router is shutting down and its drain time (server.drain_timeout_ms) ran out before \
+         this request finished; retry",
+    )
+}
+
 fn content_block(block: OutputBlock) -> pb::ContentBlock {
     let block = match block {
         OutputBlock::Text(text) => pb::content_block::Block::Text(text),
@@ -745,10 +744,14 @@ impl PromptRouter for RouterService {
         let mut record = Record::start(self.router.telemetry, ctx.span.clone());
         let result = match self.router.admit_slot() {
             Ok(_slot) => {
-                self.router
+                let work = self
+                    .router
                     .converse(&ctx, request.into_inner(), &mut record)
-                    .instrument(ctx.span.clone())
-                    .await
+                    .instrument(ctx.span.clone());
+                tokio::select! {
+                    result = work => result,
+                    () = self.router.cut_off() => Err(cut_off_status()),
+                }
             }
             Err(status) => Err(status),
         };
@@ -793,7 +796,11 @@ impl PromptRouter for RouterService {
             _slot: slot,
         };
         // A refusal before any event is an ordinary error status, not a broken stream.
-        let (upstream, target) = match job.open().instrument(ctx.span.clone()).await {
+        let opened = tokio::select! {
+            opened = job.open().instrument(ctx.span.clone()) => opened,
+            () = self.router.cut_off() => Err(cut_off_status()),
+        };
+        let (upstream, target) = match opened {
             Ok(opened) => opened,
             Err(status) => {
                 job.record.finish(status.code());
@@ -839,27 +846,6 @@ impl PromptRouter for RouterService {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grpc_timeout_units() {
-        let mut md = MetadataMap::new();
-        for (value, expected) in [
-            ("200m", Some(Duration::from_millis(200))),
-            ("5S", Some(Duration::from_secs(5))),
-            ("1H", Some(Duration::from_secs(3600))),
-            ("99999999H", Some(Duration::from_secs(99_999_999 * 3600))),
-            ("1500u", Some(Duration::from_micros(1500))),
-            ("7n", Some(Duration::from_nanos(7))),
-            ("2M", Some(Duration::from_secs(120))),
-            ("999999999H", None),
-            ("10x", None),
-            ("m", None),
-            ("", None),
-        ] {
-            md.insert("grpc-timeout", value.parse().expect("ascii"));
-            assert_eq!(grpc_timeout(&md), expected, "{value:?}");
-        }
-    }
 
     #[tokio::test]
     async fn a_stream_ends_after_every_queued_event() {
