@@ -1,6 +1,7 @@
 //! The binary's JSON logs: every request's line carries the request span (request id, caller,
-//! tier, score, threshold and operating point, model, attempts, outcome), and prompt text
-//! appears only with `telemetry.log_prompts = true`.
+//! tier, score, threshold and operating point, model, attempts, outcome) and the time split
+//! (total, upstream, SDK client, router), and prompt text appears only with
+//! `telemetry.log_prompts = true`.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod common;
@@ -113,6 +114,12 @@ fn assert_span(line: &Value, id: &str, rpc: &str, outcome: &str) {
         line["total_ms"].is_number() && line["upstream_ms"].is_number(),
         "{line}"
     );
+    // Every one of these requests went upstream: the SDK client's and the router's own time.
+    assert!(line["sdk_us"].as_f64().is_some_and(|us| us > 0.0), "{line}");
+    assert!(
+        line["router_us"].as_f64().is_some_and(|us| us > 0.0),
+        "{line}"
+    );
 }
 
 #[tokio::test]
@@ -133,6 +140,13 @@ async fn json_logs_carry_the_request_span_and_no_prompt() {
     assert_span(&line, "logs-unary-1", "Converse", "ok");
     let decision = reply.get_ref().decision.as_ref().expect("decision");
     assert_eq!(line["span"]["threshold"].as_f64(), Some(decision.threshold));
+    let latency = reply.get_ref().latency.as_ref().expect("latency");
+    assert_eq!(line["sdk_us"].as_f64(), Some(latency.sdk_us), "{line}");
+    assert_eq!(
+        line["upstream_ms"].as_f64(),
+        Some(latency.upstream_ms),
+        "{line}"
+    );
     assert_eq!(line["level"], "INFO");
 
     let mut stream = client
