@@ -1,10 +1,12 @@
 //! Routing overhead: a Converse round trip through the router versus the same call made
-//! directly with the SDK to the same simulator (zero simulated latency), so the difference is
-//! what the router adds. Also the pure decision (validate + classify + policy) on its own, at
-//! the fixed threshold and through a warm target-share controller, and the controller alone.
+//! directly with the SDK and as a bare HTTP/1 request to the same simulator (zero simulated
+//! latency): the differences are what the router and the SDK add, to set beside the split the
+//! router reports (printed after the round trips: medians of `routerUs`, `sdkUs`, `upstreamMs`).
+//! Also the pure decision (validate + classify + policy) on its own, at the fixed threshold and
+//! through a warm target-share controller, and the controller alone.
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
-use std::{hint::black_box, time::Duration};
+use std::{hint::black_box, net::SocketAddr, time::Duration};
 
 use aws_sdk_bedrockruntime::{
     Client,
@@ -107,8 +109,101 @@ fn round_trip(c: &mut Criterion) {
     group.bench_function("through_router", |b| {
         b.iter(|| rt.block_on(router.converse(request())).unwrap());
     });
+    let sim_addr = running.simulator.as_ref().unwrap().addr();
+    let mut bare = rt.block_on(BareHttp::connect(sim_addr, &decided.model_id));
+    group.bench_function("bare_http", |b| {
+        b.iter(|| rt.block_on(bare.converse()));
+    });
     group.finish();
+    reported_split(&rt, &mut router);
     rt.block_on(running.shutdown()).unwrap();
+}
+
+/// Medians of the split the router reports for the round trips above.
+fn reported_split(
+    rt: &tokio::runtime::Runtime,
+    router: &mut PromptRouterClient<tonic::transport::Channel>,
+) {
+    let mut parts: [Vec<f64>; 4] = Default::default();
+    for _ in 0..2_000 {
+        let latency = rt
+            .block_on(router.converse(request()))
+            .unwrap()
+            .into_inner()
+            .latency
+            .unwrap();
+        for (part, value) in parts.iter_mut().zip([
+            latency.router_us,
+            latency.sdk_us,
+            latency.upstream_ms * 1e3,
+            latency.total_ms * 1e3,
+        ]) {
+            part.push(value);
+        }
+    }
+    let [own, sdk, upstream, total] = parts.map(|mut values| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    });
+    println!(
+        "converse_round_trip: the router reports (medians of 2,000 replies) routerUs {own:.1} µs, \
+         sdkUs {sdk:.1} µs, upstream {upstream:.1} µs, total {total:.1} µs"
+    );
+}
+
+/// The simulator's Converse as a bare HTTP/1.1 keep-alive request, with the body the SDK
+/// sends and a signature the simulator reads but does not check: the round trip with no SDK.
+struct BareHttp {
+    stream: tokio::io::BufStream<tokio::net::TcpStream>,
+    request: Vec<u8>,
+    body: Vec<u8>,
+}
+
+impl BareHttp {
+    async fn connect(addr: SocketAddr, model_id: &str) -> Self {
+        let body = serde_json::json!({
+            "inferenceConfig": {"maxTokens": 16},
+            "messages": [{"content": [{"text": PROMPT}], "role": "user"}],
+        })
+        .to_string();
+        let request = format!(
+            "POST /model/{}/converse HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+             authorization: AWS4-HMAC-SHA256 Credential=x/20260101/us-east-1/bedrock/aws4_request, \
+             SignedHeaders=host, Signature=0\r\ncontent-length: {}\r\n\r\n{body}",
+            model_id.replace(':', "%3A"),
+            body.len()
+        );
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        Self {
+            stream: tokio::io::BufStream::new(stream),
+            request: request.into_bytes(),
+            body: Vec::new(),
+        }
+    }
+
+    async fn converse(&mut self) -> usize {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        self.stream.write_all(&self.request).await.unwrap();
+        self.stream.flush().await.unwrap();
+        let mut length = 0;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            self.stream.read_line(&mut line).await.unwrap();
+            let header = line.trim_end().to_ascii_lowercase();
+            if header.is_empty() {
+                break;
+            }
+            if let Some(value) = header.strip_prefix("content-length:") {
+                length = value.trim().parse().unwrap();
+            }
+        }
+        self.body.resize(length, 0);
+        self.stream.read_exact(&mut self.body).await.unwrap();
+        assert!(self.body.starts_with(b"{"), "a Converse answer");
+        length
+    }
 }
 
 /// Requests of many lengths and kinds, to fill a target-share window with a spread of scores.

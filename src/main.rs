@@ -1,14 +1,14 @@
 //! The `prompt-router` command line: thin wrappers over the library.
 
 use std::{
-    io::{BufRead, Write},
+    io::{BufRead, IsTerminal, Write},
     net::SocketAddr,
     path::{Path, PathBuf},
     process::ExitCode,
 };
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 use prompt_router::{
     cli::{self, calibrate::Target},
     config::{Config, LogFormat},
@@ -45,7 +45,8 @@ enum Command {
     Train(TrainArgs),
     /// Find the threshold that sends a target share to strong, or recovers a target quality gap.
     Calibrate(CalibrateArgs),
-    /// Send a fixed-rate mix of prompts to a running router and summarise the replies.
+    /// Send a mix of prompts to a running router, at a fixed rate or concurrency, and summarise
+    /// the replies.
     Load(LoadArgs),
     /// Ask a router's gRPC health service; exit 0 when it is SERVING, 1 otherwise.
     Health(HealthArgs),
@@ -210,13 +211,18 @@ struct CalibrateArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("pace").required(true).args(["rate", "closed_loop"])))]
 struct LoadArgs {
     /// The router's gRPC address (host:port or http:// URL).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:50051")]
     target: String,
-    /// Requests per second, e.g. 50 or 50/s.
+    /// Requests per second, e.g. 50 or 50/s (open loop: each request due on a fixed schedule).
     #[arg(long, value_name = "R/s", value_parser = load::parse_rate)]
-    rate: f64,
+    rate: Option<f64>,
+    /// Closed loop instead of a rate: keep --concurrency requests in flight, each sent as soon
+    /// as the one before it is answered.
+    #[arg(long)]
+    closed_loop: bool,
     /// How long to send, e.g. 30s, 5m.
     #[arg(long, value_name = "D", value_parser = load::parse_duration)]
     duration: std::time::Duration,
@@ -224,7 +230,8 @@ struct LoadArgs {
     /// the built-in mix when absent.
     #[arg(long, value_name = "FILE.jsonl")]
     prompts: Option<PathBuf>,
-    /// Most requests in flight; a slot that finds them all busy is counted, not sent.
+    /// Most requests in flight; in an open loop a slot that finds them all busy is counted, not
+    /// sent; a closed loop keeps this many in flight.
     #[arg(long, value_name = "N", default_value_t = 64)]
     concurrency: usize,
     /// Deadline of each request, e.g. 30s.
@@ -340,11 +347,13 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
     };
     let options = load::LoadOptions {
         target: args.target,
-        rate: args.rate,
+        pace: args.rate.map_or(load::Pace::ClosedLoop, load::Pace::Rate),
         duration: args.duration,
         concurrency: args.concurrency,
         timeout: args.timeout,
         seed: args.seed,
+        // A line rewritten in place is for a person watching, not for a file or a pipe.
+        progress: std::io::stderr().is_terminal(),
     };
     let summary = load::run(&options, &samples).await?;
     let mut out = stdout();

@@ -22,8 +22,14 @@ use crate::{config::LogFormat, cost::Nanodollars};
 pub const REQUESTS_TOTAL: &str = "router_requests_total";
 /// `router_request_duration_seconds{tier, outcome}`: time from receipt to the last byte sent.
 pub const REQUEST_DURATION: &str = "router_request_duration_seconds";
-/// `router_overhead_seconds`: request time minus upstream time and retry backoff.
+/// `router_overhead_seconds`: request time minus upstream time and retry backoff: the router's
+/// own work and the SDK client's.
 pub const OVERHEAD: &str = "router_overhead_seconds";
+/// `router_sdk_overhead_seconds`: the AWS SDK client's part of the overhead (request building,
+/// endpoint resolution, signing, response deserialisation), summed over a request's attempts.
+pub const SDK_OVERHEAD: &str = "router_sdk_overhead_seconds";
+/// `router_own_overhead_seconds`: the router's own part of the overhead.
+pub const OWN_OVERHEAD: &str = "router_own_overhead_seconds";
 /// `router_classify_duration_seconds`: time to score one request.
 pub const CLASSIFY_DURATION: &str = "router_classify_duration_seconds";
 /// `router_upstream_duration_seconds{model, region, outcome}`: time in Bedrock calls.
@@ -70,10 +76,12 @@ const REQUEST_BUCKETS: &[f64] = &[
 const TTFT_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0,
 ];
-/// Microsecond-range buckets: the router's own work should sit in the lowest ones.
+/// Microsecond-range buckets: the router's own work should sit in the lowest ones. Dense from
+/// 100 µs to 1 ms, where the whole overhead lies (the SDK client's ~80 µs a call and the
+/// router's ~20 µs on a 2-core machine, more when it is busy).
 const OVERHEAD_BUCKETS: &[f64] = &[
-    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
-    0.1,
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_15, 0.000_2, 0.000_25, 0.000_3, 0.000_4, 0.000_5,
+    0.000_75, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1,
 ];
 /// Classification should take a few microseconds.
 const CLASSIFY_BUCKETS: &[f64] = &[
@@ -118,6 +126,8 @@ pub fn install() -> Result<&'static Telemetry, BuildError> {
         (UPSTREAM_DURATION, REQUEST_BUCKETS),
         (TIME_TO_FIRST_TOKEN, TTFT_BUCKETS),
         (OVERHEAD, OVERHEAD_BUCKETS),
+        (SDK_OVERHEAD, OVERHEAD_BUCKETS),
+        (OWN_OVERHEAD, OVERHEAD_BUCKETS),
         (CLASSIFY_DURATION, CLASSIFY_BUCKETS),
         (COMPLEXITY_SCORE, &score_buckets()),
     ] {
@@ -158,7 +168,17 @@ fn describe() {
     describe_histogram!(
         OVERHEAD,
         Unit::Seconds,
-        "Router overhead: request time minus time in Bedrock calls and retry backoff."
+        "Router overhead: request time minus upstream time (hand-over to the transport to response) and retry backoff; the router's own work and the SDK client's."
+    );
+    describe_histogram!(
+        SDK_OVERHEAD,
+        Unit::Seconds,
+        "The AWS SDK client's part of the overhead per request, over every attempt: request building, endpoint resolution, signing, response deserialisation."
+    );
+    describe_histogram!(
+        OWN_OVERHEAD,
+        Unit::Seconds,
+        "The router's own part of the overhead per request: the overhead minus the SDK client's part."
     );
     describe_histogram!(
         CLASSIFY_DURATION,
@@ -168,7 +188,7 @@ fn describe() {
     describe_histogram!(
         UPSTREAM_DURATION,
         Unit::Seconds,
-        "Time spent in Bedrock calls, by model, source region and outcome."
+        "Time waiting on Bedrock calls (from handing the request to the transport to the response; a stream to its end), by model, source region and outcome."
     );
     describe_histogram!(
         TIME_TO_FIRST_TOKEN,

@@ -1,8 +1,9 @@
 //! The binary's logs. JSON lines: every request's line carries the request span (request id,
-//! caller, tier, score, threshold and operating point, model, attempts, outcome), and prompt
-//! text appears only with `telemetry.log_prompts = true`. Text lines: one event is one line
-//! whatever a caller sends, every field holds exactly the value it was given, and each field
-//! appears once per line with its final value.
+//! caller, tier, score, threshold and operating point, model, attempts, outcome) and the time
+//! split (total, upstream, SDK client, router), and prompt text appears only with
+//! `telemetry.log_prompts = true`. Text lines: one event is one line whatever a caller sends,
+//! every field holds exactly the value it was given, and each field appears once per line with
+//! its final value.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod common;
@@ -134,6 +135,12 @@ fn assert_span(line: &Value, id: &str, rpc: &str, outcome: &str) {
         line["total_ms"].is_number() && line["upstream_ms"].is_number(),
         "{line}"
     );
+    // Every one of these requests went upstream: the SDK client's and the router's own time.
+    assert!(line["sdk_us"].as_f64().is_some_and(|us| us > 0.0), "{line}");
+    assert!(
+        line["router_us"].as_f64().is_some_and(|us| us > 0.0),
+        "{line}"
+    );
 }
 
 #[tokio::test]
@@ -154,6 +161,13 @@ async fn json_logs_carry_the_request_span_and_no_prompt() {
     assert_span(&line, "logs-unary-1", "Converse", "ok");
     let decision = reply.get_ref().decision.as_ref().expect("decision");
     assert_eq!(line["span"]["threshold"].as_f64(), Some(decision.threshold));
+    let latency = reply.get_ref().latency.as_ref().expect("latency");
+    assert_eq!(line["sdk_us"].as_f64(), Some(latency.sdk_us), "{line}");
+    assert_eq!(
+        line["upstream_ms"].as_f64(),
+        Some(latency.upstream_ms),
+        "{line}"
+    );
     assert_eq!(line["level"], "INFO");
 
     let mut stream = client

@@ -20,7 +20,7 @@ use std::{
 
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use prompt_router::{
-    load::{self, LoadOptions, Sample},
+    load::{self, LoadOptions, Pace, Sample},
     pb,
     sim::LatencyConfig,
 };
@@ -349,11 +349,12 @@ async fn dashboard_and_rules_evaluate_on_a_real_prometheus() {
 
     let options = LoadOptions {
         target: router.running.grpc_addr.to_string(),
-        rate: 20.0,
+        pace: Pace::Rate(20.0),
         duration: Duration::from_secs(8),
         concurrency: 32,
         timeout: Duration::from_secs(10),
         seed: 5,
+        progress: false,
     };
     let summary = load::run(&options, &samples()).await.expect("load runs");
     println!("load: {summary}");

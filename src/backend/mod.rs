@@ -2,6 +2,7 @@
 //! calls the router makes and the translation of their answers. Nothing above this module
 //! touches SDK types.
 
+mod clock;
 mod convert;
 mod error;
 
@@ -18,6 +19,7 @@ use aws_sdk_bedrockruntime::{
 };
 use serde_json::Value;
 
+pub use self::clock::{CallClock, CallTime};
 pub use self::convert::ConverseParts;
 pub use self::error::BackendError;
 use self::error::sort;
@@ -197,17 +199,23 @@ impl Bedrock {
     }
 
     /// Calls Converse on `model_id` through source region number `region` and waits for the
-    /// whole answer.
+    /// whole answer; `clock` learns how the call's time splits between the SDK and upstream.
     pub async fn converse(
         &self,
         region: usize,
         model_id: &str,
         parts: ConverseParts,
+        clock: &CallClock,
     ) -> Result<Completion, BackendError> {
-        let output = with_parts!(self.client(region)?.converse(), model_id, parts)
+        let client = self.client(region)?;
+        clock.sdk_starts();
+        let sent = with_parts!(client.converse(), model_id, parts)
+            .customize()
+            .interceptor(clock.interceptor())
             .send()
-            .await
-            .map_err(sort)?;
+            .await;
+        clock.sdk_returned(false);
+        let output = sent.map_err(sort)?;
         let content = match output.output {
             Some(bt::ConverseOutput::Message(message)) => message
                 .content
@@ -229,17 +237,24 @@ impl Bedrock {
 
     /// Starts ConverseStream on `model_id` through source region number `region`; returns once
     /// Bedrock has accepted the call, so a refusal (throttling, validation) arrives here rather
-    /// than as a stream event.
+    /// than as a stream event. From then on `clock` counts the call as upstream time: the
+    /// SDK's share of a stream is its work up to the response head.
     pub async fn converse_stream(
         &self,
         region: usize,
         model_id: &str,
         parts: ConverseParts,
+        clock: &CallClock,
     ) -> Result<EventStream, BackendError> {
-        let output = with_parts!(self.client(region)?.converse_stream(), model_id, parts)
+        let client = self.client(region)?;
+        clock.sdk_starts();
+        let sent = with_parts!(client.converse_stream(), model_id, parts)
+            .customize()
+            .interceptor(clock.interceptor())
             .send()
-            .await
-            .map_err(sort)?;
+            .await;
+        clock.sdk_returned(sent.is_ok());
+        let output = sent.map_err(sort)?;
         Ok(EventStream {
             rx: output.stream,
             idle_timeout: self.stream_idle_timeout,

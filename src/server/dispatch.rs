@@ -15,7 +15,7 @@ use tonic::Status;
 
 use super::{record::Record, status::from_backend};
 use crate::{
-    backend::BackendError,
+    backend::{BackendError, CallClock},
     catalog::{Catalog, Model, Tier},
     config::ResilienceConfig,
     resilience::{Backoff, Ejection, Move, RetryBudget, Target, chain, tier_fallback_allowed},
@@ -172,9 +172,10 @@ pub struct Dispatcher<'a> {
 
 impl<'a> Dispatcher<'a> {
     /// Calls `call` on targets of `walk` until one answers, the error is final, the attempts or
-    /// the retry budget run out, or the deadline passes. Failed calls are ended in `record`
-    /// here; an answering call stays open in `record` for the caller to end (a stream's call
-    /// lasts until its last event), and the caller reports it with [`Dispatcher::succeeded`].
+    /// the retry budget run out, or the deadline passes; each call gets the clock its time is
+    /// split by. Failed calls are ended in `record` here; an answering call stays open in
+    /// `record` for the caller to end (a stream's call lasts until its last event), and the
+    /// caller reports it with [`Dispatcher::succeeded`].
     pub async fn attempt<T, F, Fut>(
         &self,
         walk: &mut Walk,
@@ -182,7 +183,7 @@ impl<'a> Dispatcher<'a> {
         mut call: F,
     ) -> Result<(T, Target), Status>
     where
-        F: FnMut(Target, &'a Model) -> Fut,
+        F: FnMut(Target, &'a Model, CallClock) -> Fut,
         Fut: Future<Output = Result<T, BackendError>>,
     {
         loop {
@@ -230,8 +231,8 @@ impl<'a> Dispatcher<'a> {
             }
             walk.made += 1;
             walk.call_started = std::time::Instant::now();
-            record.start_call(&model.invoke_id, self.resilience.region(target));
-            match tokio::time::timeout_at(self.deadline, call(target, model)).await {
+            let clock = record.start_call(&model.invoke_id, self.resilience.region(target));
+            match tokio::time::timeout_at(self.deadline, call(target, model, clock)).await {
                 Err(_) => {
                     record.end_call(Some("deadline"));
                     return Err(deadline_status());

@@ -19,6 +19,7 @@ use tracing::Span;
 
 use super::status::code_label;
 use crate::{
+    backend::CallClock,
     catalog::Tier,
     cost::{Cost, Usage},
     policy::Basis,
@@ -26,12 +27,12 @@ use crate::{
     telemetry::{self, Telemetry},
 };
 
-/// An upstream call under way: its labels and when it started.
+/// An upstream call under way: its labels and the clock the SDK's hooks move.
 #[derive(Debug)]
 struct Call {
     model: Arc<str>,
     region: Arc<str>,
-    started: Instant,
+    clock: CallClock,
 }
 
 /// The telemetry of one Converse or ConverseStream request.
@@ -44,6 +45,7 @@ pub struct Record {
     route: Option<(Tier, Basis, Arc<str>)>,
     call: Option<Call>,
     upstream: Duration,
+    sdk: Duration,
     waited: Duration,
     attempts: u32,
     /// The kinds of move this request has made (bit per [`Move`]): each is counted once.
@@ -65,6 +67,7 @@ impl Record {
             route: None,
             call: None,
             upstream: Duration::ZERO,
+            sdk: Duration::ZERO,
             waited: Duration::ZERO,
             attempts: 0,
             moved: 0,
@@ -90,24 +93,29 @@ impl Record {
         self.route = Some((tier, basis, Arc::clone(model)));
     }
 
-    /// Notes that an upstream call to `model` through `region` starts now.
-    pub fn start_call(&mut self, model: &Arc<str>, region: &Arc<str>) {
+    /// Notes that an upstream call to `model` through `region` starts; the call hands the
+    /// returned clock to the backend, which splits its time between the SDK and upstream.
+    pub fn start_call(&mut self, model: &Arc<str>, region: &Arc<str>) -> CallClock {
+        let clock = CallClock::default();
         self.call = Some(Call {
             model: Arc::clone(model),
             region: Arc::clone(region),
-            started: Instant::now(),
+            clock: clock.clone(),
         });
+        clock
     }
 
     /// Ends the call under way: `None` when it answered, else the error kind. A stream's call
-    /// ends with its last event, so its upstream time is the whole stream.
+    /// ends with its last event, so its upstream time runs to the end of the stream.
     pub fn end_call(&mut self, error_kind: Option<&'static str>) {
         let Some(call) = self.call.take() else {
             return;
         };
-        let took = call.started.elapsed();
+        let split = call.clock.split();
+        let took = split.upstream;
         self.attempts += 1;
         self.upstream += took;
+        self.sdk += split.sdk;
         let outcome = error_kind.unwrap_or("ok");
         histogram!(
             telemetry::UPSTREAM_DURATION,
@@ -179,9 +187,15 @@ impl Record {
         self.waited += waited;
     }
 
-    /// Time spent upstream so far.
+    /// Time spent upstream so far: from each request's hand-over to the transport to its
+    /// response (a stream's to its end).
     pub fn upstream(&self) -> Duration {
         self.upstream
+    }
+
+    /// Time spent in the SDK client outside the transport so far, over every attempt.
+    pub fn sdk(&self) -> Duration {
+        self.sdk
     }
 
     /// Time spent backing off between attempts so far.
@@ -189,12 +203,17 @@ impl Record {
         self.waited
     }
 
-    /// The router's own share of `total`: what is neither an upstream call nor a backoff wait,
-    /// so retries under throttling do not read as a slow router.
+    /// What the router adds to `total`: what is neither upstream time nor a backoff wait (so
+    /// retries under throttling do not read as a slow router): its own work and the SDK's.
     pub fn overhead(&self, total: Duration) -> Duration {
         total
             .saturating_sub(self.upstream)
             .saturating_sub(self.waited)
+    }
+
+    /// The router's own share of `total`: the overhead without the SDK client's work.
+    pub fn own(&self, total: Duration) -> Duration {
+        self.overhead(total).saturating_sub(self.sdk)
     }
 
     /// Ends the request with `code` and emits everything.
@@ -236,6 +255,8 @@ impl Record {
         }
         if self.attempts > 0 {
             histogram!(telemetry::OVERHEAD).record(self.overhead(total).as_secs_f64());
+            histogram!(telemetry::SDK_OVERHEAD).record(self.sdk.as_secs_f64());
+            histogram!(telemetry::OWN_OVERHEAD).record(self.own(total).as_secs_f64());
         }
         if let Some(ttft) = self.ttft {
             histogram!(telemetry::TIME_TO_FIRST_TOKEN, "model" => model.clone())
@@ -252,11 +273,13 @@ impl Record {
         let _entered = self.span.enter();
         let total_ms = total.as_secs_f64() * 1e3;
         let upstream_ms = self.upstream.as_secs_f64() * 1e3;
+        let sdk_us = self.sdk.as_secs_f64() * 1e6;
+        let router_us = self.own(total).as_secs_f64() * 1e6;
         match code {
             Code::Ok | Code::InvalidArgument | Code::Cancelled | Code::DeadlineExceeded => {
-                tracing::info!(total_ms, upstream_ms, "request finished");
+                tracing::info!(total_ms, upstream_ms, sdk_us, router_us, "request finished");
             }
-            _ => tracing::warn!(total_ms, upstream_ms, "request failed"),
+            _ => tracing::warn!(total_ms, upstream_ms, sdk_us, router_us, "request failed"),
         }
     }
 }

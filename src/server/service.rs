@@ -341,9 +341,13 @@ impl Router {
         } = self.admit(req, record, ctx)?;
         let dispatcher = self.dispatcher(&ctx.request_id, ctx.deadline);
         let (completion, target) = dispatcher
-            .attempt(&mut walk, record, |target, model| {
-                self.bedrock
-                    .converse(target.region, &model.invoke_id, parts.clone())
+            .attempt(&mut walk, record, |target, model, clock| {
+                let parts = parts.clone();
+                async move {
+                    self.bedrock
+                        .converse(target.region, &model.invoke_id, parts, &clock)
+                        .await
+                }
             })
             .await?;
         dispatcher.succeeded(&walk, target);
@@ -485,8 +489,13 @@ impl StreamJob {
         let parts = &*parts;
         router
             .dispatcher(request_id, *deadline)
-            .attempt(walk, record, |target, model| {
-                bedrock.converse_stream(target.region, &model.invoke_id, parts.clone())
+            .attempt(walk, record, |target, model, clock| {
+                let parts = parts.clone();
+                async move {
+                    bedrock
+                        .converse_stream(target.region, &model.invoke_id, parts, &clock)
+                        .await
+                }
             })
             .await
     }
@@ -722,6 +731,8 @@ fn latency(record: &Record) -> pb::Latency {
     pb::Latency {
         upstream_ms: record.upstream().as_secs_f64() * 1e3,
         overhead_us: record.overhead(total).as_secs_f64() * 1e6,
+        sdk_us: record.sdk().as_secs_f64() * 1e6,
+        router_us: record.own(total).as_secs_f64() * 1e6,
         time_to_first_token_ms: record
             .time_to_first_token()
             .map_or(0.0, |t| t.as_secs_f64() * 1e3),

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::events::{self, EventPayloads};
 use super::faults::{self, Fault, MatchCtx, Plan};
 use super::generate::{self, Answer, AnswerParams};
-use super::record::{Operation, Outcome, Received, RequestGuard};
+use super::record::{Operation, Outcome, Received, Recorder, RequestGuard};
 use super::request::ConverseRequest;
 use super::wire::{self, BodyAbort, ChannelBody, DropConnection, SimBody, WireError};
 use super::{State, admin, lock, validate};
@@ -208,10 +208,13 @@ async fn converse(
         _ => {}
     }
     // If the client goes away during these waits, hyper drops this future and the guard.
-    tokio::time::sleep(latency.generation(answer.output_tokens)).await;
+    let recorder = guard.recorder();
+    recorder
+        .sleep(latency.generation(answer.output_tokens))
+        .await;
     if let Some(Fault::Stall { ms, .. }) = fault {
         match ms {
-            Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+            Some(ms) => recorder.sleep(Duration::from_millis(ms)).await,
             None => std::future::pending::<()>().await,
         }
     }
@@ -239,7 +242,10 @@ fn converse_stream(
     let (tx, body) = ChannelBody::channel();
     let resp = wire::stream_response(body, guard.request_id());
     tokio::spawn(async move {
-        let out = Emitter { tx };
+        let out = Emitter {
+            tx,
+            recorder: guard.recorder(),
+        };
         // None means the client went away; dropping the guard then records Cancelled.
         if let Some(outcome) = produce(&out, &answer, fault.as_ref(), latency).await {
             guard.finish(outcome);
@@ -250,6 +256,7 @@ fn converse_stream(
 
 struct Emitter {
     tx: mpsc::Sender<Result<Bytes, BodyAbort>>,
+    recorder: Arc<Recorder>,
 }
 
 impl Emitter {
@@ -276,11 +283,8 @@ impl Emitter {
         if self.tx.is_closed() {
             return None;
         }
-        if d.is_zero() {
-            return Some(());
-        }
         tokio::select! {
-            () = tokio::time::sleep(d) => Some(()),
+            () = self.recorder.sleep(d) => Some(()),
             () = self.tx.closed() => None,
         }
     }

@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -111,6 +112,8 @@ pub struct SimStats {
     pub cancelled: u64,
     /// Not finished yet.
     pub in_flight: u64,
+    /// Timers armed for simulated latency, stalls and stream drains (a zero latency arms none).
+    pub timers: u64,
 }
 
 struct Inner {
@@ -165,6 +168,17 @@ impl Recorder {
 
     pub(crate) fn stats(&self) -> SimStats {
         lock(&self.inner).stats
+    }
+
+    /// Sleeps for `d`, counting the timer. A zero wait returns at once without one:
+    /// `tokio::time::sleep(Duration::ZERO)` still waits for the timer wheel's next 1 ms tick,
+    /// which would put a millisecond under every zero-latency call.
+    pub(crate) async fn sleep(&self, d: Duration) {
+        if d.is_zero() {
+            return;
+        }
+        lock(&self.inner).stats.timers += 1;
+        tokio::time::sleep(d).await;
     }
 
     /// Clears the log and counters; requests still in flight stay counted as received.
@@ -226,6 +240,11 @@ impl RequestGuard {
 
     pub(crate) fn request_id(&self) -> &str {
         &self.request_id
+    }
+
+    /// The recorder this request reports to.
+    pub(crate) fn recorder(&self) -> Arc<Recorder> {
+        Arc::clone(&self.rec)
     }
 
     pub(crate) fn finish(mut self, outcome: Outcome) {

@@ -274,6 +274,64 @@ async fn runtime_fault_rules_and_latency() {
     assert!(out.metrics().unwrap().latency_ms() >= 120);
 }
 
+/// A zero latency must cost nothing: `tokio::time::sleep(0)` waits for the next 1 ms timer
+/// tick, so a simulator that slept anyway put a millisecond under every call it served. The
+/// simulator counts the timers it arms; with zero latency there are none.
+#[tokio::test]
+async fn zero_latency_arms_no_timer() {
+    let h = sim().await;
+    let c = client(&h);
+    for prompt in ["one", "two", "three"] {
+        c.converse()
+            .model_id(HAIKU)
+            .messages(user(prompt))
+            .send()
+            .await
+            .unwrap();
+        let mut out = c
+            .converse_stream()
+            .model_id(HAIKU)
+            .messages(user(prompt))
+            .send()
+            .await
+            .unwrap();
+        while quick(out.stream.recv()).await.unwrap().is_some() {}
+    }
+    let s = wait_for_stats(&h, |s| s.answered == 6).await;
+    assert_eq!(s.timers, 0, "{s:?}");
+
+    // A latency, of either kind, does arm timers: the count sees them.
+    h.set_latency(LatencyConfig {
+        ttft_ms: 1,
+        per_token_ms: 0,
+    });
+    c.converse()
+        .model_id(HAIKU)
+        .messages(user("one"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(h.stats().timers, 1);
+    h.set_latency(LatencyConfig {
+        ttft_ms: 0,
+        per_token_ms: 1,
+    });
+    let mut out = c
+        .converse_stream()
+        .model_id(HAIKU)
+        .messages(user("one"))
+        .send()
+        .await
+        .unwrap();
+    let mut deltas = 0;
+    while let Some(event) = quick(out.stream.recv()).await.unwrap() {
+        deltas += u64::from(event.is_content_block_delta());
+    }
+    // One pause between consecutive tokens.
+    let s = wait_for_stats(&h, |s| s.answered == 8).await;
+    assert_eq!(s.timers, 1 + deltas - 1, "{s:?}");
+}
+
 #[tokio::test]
 async fn shutdown_stops_serving() {
     let h = sim().await;

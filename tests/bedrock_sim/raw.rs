@@ -261,7 +261,7 @@ async fn admin_endpoints_drive_an_out_of_process_simulator() {
     let r = http(a, "GET", "/_sim/stats", None, b"").await;
     assert_eq!(
         r.body,
-        json!({ "received": 1, "answered": 0, "failed": 1, "cancelled": 0, "inFlight": 0 })
+        json!({ "received": 1, "answered": 0, "failed": 1, "cancelled": 0, "inFlight": 0, "timers": 0 })
     );
     assert!(matches!(
         h.received()[0].outcome,
