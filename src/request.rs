@@ -665,6 +665,14 @@ fn tool_use_id(field: &Field<'_>, id: &str) -> Result<(), InvalidRequest> {
 /// `tool_use` block in the previous message").
 fn tool_links(turns: &[Turn], declared: bool) -> Result<(), InvalidRequest> {
     use std::collections::{HashMap, HashSet};
+    // Most requests hold no tool block: they pay one pass over the blocks, not the maps.
+    let has_tool_blocks = turns
+        .iter()
+        .flat_map(|t| &t.content)
+        .any(|b| matches!(b, Block::ToolUse(_) | Block::ToolResult(_)));
+    if !has_tool_blocks {
+        return Ok(());
+    }
     // Call id → its block's index, for the assistant turn just before. Maps, not scans: a
     // request may hold many calls.
     let mut calls: HashMap<&str, usize> = HashMap::new();
