@@ -56,6 +56,22 @@ pub struct ServerConfig {
     pub shutdown_delay_ms: u64,
     /// On SIGTERM, how long in-flight requests may take to finish before the router exits anyway.
     pub drain_timeout_ms: u64,
+    /// Most connections open at once on the gRPC port; beyond it new ones wait in the kernel's
+    /// backlog.
+    pub max_connections: usize,
+    /// HTTP/2 receive window of a gRPC connection and of each call on it, in bytes: what a
+    /// client may send before the router has read it, so it bounds per connection the memory
+    /// unread data can take, and per round trip a client's upload speed.
+    pub http2_window_bytes: u32,
+    /// Time a client gets to send what it must before the router acts: a new gRPC connection's
+    /// HTTP/2 preface, and on `/metrics` the head of a request (on a new connection or one kept
+    /// alive), in milliseconds.
+    pub header_read_timeout_ms: u64,
+    /// A gRPC connection with no call open for this long is closed (GOAWAY), in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// Interval of HTTP/2 PINGs on a gRPC connection that has been silent that long; a peer that
+    /// does not answer within 20 s is disconnected. In milliseconds; 0 turns pings off.
+    pub keepalive_interval_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +83,11 @@ impl Default for ServerConfig {
             max_concurrency: 512,
             shutdown_delay_ms: 0,
             drain_timeout_ms: 20_000,
+            max_connections: 1024,
+            http2_window_bytes: 128 * 1024,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 300_000,
+            keepalive_interval_ms: 60_000,
         }
     }
 }
@@ -574,10 +595,33 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        if self.server.max_concurrency == 0 {
+        for (field, value) in [
+            ("server.max_concurrency", self.server.max_concurrency),
+            ("server.max_connections", self.server.max_connections),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(field, "must be at least 1"));
+            }
+        }
+        for (field, value) in [
+            (
+                "server.header_read_timeout_ms",
+                self.server.header_read_timeout_ms,
+            ),
+            ("server.idle_timeout_ms", self.server.idle_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(field, "must be above 0"));
+            }
+        }
+        // RFC 9113, 6.9.2: a window is at least the default 65,535 and below 2^31.
+        if !(65_535..=0x7fff_ffff).contains(&self.server.http2_window_bytes) {
             return Err(ConfigError::invalid(
-                "server.max_concurrency",
-                "must be at least 1",
+                "server.http2_window_bytes",
+                format!(
+                    "{} is outside [65535, 2147483647]",
+                    self.server.http2_window_bytes
+                ),
             ));
         }
         if self.limits.max_messages == 0 {
@@ -978,6 +1022,16 @@ mod tests {
                 "[server]\nmax_concurrency = 0\n",
                 &[],
                 "server.max_concurrency",
+            ),
+            (
+                "[server]\nidle_timeout_ms = 0\n",
+                &[],
+                "server.idle_timeout_ms",
+            ),
+            (
+                "[server]\nhttp2_window_bytes = 1024\n",
+                &[],
+                "server.http2_window_bytes",
             ),
             ("[limits]\nmax_messages = 0\n", &[], "limits.max_messages"),
             (

@@ -1,6 +1,7 @@
 //! Starting and stopping the router: the gRPC server (PromptRouter, health, reflection), the
 //! `/metrics` listener and, with `--simulate`, the in-process Bedrock simulator.
 
+mod conn;
 mod dispatch;
 mod metrics_http;
 mod record;
@@ -15,7 +16,7 @@ use tokio::{
     sync::{Semaphore, watch},
     task::JoinHandle,
 };
-use tonic::transport::server::TcpIncoming;
+use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 
 use self::dispatch::Resilience;
@@ -49,7 +50,7 @@ pub struct Running {
     health: HealthReporter,
     stop_grpc: watch::Sender<bool>,
     stop_side: watch::Sender<bool>,
-    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    grpc: JoinHandle<()>,
     shutdown_delay: Duration,
     drain_timeout: Duration,
     concurrency: Arc<Semaphore>,
@@ -140,26 +141,24 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
     let router_service = PromptRouterServer::new(RouterService::new(Arc::clone(&router)))
         .max_decoding_message_size(config.server.max_request_bytes);
 
-    // Without TCP_NODELAY, small gRPC frames wait on Nagle's algorithm and the peer's delayed
-    // ACK: about 40 ms added to every unary call.
-    let incoming = TcpIncoming::from(grpc_listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)));
-    let (stop_grpc, mut grpc_shutdown) = watch::channel(false);
+    let routes = Routes::new(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(router_service)
+        .prepare();
+
+    let (stop_grpc, grpc_shutdown) = watch::channel(false);
     let (stop_side, side_shutdown) = watch::channel(false);
-    let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(router_service)
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = grpc_shutdown.wait_for(|stop| *stop).await;
-            }),
-    );
+    let grpc = tokio::spawn(conn::serve(
+        grpc_listener,
+        routes,
+        conn::Bounds::new(&config.server),
+        grpc_shutdown,
+    ));
     let metrics = tokio::spawn(metrics_http::serve(
         metrics_listener,
         router,
+        Duration::from_millis(config.server.header_read_timeout_ms),
         side_shutdown.clone(),
     ));
     let mut upkeep_shutdown = side_shutdown;
@@ -202,7 +201,7 @@ impl Running {
             .await;
         tokio::time::sleep(self.shutdown_delay).await;
         let _ = self.stop_grpc.send(true);
-        let served = match tokio::time::timeout(self.drain_timeout, &mut self.grpc).await {
+        match tokio::time::timeout(self.drain_timeout, &mut self.grpc).await {
             Ok(joined) => joined.context("gRPC server task")?,
             Err(_) => {
                 let abandoned = self.max_concurrency - self.concurrency.available_permits();
@@ -212,9 +211,8 @@ impl Running {
                     "drain time is up; abandoning the requests still in flight"
                 );
                 self.grpc.abort();
-                Ok(())
             }
-        };
+        }
         // Metrics stay up through the drain, so the last scrape sees every request's outcome.
         let _ = self.stop_side.send(true);
         for task in self.side_tasks {
@@ -223,6 +221,6 @@ impl Running {
         if let Some(sim) = self.simulator {
             sim.shutdown().await;
         }
-        served.context("gRPC server")
+        Ok(())
     }
 }
