@@ -23,9 +23,7 @@ use std::{
 };
 
 use axum::serve::{Listener, ListenerExt as _};
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -37,9 +35,10 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, watch},
     time::Instant,
 };
-use tonic::{Status, body::Body};
+use tonic::body::Body;
 use tower_service::Service;
 
+use super::admission::Guarded;
 use crate::config::ServerConfig;
 
 /// The client connection preface of HTTP/2 (RFC 9113, 3.4).
@@ -261,33 +260,7 @@ where
         let response = self.inner.call(req);
         Box::pin(async move {
             let Ok(response) = response.await;
-            Ok(response.map(|body| Body::new(Held { body, _open: open })))
+            Ok(response.map(|body| Body::new(Guarded::new(body, open))))
         })
-    }
-}
-
-/// A response body that keeps its call counted as open until it is done.
-struct Held {
-    body: Body,
-    _open: Open,
-}
-
-impl HttpBody for Held {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }

@@ -1,12 +1,15 @@
 //! Starting and stopping the router: the gRPC server (PromptRouter, health, reflection), the
 //! `/metrics` listener and, with `--simulate`, the in-process Bedrock simulator.
 
+mod admission;
+pub mod codec;
 mod conn;
 mod dispatch;
 mod metrics_http;
 mod record;
 mod service;
 mod status;
+mod weigh;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -19,7 +22,7 @@ use tokio::{
 use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 
-use self::dispatch::Resilience;
+use self::{admission::Admission, dispatch::Resilience};
 pub use self::{
     service::{REQUEST_ID, Router, RouterService},
     status::code_label,
@@ -30,6 +33,34 @@ use crate::{
     pb::prompt_router_server::PromptRouterServer,
     setup, sim, telemetry,
 };
+
+/// Largest request message of the health and reflection services: theirs are a few bytes, and
+/// tonic's default (4 MiB) times the calls a client can open would be memory nothing accounts.
+const SMALL_MESSAGE: usize = 64 * 1024;
+
+/// Resident memory of a router at rest: code, runtime, SDK clients, classifier (measured: 17
+/// MiB after one call, release build).
+const BASELINE_BYTES: u64 = 24 << 20;
+/// Per open gRPC connection besides its receive window: hyper's and h2's state and buffers
+/// (measured: 19 KiB per idle connection).
+const CONNECTION_BYTES: u64 = 24 << 10;
+/// Per model call in flight besides its request: the SDK's call state, its upstream
+/// connection, the answer (measured: 53 KiB with 512 held open).
+const CALL_BYTES: u64 = 64 << 10;
+
+/// The most resident memory the router takes with `server`'s settings, whatever its clients
+/// do: the sum of what each bound lets them hold, plus a sixth for the allocator (README,
+/// "Memory and connections"). The `hostile` bench measures peaks against it and
+/// `tests/deploy.rs` keeps the Kubernetes memory limit above it.
+pub fn memory_bound(server: &crate::config::ServerConfig) -> u64 {
+    let held = BASELINE_BYTES
+        + server.max_inflight_request_bytes
+        + server.max_connections as u64 * (u64::from(server.http2_window_bytes) + CONNECTION_BYTES)
+        + server.max_concurrency as u64 * CALL_BYTES
+        + admission::OTHER_CONCURRENCY as u64 * 2 * SMALL_MESSAGE as u64
+        + metrics_http::MAX_CONNECTIONS as u64 * CONNECTION_BYTES;
+    held + held / 6
+}
 
 /// How to start the router, beyond its config.
 #[derive(Debug, Clone, Copy, Default)]
@@ -136,22 +167,30 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
                 tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
             )
     };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let reflection_v1 = reflection()
+        .build_v1()?
+        .max_decoding_message_size(SMALL_MESSAGE);
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()?
+        .max_decoding_message_size(SMALL_MESSAGE);
     let router_service = PromptRouterServer::new(RouterService::new(Arc::clone(&router)))
         .max_decoding_message_size(config.server.max_request_bytes);
-
-    let routes = Routes::new(health_service)
+    let routes = Routes::new(health_service.max_decoding_message_size(SMALL_MESSAGE))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(router_service)
         .prepare();
+    let admission = Arc::new(Admission::new(
+        &config.server,
+        Arc::clone(&concurrency),
+        telemetry,
+    )?);
 
     let (stop_grpc, grpc_shutdown) = watch::channel(false);
     let (stop_side, side_shutdown) = watch::channel(false);
     let grpc = tokio::spawn(conn::serve(
         grpc_listener,
-        routes,
+        admission.layer(routes),
         conn::Bounds::new(&config.server),
         grpc_shutdown,
     ));

@@ -10,7 +10,7 @@ use std::{
 };
 
 use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot},
+    sync::{Semaphore, mpsc, oneshot},
     time::Instant,
 };
 use tokio_stream::{Stream, wrappers::ReceiverStream};
@@ -18,6 +18,7 @@ use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
 use tracing::{Instrument, Span, field::Empty};
 
 use super::{
+    admission::{self, Ticket},
     dispatch::{Dispatcher, Resilience, Walk, deadline_status},
     record::Record,
     status::from_backend,
@@ -63,7 +64,8 @@ pub struct Router {
     pub limits: Limits,
     /// Upstream time allowed when the caller sets no deadline.
     pub call_timeout: Duration,
-    /// Requests handled at once; a request that finds none free is refused.
+    /// Converse and ConverseStream requests handled at once; the admission layer refuses a
+    /// request that finds none free.
     pub concurrency: Arc<Semaphore>,
     /// Whether prompt text may be logged.
     pub log_prompts: bool,
@@ -94,13 +96,7 @@ struct Context {
 impl Context {
     fn new(rpc: &'static str, metadata: &MetadataMap, call_timeout: Duration) -> Self {
         let received = Instant::now();
-        let request_id = metadata
-            .get(REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .filter(|id| {
-                !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
-            })
-            .map_or_else(|| format!("{:032x}", fastrand::u128(..)), str::to_owned);
+        let request_id = request_id(metadata.get(REQUEST_ID).and_then(|v| v.to_str().ok()));
         let budget = grpc_timeout(metadata).map_or(call_timeout, |t| {
             t.saturating_sub(DEADLINE_MARGIN.min(t / 10))
         });
@@ -146,6 +142,13 @@ impl Context {
             }
         }
     }
+}
+
+/// The caller's request id when it is usable (1 to 128 visible ASCII characters), else a new
+/// random one.
+pub(super) fn request_id(sent: Option<&str>) -> String {
+    sent.filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| format!("{:032x}", fastrand::u128(..)), str::to_owned)
 }
 
 /// Reads the `grpc-timeout` header: at most 8 digits and a unit, as gRPC over HTTP/2 defines
@@ -261,16 +264,6 @@ struct Admitted {
 }
 
 impl Router {
-    /// Takes a concurrency slot or refuses at once: queueing would only turn overload into
-    /// timeouts for everyone.
-    fn admit_slot(self: &Arc<Self>) -> Result<OwnedSemaphorePermit, Status> {
-        Arc::clone(&self.concurrency).try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(
-                "the router is at its concurrency limit (server.max_concurrency); retry with backoff",
-            )
-        })
-    }
-
     /// Validates and routes, noting both in the record.
     fn admit(
         &self,
@@ -467,7 +460,8 @@ struct StreamJob {
     request_id: String,
     deadline: Instant,
     record: Record,
-    _slot: OwnedSemaphorePermit,
+    /// The request's slot and memory charge, held until the relay ends.
+    _ticket: Option<Ticket>,
 }
 
 /// How a stream ended.
@@ -741,17 +735,14 @@ impl PromptRouter for RouterService {
         &self,
         request: Request<pb::ConverseRequest>,
     ) -> Result<Response<pb::ConverseResponse>, Status> {
+        let _ticket = admission::claim(request.extensions());
         let ctx = Context::new("Converse", request.metadata(), self.router.call_timeout);
         let mut record = Record::start(self.router.telemetry, ctx.span.clone());
-        let result = match self.router.admit_slot() {
-            Ok(_slot) => {
-                self.router
-                    .converse(&ctx, request.into_inner(), &mut record)
-                    .instrument(ctx.span.clone())
-                    .await
-            }
-            Err(status) => Err(status),
-        };
+        let result = self
+            .router
+            .converse(&ctx, request.into_inner(), &mut record)
+            .instrument(ctx.span.clone())
+            .await;
         record.finish(result.as_ref().map_or_else(Status::code, |_| Code::Ok));
         ctx.respond(result)
     }
@@ -762,18 +753,14 @@ impl PromptRouter for RouterService {
         &self,
         request: Request<pb::ConverseRequest>,
     ) -> Result<Response<Self::ConverseStreamStream>, Status> {
+        let ticket = admission::claim(request.extensions());
         let ctx = Context::new(
             "ConverseStream",
             request.metadata(),
             self.router.call_timeout,
         );
         let mut record = Record::start(self.router.telemetry, ctx.span.clone());
-        let admitted = self.router.admit_slot().and_then(|slot| {
-            self.router
-                .admit(request.into_inner(), &mut record, &ctx)
-                .map(|admitted| (admitted, slot))
-        });
-        let (admitted, slot) = match admitted {
+        let admitted = match self.router.admit(request.into_inner(), &mut record, &ctx) {
             Ok(admitted) => admitted,
             Err(status) => {
                 record.finish(status.code());
@@ -788,7 +775,7 @@ impl PromptRouter for RouterService {
             request_id: ctx.request_id.clone(),
             deadline: ctx.deadline,
             record,
-            _slot: slot,
+            _ticket: ticket,
         };
         // A refusal before any event is an ordinary error status, not a broken stream.
         let (upstream, target) = match job.open().instrument(ctx.span.clone()).await {
@@ -817,6 +804,7 @@ impl PromptRouter for RouterService {
         &self,
         request: Request<pb::ConverseRequest>,
     ) -> Result<Response<pb::RouteResponse>, Status> {
+        let _ticket = admission::claim(request.extensions());
         let ctx = Context::new("Route", request.metadata(), self.router.call_timeout);
         let result = ChatRequest::from_pb(request.into_inner(), &self.router.limits)
             .map_err(|e| Status::invalid_argument(e.0))
