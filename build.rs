@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     let descriptor_path = out_dir.join("router_descriptor.bin");
     tonic_prost_build::configure()
+        .codec_path("crate::server::codec::RouterCodec")
         .file_descriptor_set_path(&descriptor_path)
         .compile_with_config(config, &[proto], &["proto"])?;
     // The JSON mapping lets the CLI read requests exactly as grpcurl users write them.

@@ -57,6 +57,32 @@ pub struct ServerConfig {
     /// On SIGTERM, how long in-flight requests may take to finish; those still running then end
     /// with UNAVAILABLE before the router exits.
     pub drain_timeout_ms: u64,
+    /// Most `Route` calls handled at once; beyond it they are refused at once with
+    /// RESOURCE_EXHAUSTED. `Route` calls no model, so it has its own, separate limit.
+    pub max_route_concurrency: usize,
+    /// Memory set aside for the requests in flight, in bytes: each request is charged what
+    /// holding, decoding and sending it costs (its size and its shape), from the moment its
+    /// length is known until it ends; one that does not fit is refused with RESOURCE_EXHAUSTED.
+    pub max_inflight_request_bytes: u64,
+    /// Most connections open at once on the gRPC port; beyond it new ones wait in the kernel's
+    /// backlog.
+    pub max_connections: usize,
+    /// HTTP/2 receive window of a gRPC connection and of each call on it, in bytes: what a
+    /// client may send before the router has read it, so it bounds per connection the memory
+    /// unread data can take, and per round trip a client's upload speed.
+    pub http2_window_bytes: u32,
+    /// Time a client gets to send what it must before the router acts: a new gRPC connection's
+    /// HTTP/2 preface, and on `/metrics` the head of a request (on a new connection or one kept
+    /// alive), in milliseconds.
+    pub header_read_timeout_ms: u64,
+    /// Time a gRPC request message gets to arrive in full once its call has started, in
+    /// milliseconds.
+    pub request_read_timeout_ms: u64,
+    /// A gRPC connection with no call open for this long is closed (GOAWAY), in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// Interval of HTTP/2 PINGs on a gRPC connection that has been silent that long; a peer that
+    /// does not answer within 20 s is disconnected. In milliseconds; 0 turns pings off.
+    pub keepalive_interval_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +94,14 @@ impl Default for ServerConfig {
             max_concurrency: 512,
             shutdown_delay_ms: 0,
             drain_timeout_ms: 20_000,
+            max_route_concurrency: 64,
+            max_inflight_request_bytes: 128 * 1024 * 1024,
+            max_connections: 1024,
+            http2_window_bytes: 128 * 1024,
+            header_read_timeout_ms: 10_000,
+            request_read_timeout_ms: 30_000,
+            idle_timeout_ms: 300_000,
+            keepalive_interval_ms: 60_000,
         }
     }
 }
@@ -584,10 +618,53 @@ impl Config {
                 format!("{} is above 100", r.max_ejected_percent),
             ));
         }
-        if self.server.max_concurrency == 0 {
+        for (field, value) in [
+            ("server.max_concurrency", self.server.max_concurrency),
+            (
+                "server.max_route_concurrency",
+                self.server.max_route_concurrency,
+            ),
+            ("server.max_connections", self.server.max_connections),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(field, "must be at least 1"));
+            }
+        }
+        for (field, value) in [
+            (
+                "server.header_read_timeout_ms",
+                self.server.header_read_timeout_ms,
+            ),
+            (
+                "server.request_read_timeout_ms",
+                self.server.request_read_timeout_ms,
+            ),
+            ("server.idle_timeout_ms", self.server.idle_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(field, "must be above 0"));
+            }
+        }
+        let server = &self.server;
+        // RFC 9113, 6.9.2: a window is at least the default 65,535 and below 2^31.
+        if !(65_535..=0x7fff_ffff).contains(&server.http2_window_bytes) {
             return Err(ConfigError::invalid(
-                "server.max_concurrency",
-                "must be at least 1",
+                "server.http2_window_bytes",
+                format!(
+                    "{} is outside [65535, 2147483647]",
+                    server.http2_window_bytes
+                ),
+            ));
+        }
+        // Admission charges a request of text 4 bytes per byte (its TEXT_COST): below 4 times
+        // the largest request, the largest ordinary one could never be let in.
+        if server.max_inflight_request_bytes < 4 * server.max_request_bytes as u64 {
+            return Err(ConfigError::invalid(
+                "server.max_inflight_request_bytes",
+                format!(
+                    "{} is below 4 × server.max_request_bytes ({}): handling a request takes up to 4 times its size, so the largest could never be let in",
+                    server.max_inflight_request_bytes, server.max_request_bytes
+                ),
             ));
         }
         if self.limits.max_messages == 0 {
@@ -993,6 +1070,26 @@ mod tests {
                 "[server]\nmax_concurrency = 0\n",
                 &[],
                 "server.max_concurrency",
+            ),
+            (
+                "[server]\nmax_route_concurrency = 0\n",
+                &[],
+                "server.max_route_concurrency",
+            ),
+            (
+                "[server]\nidle_timeout_ms = 0\n",
+                &[],
+                "server.idle_timeout_ms",
+            ),
+            (
+                "[server]\nhttp2_window_bytes = 1024\n",
+                &[],
+                "server.http2_window_bytes",
+            ),
+            (
+                "[server]\nmax_inflight_request_bytes = 1024\n",
+                &[],
+                "server.max_inflight_request_bytes",
             ),
             ("[limits]\nmax_messages = 0\n", &[], "limits.max_messages"),
             (

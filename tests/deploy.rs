@@ -364,6 +364,31 @@ fn probes_ports_and_drain_match_the_router() {
     );
 }
 
+#[test]
+fn the_memory_limit_sits_above_the_routers_bound() {
+    let base = Base::load();
+    let config = base.config();
+    let limit = str_at(base.container(), "/resources/limits/memory");
+    let limit: u64 = limit
+        .strip_suffix("Mi")
+        .and_then(|mi| mi.parse::<u64>().ok())
+        .map(|mi| mi << 20)
+        .unwrap_or_else(|| panic!("a limit in Mi, not {limit:?}"));
+    let bound = server::memory_bound(&config.server);
+    println!(
+        "memory limit {} MiB, the router's bound {} MiB",
+        limit >> 20,
+        bound >> 20
+    );
+    // A fifth above: headroom for what the bound's measured parts miss.
+    assert!(
+        limit >= bound + bound / 5,
+        "limit {} MiB is not a fifth above the bound of {} MiB",
+        limit >> 20,
+        bound >> 20
+    );
+}
+
 /// Runs the binary off the runtime, so the in-process router keeps serving meanwhile.
 async fn run_bin(args: &[&str]) -> std::process::Output {
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();

@@ -1,44 +1,60 @@
 //! The Prometheus scrape endpoint: `GET /metrics` on its own port, so scrapes never queue
 //! behind model calls and the port can be firewalled separately from the gRPC one.
+//!
+//! Accepting goes through axum's [`Listener`], which backs off for a second when `accept`
+//! fails for want of descriptors instead of retrying (and logging) in a tight loop. A
+//! connection gets `server.header_read_timeout_ms` to send each request head, which also
+//! bounds how long a kept-alive connection may sit idle, and at most [`MAX_CONNECTIONS`] are
+//! open at once: a scraper needs one.
 
-use std::{convert::Infallible, sync::Arc};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
+use axum::serve::Listener;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::{body::Incoming, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics::gauge;
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, watch},
+};
 
 use super::Router;
 use crate::telemetry;
 
+/// Connections open at once on the metrics port; more wait in the backlog.
+pub const MAX_CONNECTIONS: usize = 64;
+
 /// Serves `/metrics` on `listener` until `shutdown` flips to true.
 pub async fn serve(
-    listener: TcpListener,
+    mut listener: TcpListener,
     router: Arc<Router>,
+    header_read: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+        let permit = tokio::select! {
+            permit = Arc::clone(&connections).acquire_owned() => permit,
             _ = shutdown.wait_for(|stop| *stop) => return,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                tracing::warn!(%error, "metrics listener failed to accept a connection");
-                continue;
-            }
+        let Ok(permit) = permit else { return };
+        let (stream, _) = tokio::select! {
+            accepted = Listener::accept(&mut listener) => accepted,
+            _ = shutdown.wait_for(|stop| *stop) => return,
         };
         let router = Arc::clone(&router);
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |req| {
                 let response = respond(&req, &router);
                 async move { Ok::<_, Infallible>(response) }
             });
             if let Err(error) = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {

@@ -1,12 +1,16 @@
 //! Starting and stopping the router: the gRPC server (PromptRouter, health, reflection), the
 //! `/metrics` listener and, with `--simulate`, the in-process Bedrock simulator.
 
+mod admission;
+pub mod codec;
+mod conn;
 mod deadline;
 mod dispatch;
 mod metrics_http;
 mod record;
 mod service;
 mod status;
+mod weigh;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -16,10 +20,10 @@ use tokio::{
     sync::{Semaphore, watch},
     task::JoinHandle,
 };
-use tonic::transport::server::TcpIncoming;
+use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 
-use self::dispatch::Resilience;
+use self::{admission::Admission, dispatch::Resilience};
 pub use self::{
     service::{REQUEST_ID, Router, RouterService},
     status::code_label,
@@ -30,6 +34,34 @@ use crate::{
     pb::prompt_router_server::PromptRouterServer,
     setup, sim, telemetry,
 };
+
+/// Largest request message of the health and reflection services: theirs are a few bytes, and
+/// tonic's default (4 MiB) times the calls a client can open would be memory nothing accounts.
+const SMALL_MESSAGE: usize = 64 * 1024;
+
+/// Resident memory of a router at rest: code, runtime, SDK clients, classifier (measured: 17
+/// MiB after one call, release build).
+const BASELINE_BYTES: u64 = 24 << 20;
+/// Per open gRPC connection besides its receive window: hyper's and h2's state and buffers
+/// (measured: 19 KiB per idle connection).
+const CONNECTION_BYTES: u64 = 24 << 10;
+/// Per model call in flight besides its request: the SDK's call state, its upstream
+/// connection, the answer (measured: 53 KiB with 512 held open).
+const CALL_BYTES: u64 = 64 << 10;
+
+/// The most resident memory the router takes with `server`'s settings, whatever its clients
+/// do: the sum of what each bound lets them hold, plus a sixth for the allocator (README,
+/// "Memory and connections"). The `hostile` bench measures peaks against it and
+/// `tests/deploy.rs` keeps the Kubernetes memory limit above it.
+pub fn memory_bound(server: &crate::config::ServerConfig) -> u64 {
+    let held = BASELINE_BYTES
+        + server.max_inflight_request_bytes
+        + server.max_connections as u64 * (u64::from(server.http2_window_bytes) + CONNECTION_BYTES)
+        + server.max_concurrency as u64 * CALL_BYTES
+        + admission::OTHER_CONCURRENCY as u64 * 2 * SMALL_MESSAGE as u64
+        + metrics_http::MAX_CONNECTIONS as u64 * CONNECTION_BYTES;
+    held + held / 6
+}
 
 /// How to start the router, beyond its config.
 #[derive(Debug, Clone, Copy, Default)]
@@ -50,7 +82,7 @@ pub struct Running {
     health: HealthReporter,
     stop_grpc: watch::Sender<bool>,
     stop_side: watch::Sender<bool>,
-    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    grpc: JoinHandle<()>,
     shutdown_delay: Duration,
     drain_timeout: Duration,
     concurrency: Arc<Semaphore>,
@@ -132,37 +164,48 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
     health
         .set_serving::<PromptRouterServer<RouterService>>()
         .await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    // Each version lists every service, both reflection versions included, whichever a
+    // client speaks (grpcurl before 1.9 speaks only v1alpha).
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
+    };
+    let reflection_v1 = reflection()
+        .build_v1()?
+        .max_decoding_message_size(SMALL_MESSAGE);
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()?
+        .max_decoding_message_size(SMALL_MESSAGE);
     let router_service = PromptRouterServer::new(RouterService::new(Arc::clone(&router)))
         .max_decoding_message_size(config.server.max_request_bytes);
+    let routes = Routes::new(health_service.max_decoding_message_size(SMALL_MESSAGE))
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(router_service)
+        .prepare();
+    let admission = Arc::new(Admission::new(
+        &config.server,
+        Arc::clone(&concurrency),
+        telemetry,
+    )?);
 
-    // Without TCP_NODELAY, small gRPC frames wait on Nagle's algorithm and the peer's delayed
-    // ACK: about 40 ms added to every unary call.
-    let incoming = TcpIncoming::from(grpc_listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)));
-    let (stop_grpc, mut grpc_shutdown) = watch::channel(false);
+    let (stop_grpc, grpc_shutdown) = watch::channel(false);
     let (stop_side, side_shutdown) = watch::channel(false);
-    let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(router_service)
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = grpc_shutdown.wait_for(|stop| *stop).await;
-            }),
-    );
+    let grpc = tokio::spawn(conn::serve(
+        grpc_listener,
+        admission.layer(routes),
+        conn::Bounds::new(&config.server),
+        grpc_shutdown,
+    ));
     let metrics = tokio::spawn(metrics_http::serve(
         metrics_listener,
         router,
+        Duration::from_millis(config.server.header_read_timeout_ms),
         side_shutdown.clone(),
     ));
     let mut upkeep_shutdown = side_shutdown;
@@ -207,7 +250,7 @@ impl Running {
             .await;
         tokio::time::sleep(self.shutdown_delay).await;
         let _ = self.stop_grpc.send(true);
-        let served = match tokio::time::timeout(self.drain_timeout, &mut self.grpc).await {
+        match tokio::time::timeout(self.drain_timeout, &mut self.grpc).await {
             Ok(joined) => joined.context("gRPC server task")?,
             Err(_) => {
                 let cut_off = self.max_concurrency - self.concurrency.available_permits();
@@ -222,11 +265,10 @@ impl Running {
                     Err(_) => {
                         tracing::warn!("connections still open after the cut-off; closing them");
                         self.grpc.abort();
-                        Ok(())
                     }
                 }
             }
-        };
+        }
         // Metrics stay up through the drain, so the last scrape sees every request's outcome.
         let _ = self.stop_side.send(true);
         for task in self.side_tasks {
@@ -235,6 +277,6 @@ impl Running {
         if let Some(sim) = self.simulator {
             sim.shutdown().await;
         }
-        served.context("gRPC server")
+        Ok(())
     }
 }

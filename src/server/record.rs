@@ -58,11 +58,16 @@ pub struct Record {
 impl Record {
     /// Starts the record of a request received now, logged under `span`.
     pub fn start(telemetry: &'static Telemetry, span: Span) -> Self {
+        Self::start_at(telemetry, span, Instant::now())
+    }
+
+    /// Starts the record of a request received at `started`.
+    pub fn start_at(telemetry: &'static Telemetry, span: Span, started: Instant) -> Self {
         gauge!(telemetry::INFLIGHT_REQUESTS).increment(1.0);
         Self {
             telemetry,
             span,
-            started: Instant::now(),
+            started,
             classify: None,
             route: None,
             call: None,

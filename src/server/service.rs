@@ -10,7 +10,7 @@ use std::{
 };
 
 use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch},
+    sync::{Semaphore, mpsc, oneshot, watch},
     time::Instant,
 };
 use tokio_stream::{Stream, wrappers::ReceiverStream};
@@ -18,6 +18,7 @@ use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
 use tracing::{Instrument, Span, field::Empty};
 
 use super::{
+    admission::{self, Ticket},
     deadline,
     dispatch::{Dispatcher, Resilience, Walk, deadline_status},
     record::Record,
@@ -59,7 +60,8 @@ pub struct Router {
     pub limits: Limits,
     /// Upstream time allowed when the caller sets no deadline.
     pub call_timeout: Duration,
-    /// Requests handled at once; a request that finds none free is refused.
+    /// Converse and ConverseStream requests handled at once; the admission layer refuses a
+    /// request that finds none free.
     pub concurrency: Arc<Semaphore>,
     /// Whether prompt text may be logged.
     pub log_prompts: bool,
@@ -93,13 +95,7 @@ struct Context {
 impl Context {
     fn new(rpc: &'static str, metadata: &MetadataMap, call_timeout: Duration) -> Self {
         let received = Instant::now();
-        let request_id = metadata
-            .get(REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .filter(|id| {
-                !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
-            })
-            .map_or_else(|| format!("{:032x}", fastrand::u128(..)), str::to_owned);
+        let request_id = request_id(metadata.get(REQUEST_ID).and_then(|v| v.to_str().ok()));
         let budget = deadline::grpc_timeout(metadata).map_or(call_timeout, deadline::budget);
         let span = tracing::info_span!(
             "request",
@@ -143,6 +139,13 @@ impl Context {
             }
         }
     }
+}
+
+/// The caller's request id when it is usable (1 to 128 visible ASCII characters), else a new
+/// random one.
+pub(super) fn request_id(sent: Option<&str>) -> String {
+    sent.filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| format!("{:032x}", fastrand::u128(..)), str::to_owned)
 }
 
 /// The routing decision of a request, before and after its calls.
@@ -246,16 +249,6 @@ impl Router {
             // no cut-off would ever come.
             std::future::pending::<()>().await;
         }
-    }
-
-    /// Takes a concurrency slot or refuses at once: queueing would only turn overload into
-    /// timeouts for everyone.
-    fn admit_slot(self: &Arc<Self>) -> Result<OwnedSemaphorePermit, Status> {
-        Arc::clone(&self.concurrency).try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(
-                "the router is at its concurrency limit (server.max_concurrency); retry with backoff",
-            )
-        })
     }
 
     /// Validates and routes, noting both in the record.
@@ -458,7 +451,8 @@ struct StreamJob {
     request_id: String,
     deadline: Instant,
     record: Record,
-    _slot: OwnedSemaphorePermit,
+    /// The request's slot and memory charge, held until the relay ends.
+    _ticket: Option<Ticket>,
 }
 
 /// How a stream ended.
@@ -751,20 +745,16 @@ impl PromptRouter for RouterService {
         &self,
         request: Request<pb::ConverseRequest>,
     ) -> Result<Response<pb::ConverseResponse>, Status> {
+        let _ticket = admission::claim(request.extensions());
         let ctx = Context::new("Converse", request.metadata(), self.router.call_timeout);
         let mut record = Record::start(self.router.telemetry, ctx.span.clone());
-        let result = match self.router.admit_slot() {
-            Ok(_slot) => {
-                let work = self
-                    .router
-                    .converse(&ctx, request.into_inner(), &mut record)
-                    .instrument(ctx.span.clone());
-                tokio::select! {
-                    result = work => result,
-                    () = self.router.cut_off() => Err(cut_off_status()),
-                }
-            }
-            Err(status) => Err(status),
+        let work = self
+            .router
+            .converse(&ctx, request.into_inner(), &mut record)
+            .instrument(ctx.span.clone());
+        let result = tokio::select! {
+            result = work => result,
+            () = self.router.cut_off() => Err(cut_off_status()),
         };
         record.finish(result.as_ref().map_or_else(Status::code, |_| Code::Ok));
         ctx.respond(result)
@@ -776,20 +766,17 @@ impl PromptRouter for RouterService {
         &self,
         request: Request<pb::ConverseRequest>,
     ) -> Result<Response<Self::ConverseStreamStream>, Status> {
+        let ticket = admission::claim(request.extensions());
         let ctx = Context::new(
             "ConverseStream",
             request.metadata(),
             self.router.call_timeout,
         );
         let mut record = Record::start(self.router.telemetry, ctx.span.clone());
-        let admitted = ctx.span.in_scope(|| {
-            self.router.admit_slot().and_then(|slot| {
-                self.router
-                    .admit(request.into_inner(), &mut record, &ctx)
-                    .map(|admitted| (admitted, slot))
-            })
-        });
-        let (admitted, slot) = match admitted {
+        let admitted = ctx
+            .span
+            .in_scope(|| self.router.admit(request.into_inner(), &mut record, &ctx));
+        let admitted = match admitted {
             Ok(admitted) => admitted,
             Err(status) => {
                 record.finish(status.code());
@@ -804,7 +791,7 @@ impl PromptRouter for RouterService {
             request_id: ctx.request_id.clone(),
             deadline: ctx.deadline,
             record,
-            _slot: slot,
+            _ticket: ticket,
         };
         // A refusal before any event is an ordinary error status, not a broken stream.
         let opened = tokio::select! {
@@ -837,6 +824,7 @@ impl PromptRouter for RouterService {
         &self,
         request: Request<pb::ConverseRequest>,
     ) -> Result<Response<pb::RouteResponse>, Status> {
+        let _ticket = admission::claim(request.extensions());
         let ctx = Context::new("Route", request.metadata(), self.router.call_timeout);
         let result = ChatRequest::from_pb(request.into_inner(), &self.router.limits)
             .map_err(|e| Status::invalid_argument(e.0))

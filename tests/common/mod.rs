@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
 pub mod exposition;
+pub mod grpc_raw;
 pub mod process;
 
 use prompt_router::{
