@@ -23,7 +23,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use prompt_router::pb;
+use prompt_router::{cli::single_prompt, pb};
 use prost::Message as _;
 
 const BIN: &str = env!("CARGO_BIN_EXE_prompt-router");
@@ -164,18 +164,6 @@ impl Tally {
     }
 }
 
-fn text_request(text: String) -> pb::ConverseRequest {
-    pb::ConverseRequest {
-        messages: vec![pb::Message {
-            role: pb::Role::User as i32,
-            content: vec![pb::ContentBlock {
-                block: Some(pb::content_block::Block::Text(text)),
-            }],
-        }],
-        ..Default::default()
-    }
-}
-
 /// The hostile payloads, each framed once.
 struct Payloads {
     /// Plain words, near the size limit.
@@ -214,18 +202,18 @@ impl Payloads {
                 data: png,
             })),
         };
-        let mut images = text_request("What is in these pictures?".to_owned());
+        let mut images = single_prompt("What is in these pictures?".to_owned());
         images.messages[0].content.extend(vec![image; 5]);
         Self {
-            text: grpc_raw::frame(&text_request("word ".repeat(NEAR_MAX / 5)).encode_to_vec()),
-            escapes: grpc_raw::frame(&text_request("\u{1}".repeat(NEAR_MAX)).encode_to_vec()),
+            text: grpc_raw::frame(&single_prompt("word ".repeat(NEAR_MAX / 5)).encode_to_vec()),
+            escapes: grpc_raw::frame(&single_prompt("\u{1}".repeat(NEAR_MAX)).encode_to_vec()),
             blocks: grpc_raw::frame(&blocks.encode_to_vec()),
             images: grpc_raw::frame(&images.encode_to_vec()),
             small: grpc_raw::frame(
-                &text_request("What is the capital of France?".to_owned()).encode_to_vec(),
+                &single_prompt("What is the capital of France?".to_owned()).encode_to_vec(),
             ),
             slow: grpc_raw::frame(
-                &text_request("Take your time [sim:ttft=20000]".to_owned()).encode_to_vec(),
+                &single_prompt("Take your time [sim:ttft=20000]".to_owned()).encode_to_vec(),
             ),
         }
     }
