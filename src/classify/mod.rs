@@ -25,6 +25,8 @@ pub use weights::{
 };
 
 use features::{Context, Regions, Scanner, Totals};
+
+use crate::catalog::Tier;
 use weights::Dense;
 
 /// The committed default weights, produced by `train`.
@@ -297,6 +299,17 @@ pub struct Reason {
     /// The score minus the score without this feature: positive pushes towards the strong
     /// model, negative towards the fast one.
     pub effect: f64,
+}
+
+impl Reason {
+    /// The tier this feature pushed the score towards.
+    pub fn toward(&self) -> Tier {
+        if self.effect > 0.0 {
+            Tier::Strong
+        } else {
+            Tier::Fast
+        }
+    }
 }
 
 #[cfg(test)]

@@ -103,7 +103,7 @@ pub fn run(
                         feature: r.feature,
                         description: r.description,
                         contribution: r.effect,
-                        toward: if r.effect > 0.0 { "strong" } else { "fast" },
+                        toward: r.toward().as_str(),
                     })
                     .collect(),
                 features: opts.features.then(|| {

@@ -38,12 +38,12 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
     time::Sleep,
 };
-use tonic::{Code, Status, body::Body, server::NamedService as _};
+use tonic::{Status, body::Body, server::NamedService as _};
 use tower_service::Service;
 
 use super::{
     RouterService,
-    record::Record,
+    record::{self, Record},
     service::{REQUEST_ID, request_id},
     weigh::{Schema, Weight},
 };
@@ -232,11 +232,10 @@ impl Admission {
         if rpc == Rpc::Route {
             span.record("outcome", super::code_label(status.code()));
             let _entered = span.enter();
-            match status.code() {
-                Code::InvalidArgument | Code::Cancelled | Code::DeadlineExceeded => {
-                    tracing::info!("request finished");
-                }
-                _ => tracing::warn!("request failed"),
+            if record::is_routine(status.code()) {
+                tracing::info!("request finished");
+            } else {
+                tracing::warn!("request failed");
             }
         } else {
             Record::start_at(self.telemetry, span, started).finish(status.code());

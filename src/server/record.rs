@@ -236,20 +236,21 @@ impl Record {
         }));
         let outcome = code_label(code);
         let total = self.started.elapsed();
-        if let Some((tier, _, model)) = &self.route {
-            self.span.record("tier", tier.as_str());
-            self.span.record("model", &**model);
-        }
-        self.span.record("attempts", self.attempts);
-        self.span.record("outcome", outcome);
         let (tier, basis, model) = match &self.route {
-            Some((tier, basis, model)) => (
-                tier.as_str(),
-                basis.as_str(),
-                SharedString::from(Arc::clone(model)),
-            ),
+            Some((tier, basis, model)) => {
+                self.span.record("tier", tier.as_str());
+                self.span.record("model", &**model);
+                (
+                    tier.as_str(),
+                    basis.as_str(),
+                    SharedString::from(Arc::clone(model)),
+                )
+            }
             None => ("none", "none", SharedString::const_str("none")),
         };
+        self.span.record("attempts", self.attempts);
+        self.span.record("outcome", outcome);
+        let own = self.own(total);
         counter!(telemetry::REQUESTS_TOTAL, "tier" => tier, "model" => model.clone(), "outcome" => outcome, "reason" => basis)
             .increment(1);
         histogram!(telemetry::REQUEST_DURATION, "tier" => tier, "outcome" => outcome)
@@ -261,7 +262,7 @@ impl Record {
         if self.attempts > 0 {
             histogram!(telemetry::OVERHEAD).record(self.overhead(total).as_secs_f64());
             histogram!(telemetry::SDK_OVERHEAD).record(self.sdk.as_secs_f64());
-            histogram!(telemetry::OWN_OVERHEAD).record(self.own(total).as_secs_f64());
+            histogram!(telemetry::OWN_OVERHEAD).record(own.as_secs_f64());
         }
         if let Some(ttft) = self.ttft {
             histogram!(telemetry::TIME_TO_FIRST_TOKEN, "model" => model.clone())
@@ -279,14 +280,22 @@ impl Record {
         let total_ms = total.as_secs_f64() * 1e3;
         let upstream_ms = self.upstream.as_secs_f64() * 1e3;
         let sdk_us = self.sdk.as_secs_f64() * 1e6;
-        let router_us = self.own(total).as_secs_f64() * 1e6;
-        match code {
-            Code::Ok | Code::InvalidArgument | Code::Cancelled | Code::DeadlineExceeded => {
-                tracing::info!(total_ms, upstream_ms, sdk_us, router_us, "request finished");
-            }
-            _ => tracing::warn!(total_ms, upstream_ms, sdk_us, router_us, "request failed"),
+        let router_us = own.as_secs_f64() * 1e6;
+        if is_routine(code) {
+            tracing::info!(total_ms, upstream_ms, sdk_us, router_us, "request finished");
+        } else {
+            tracing::warn!(total_ms, upstream_ms, sdk_us, router_us, "request failed");
         }
     }
+}
+
+/// Whether a request that ended with `code` is logged at INFO: it succeeded, or it ended by the
+/// caller's doing (a bad request, a cancel, its deadline). Any other code is a WARN.
+pub(super) fn is_routine(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Ok | Code::InvalidArgument | Code::Cancelled | Code::DeadlineExceeded
+    )
 }
 
 impl Drop for Record {

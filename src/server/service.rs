@@ -176,11 +176,7 @@ impl Decided {
                         feature: r.feature.to_owned(),
                         contribution: r.effect,
                         description: r.description.to_owned(),
-                        toward: pb_tier(if r.effect > 0.0 {
-                            Tier::Strong
-                        } else {
-                            Tier::Fast
-                        }) as i32,
+                        toward: pb_tier(r.toward()) as i32,
                     })
                     .collect(),
                 basis: pb_basis(routed.choice.basis) as i32,
@@ -241,6 +237,17 @@ struct Admitted {
 }
 
 impl Router {
+    /// `work`'s result, or the cut-off status if the drain time is up first.
+    async fn until_cut_off<T>(
+        &self,
+        work: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        tokio::select! {
+            result = work => result,
+            () = self.cut_off() => Err(cut_off_status()),
+        }
+    }
+
     /// Completes when the drain time is up.
     async fn cut_off(&self) {
         let mut cut_off = self.cut_off.subscribe();
@@ -752,10 +759,7 @@ impl PromptRouter for RouterService {
             .router
             .converse(&ctx, request.into_inner(), &mut record)
             .instrument(ctx.span.clone());
-        let result = tokio::select! {
-            result = work => result,
-            () = self.router.cut_off() => Err(cut_off_status()),
-        };
+        let result = self.router.until_cut_off(work).await;
         record.finish(result.as_ref().map_or_else(Status::code, |_| Code::Ok));
         ctx.respond(result)
     }
@@ -794,10 +798,10 @@ impl PromptRouter for RouterService {
             _ticket: ticket,
         };
         // A refusal before any event is an ordinary error status, not a broken stream.
-        let opened = tokio::select! {
-            opened = job.open().instrument(ctx.span.clone()) => opened,
-            () = self.router.cut_off() => Err(cut_off_status()),
-        };
+        let opened = self
+            .router
+            .until_cut_off(job.open().instrument(ctx.span.clone()))
+            .await;
         let (upstream, target) = match opened {
             Ok(opened) => opened,
             Err(status) => {
