@@ -106,29 +106,7 @@ async fn load_keeps_its_schedule_and_agrees_with_the_router() {
     assert!(summary.savings_share() > 0.0 && summary.savings_share() < 1.0);
 
     // The subcommand: same machinery, summary as JSON on stdout.
-    let target = options.target.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(common::process::BIN)
-            .args([
-                "load",
-                "--target",
-                &target,
-                "--rate",
-                "20/s",
-                "--duration",
-                "500ms",
-                "--json",
-            ])
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = load_cli(&options.target, &["--rate", "20/s", "--duration", "500ms"]).await;
     let cli: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON summary");
     assert_eq!(cli["planned"], 10);
     assert_eq!(cli["sent"], 10);
@@ -201,30 +179,11 @@ async fn load_keeps_its_schedule_and_agrees_with_the_router() {
     );
 
     // The subcommand's closed loop; stderr is a pipe here, so no progress line is written.
-    let target = closed.target.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(common::process::BIN)
-            .args([
-                "load",
-                "--target",
-                &target,
-                "--closed-loop",
-                "--concurrency",
-                "2",
-                "--duration",
-                "300ms",
-                "--json",
-            ])
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = load_cli(
+        &closed.target,
+        &["--closed-loop", "--concurrency", "2", "--duration", "300ms"],
+    )
+    .await;
     assert!(
         output.stderr.is_empty(),
         "{}",
@@ -236,6 +195,25 @@ async fn load_keeps_its_schedule_and_agrees_with_the_router() {
     assert!(cli["sent"].as_u64().is_some_and(|n| n >= 2), "{cli}");
     assert!(cli["latency"]["p999_ms"].is_number(), "{cli}");
     assert!(cli["latency_from_schedule"].is_null(), "{cli}");
+}
+
+/// Runs `prompt-router load --target TARGET ARGS… --json`, which must succeed.
+async fn load_cli(target: &str, args: &[&str]) -> std::process::Output {
+    let mut command = std::process::Command::new(common::process::BIN);
+    command
+        .args(["load", "--target", target])
+        .args(args)
+        .arg("--json");
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
 }
 
 fn assert_ordered(p: &Percentiles) {

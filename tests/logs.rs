@@ -33,15 +33,15 @@ fn forged_prompt() -> String {
     )
 }
 
-/// `prompt-router serve --simulate --log-format json`, its stderr parsed line by line.
+/// `prompt-router serve --simulate --log-format FORMAT`, its stderr read line by line.
 struct Router {
     process: Proc,
     seen: Vec<String>,
 }
 
 impl Router {
-    fn start(log_prompts: bool) -> Self {
-        let process = Proc::spawn(serve_simulated(&["--log-format", "json"]).env(
+    fn start(format: &str, log_prompts: bool) -> Self {
+        let process = Proc::spawn(serve_simulated(&["--log-format", format]).env(
             "ROUTER__TELEMETRY__LOG_PROMPTS",
             if log_prompts { "true" } else { "false" },
         ));
@@ -51,8 +51,8 @@ impl Router {
         }
     }
 
-    /// Waits for the first JSON line `matches` accepts; every line read is kept in `seen`.
-    fn wait_for(&mut self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+    /// Reads lines until one `matches`, keeping every line read in `seen`.
+    fn wait_for_line(&mut self, what: &str, matches: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -60,12 +60,18 @@ impl Router {
                 panic!("no log line for {what}; saw:\n{}", self.seen.join("\n"))
             });
             self.seen.push(line.clone());
-            let json: Value = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
-            if matches(&json) {
-                return json;
+            if matches(&line) {
+                return line;
             }
         }
+    }
+
+    /// Waits for the first JSON line `matches` accepts; every line must be JSON.
+    fn wait_for(&mut self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+        let parse = |line: &str| -> Value {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"))
+        };
+        parse(&self.wait_for_line(what, |line| matches(&parse(line))))
     }
 
     fn finished(&mut self, request_id: &str) -> Value {
@@ -145,7 +151,7 @@ fn assert_span(line: &Value, id: &str, rpc: &str, outcome: &str) {
 
 #[tokio::test]
 async fn json_logs_carry_the_request_span_and_no_prompt() {
-    let mut router = Router::start(false);
+    let mut router = Router::start("json", false);
     let mut client = router.client().await;
 
     let reply = client
@@ -218,7 +224,7 @@ async fn json_logs_carry_the_request_span_and_no_prompt() {
 
 #[tokio::test]
 async fn log_prompts_logs_the_last_user_turn() {
-    let mut router = Router::start(true);
+    let mut router = Router::start("json", true);
     let mut client = router.client().await;
     client
         .converse(request(&format!("What is {SECRET}?"), "logs-prompt-1"))
@@ -232,7 +238,7 @@ async fn log_prompts_logs_the_last_user_turn() {
 
 #[tokio::test]
 async fn json_logs_stay_valid_with_hostile_values() {
-    let mut router = Router::start(true);
+    let mut router = Router::start("json", true);
     let mut client = router.client().await;
     let prompt = forged_prompt();
     client
@@ -390,40 +396,10 @@ fn field(text: &str, in_span: bool) -> Option<(String, String, &str)> {
     None
 }
 
-/// `prompt-router serve --simulate` with text logs.
-struct TextRouter {
-    process: Proc,
-    seen: Vec<String>,
-}
-
-impl TextRouter {
-    fn start(log_prompts: bool) -> Self {
-        Self {
-            process: Proc::spawn(serve_simulated(&["--log-format", "text"]).env(
-                "ROUTER__TELEMETRY__LOG_PROMPTS",
-                if log_prompts { "true" } else { "false" },
-            )),
-            seen: Vec::new(),
-        }
-    }
-
-    /// Reads lines until one `matches`, keeping every line read.
-    fn wait_for(&mut self, what: &str, matches: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.process.lines.recv_timeout(left).unwrap_or_else(|_| {
-                panic!("no log line for {what}; saw:\n{}", self.seen.join("\n"))
-            });
-            self.seen.push(line.clone());
-            if matches(&line) {
-                return line;
-            }
-        }
-    }
-
-    async fn client(&mut self) -> PromptRouterClient<Channel> {
-        let serving = self.wait_for("start-up", |line| line.contains("prompt-router serving"));
+impl Router {
+    /// A client of a router started with text logs.
+    async fn text_client(&mut self) -> PromptRouterClient<Channel> {
+        let serving = self.wait_for_line("start-up", |line| line.contains("prompt-router serving"));
         let serving = parse_text(&serving).unwrap();
         PromptRouterClient::connect(format!("http://{}", serving.one("grpc_addr")))
             .await
@@ -440,7 +416,7 @@ impl TextRouter {
                 && line.all("request_id").contains(&id)
         };
         if !self.seen.iter().any(|line| ends(line)) {
-            self.wait_for(id, ends);
+            self.wait_for_line(id, ends);
         }
         self.seen
             .iter()
@@ -452,8 +428,8 @@ impl TextRouter {
 
 #[tokio::test]
 async fn text_logs_cannot_be_forged() {
-    let mut router = TextRouter::start(true);
-    let mut client = router.client().await;
+    let mut router = Router::start("text", true);
+    let mut client = router.text_client().await;
     let prompt = forged_prompt();
     client
         .converse(request_from(&prompt, FORGED_ID, FORGED_CALLER))
@@ -484,8 +460,8 @@ async fn text_logs_cannot_be_forged() {
 
 #[tokio::test]
 async fn text_logs_name_each_field_once_with_its_final_value() {
-    let mut router = TextRouter::start(false);
-    let mut client = router.client().await;
+    let mut router = Router::start("text", false);
+    let mut client = router.text_client().await;
     // Haiku fails in both regions, so Sonnet answers: tier, model and attempts all change.
     client
         .converse(request(
