@@ -12,21 +12,23 @@
 #[path = "../tests/common/grpc_raw.rs"]
 #[allow(dead_code)]
 mod grpc_raw;
+#[path = "../tests/common/process.rs"]
+#[allow(dead_code)]
+mod process;
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader},
     net::SocketAddr,
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
+use process::{BIN, Proc};
 use prompt_router::{cli::single_prompt, pb};
 use prost::Message as _;
 
-const BIN: &str = env!("CARGO_BIN_EXE_prompt-router");
 /// How long each scenario pushes.
 const PUSH: Duration = Duration::from_secs(12);
 
@@ -42,63 +44,15 @@ fn clients(n: usize) -> usize {
 /// Near the default `server.max_request_bytes` (20 MiB).
 const NEAR_MAX: usize = 19_500_000;
 
-/// A child process, killed when dropped; its stderr is drained by a thread.
-struct Proc {
-    child: Child,
-    first_lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Proc {
-    fn spawn(command: &mut Command) -> Self {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, first_lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Self { child, first_lines }
-    }
-
-    /// The value of `key=VALUE` on the first text log line that has it.
-    fn field(&self, key: &str) -> String {
-        loop {
-            let line = self
-                .first_lines
-                .recv_timeout(Duration::from_secs(60))
-                .expect("start-up line");
-            if let Some(at) = line.find(&format!("{key}=")) {
-                return line[at + key.len() + 1..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .to_owned();
-            }
-        }
-    }
-
-    fn status_kib(&self, key: &str) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-            .expect("field in /proc status")
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A figure of `/proc/PID/status` (`VmRSS:`, `VmHWM:`…), in KiB.
+fn status_kib(proc: &Proc, key: &str) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", proc.child.id())).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .expect("field in /proc status")
 }
 
 /// The environment the image sets (`ENV` lines of `deploy/Dockerfile`): the bound holds for the
@@ -139,7 +93,7 @@ fn router(endpoint: &str) -> (Proc, SocketAddr) {
                 "info,prompt_router::server::record=warn,prompt_router::server::admission=warn",
             ),
     );
-    let addr = proc.field("grpc_addr").parse().unwrap();
+    let addr = proc.wait_for_field("grpc_addr").parse().unwrap();
     (proc, addr)
 }
 
@@ -473,7 +427,7 @@ fn main() {
         .build()
         .unwrap();
     let sim = Proc::spawn(Command::new(BIN).args(["simulate", "--listen", "127.0.0.1:0"]));
-    let endpoint = sim.field("endpoint");
+    let endpoint = sim.wait_for_field("endpoint");
     let payloads = Payloads::new();
     let mut config = prompt_router::config::Config::default();
     if let Ok(bytes) = std::env::var("ROUTER__SERVER__MAX_INFLIGHT_REQUEST_BYTES") {
@@ -499,9 +453,9 @@ fn main() {
             let warm = grpc_raw::call(&mut h2, "Converse", payloads.small.clone(), None).await;
             assert_eq!(warm.code, tonic::Code::Ok, "{warm:?}");
         });
-        let baseline = router.status_kib("VmRSS:") >> 10;
+        let baseline = status_kib(&router, "VmRSS:") >> 10;
         runtime.block_on(push(name, addr, &payloads, &tally));
-        let peak = router.status_kib("VmHWM:") >> 10;
+        let peak = status_kib(&router, "VmHWM:") >> 10;
         over |= peak > bound;
         println!(
             "| {name}: {what} | {baseline} MiB | {peak} MiB{} | {} |",

@@ -35,13 +35,16 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Spawns `command` with `RUST_LOG=info`, stdin and stdout closed, stderr captured.
+    /// Spawns `command` with `RUST_LOG=info` unless it sets its own, stdin and stdout closed,
+    /// stderr captured.
     pub fn spawn(command: &mut Command) -> Self {
+        if !command.get_envs().any(|(key, _)| key == "RUST_LOG") {
+            command.env("RUST_LOG", "info");
+        }
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .env("RUST_LOG", "info")
             .spawn()
             .expect("spawn");
         let stderr = child.stderr.take().expect("stderr piped");
