@@ -171,7 +171,8 @@ impl Totals {
         }
     }
 
-    /// Whether the ask says it works on supplied material (a transform or an answer from it).
+    /// Whether some edge of the conversation asks for a transform of supplied material: the
+    /// newest ask's, or (at any weight) an earlier turn's or a system prompt's.
     pub(crate) fn material_follows(&self) -> bool {
         self.family(Family::Transform) > 0.0
     }
