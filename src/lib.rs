@@ -26,6 +26,5 @@ pub mod request;
 pub mod resilience;
 pub mod server;
 pub mod setup;
-pub mod sim;
 pub mod telemetry;
 pub mod train;

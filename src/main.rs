@@ -16,7 +16,7 @@ use prompt_router::{
     eval::Prices,
     load,
     server::{self, Options},
-    setup, sim, telemetry,
+    setup, telemetry,
     train::TrainOptions,
 };
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -315,7 +315,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     telemetry::init_logs(LogFormat::Text);
     let stop = shutdown_signal()?;
-    let handle = sim::start(args.listen, sim::SimConfig::default())
+    let handle = bedrock_sim::start(args.listen, bedrock_sim::SimConfig::default())
         .await
         .with_context(|| format!("starting the simulator on {}", args.listen))?;
     tracing::info!(endpoint = %handle.endpoint_url(), "Bedrock simulator listening");

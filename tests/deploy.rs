@@ -474,6 +474,19 @@ fn dockerfile_copies_existing_paths_and_matches_the_config() {
         );
     }
 
+    // ... and against stub member crates: each member's manifest is copied before the
+    // dependency build, its lib.rs stubbed, and its sources copied after.
+    for member in manifest["workspace"]["members"].as_array().unwrap() {
+        let member = member.as_str().unwrap();
+        for needed in [
+            format!("COPY {member}/Cargo.toml {member}/"),
+            format!("{member}/src/lib.rs"),
+            format!("COPY {member}/src {member}/src"),
+        ] {
+            assert!(dockerfile.contains(&needed), "the Dockerfile has {needed}");
+        }
+    }
+
     let config = Base::load().config();
     let expose = dockerfile
         .lines()

@@ -12,10 +12,8 @@ use std::time::Duration;
 
 use common::exposition::Scrape;
 
-use prompt_router::{
-    load::{self, LoadOptions, Mode, Pace, Percentiles, Summary},
-    sim::LatencyConfig,
-};
+use bedrock_sim::LatencyConfig;
+use prompt_router::load::{self, LoadOptions, Mode, Pace, Percentiles, Summary};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_keeps_its_schedule_and_agrees_with_the_router() {

@@ -18,11 +18,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bedrock_sim::LatencyConfig;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use prompt_router::{
     load::{self, LoadOptions, Pace, Sample},
     pb,
-    sim::LatencyConfig,
 };
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};

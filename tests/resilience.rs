@@ -7,11 +7,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use bedrock_sim::{BedrockError, Fault, FaultConfig, FaultRule};
 use common::{ask, ask_forced, reply_text, start, start_with};
-use prompt_router::{
-    pb,
-    sim::{BedrockError, Fault, FaultConfig, FaultRule},
-};
+use prompt_router::pb;
 use tonic::Code;
 
 const SONNET: &str = "anthropic.claude-3-5-sonnet-20241022-v2:0";

@@ -19,11 +19,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bedrock_sim::{BedrockError, Fault, FaultConfig, FaultRule};
 use common::{TestRouter, ask, exposition::Scrape, start};
-use prompt_router::{
-    pb,
-    sim::{BedrockError, Fault, FaultConfig, FaultRule},
-};
+use prompt_router::pb;
 use tonic::Code;
 
 /// The tests share the process-wide recorder and the machine's two cores: one at a time.

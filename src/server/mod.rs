@@ -32,7 +32,7 @@ use crate::{
     backend::{Auth, Bedrock},
     config::Config,
     pb::prompt_router_server::PromptRouterServer,
-    setup, sim, telemetry,
+    setup, telemetry,
 };
 
 /// Largest request message of the health and reflection services: theirs are a few bytes, and
@@ -78,7 +78,7 @@ pub struct Running {
     /// The bound `/metrics` address.
     pub metrics_addr: SocketAddr,
     /// The in-process simulator, when started with `--simulate`.
-    pub simulator: Option<sim::SimHandle>,
+    pub simulator: Option<bedrock_sim::SimHandle>,
     health: HealthReporter,
     stop_grpc: watch::Sender<bool>,
     stop_side: watch::Sender<bool>,
@@ -119,9 +119,9 @@ pub async fn build_router(config: &Config, auth: Auth) -> anyhow::Result<Router>
 /// Binds the listeners and starts serving; returns once both ports accept connections.
 pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Running> {
     let simulator = if options.simulate {
-        let handle = sim::start(
+        let handle = bedrock_sim::start(
             SocketAddr::from(([127, 0, 0, 1], 0)),
-            sim::SimConfig::default(),
+            bedrock_sim::SimConfig::default(),
         )
         .await
         .context("starting the Bedrock simulator")?;

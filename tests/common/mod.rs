@@ -6,11 +6,11 @@ pub mod exposition;
 pub mod grpc_raw;
 pub mod process;
 
+use bedrock_sim::SimHandle;
 use prompt_router::{
     config::Config,
     pb::{self, prompt_router_client::PromptRouterClient},
     server::{self, Options, Running},
-    sim::SimHandle,
 };
 use tonic::transport::Channel;
 

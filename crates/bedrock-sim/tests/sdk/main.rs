@@ -16,7 +16,7 @@ use aws_sdk_bedrockruntime::config::retry::RetryConfig;
 use aws_sdk_bedrockruntime::config::{Credentials, Region};
 use aws_sdk_bedrockruntime::types::{ContentBlock, ConversationRole, ConverseOutput, Message};
 use aws_sdk_bedrockruntime::{Client, Config};
-use prompt_router::sim::{SimConfig, SimHandle, SimStats, start};
+use bedrock_sim::{SimConfig, SimHandle, SimStats, start};
 
 pub const HAIKU: &str = "us.anthropic.claude-3-haiku-20240307-v1:0";
 pub const HAIKU_BASE: &str = "anthropic.claude-3-haiku-20240307-v1:0";

@@ -400,7 +400,7 @@ fn check_tools(req: &ConverseRequest) -> Result<ToolMode<'_>, WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::SimConfig;
+    use crate::SimConfig;
 
     fn resolves(id: &str, region: Option<&str>, enforce: bool) -> Result<String, String> {
         let models = SimConfig::default().models;

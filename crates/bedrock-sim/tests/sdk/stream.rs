@@ -11,7 +11,7 @@ use aws_sdk_bedrockruntime::types::{
     ContentBlockDelta, ContentBlockStart, ConversationRole, ConverseStreamOutput as Event,
     SpecificToolChoice, StopReason, ToolChoice, ToolConfiguration,
 };
-use prompt_router::sim::{Operation, Outcome, count_tokens};
+use bedrock_sim::{Operation, Outcome, count_tokens};
 
 use crate::*;
 

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use prompt_router::sim::{Outcome, SimConfig};
+use bedrock_sim::{Outcome, SimConfig};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -2,6 +2,11 @@
 //! protocol for `Converse` and `ConverseStream`, so the real `aws-sdk-bedrockruntime` client (or
 //! boto3) can be pointed at it with `endpoint_url`.
 //!
+//! It stands for Bedrock, so it knows only Bedrock's wire: nothing of the router (no
+//! dependency on its crates, its gRPC stack, its metrics or the SDK that is its client, which
+//! `tests/architecture.rs` checks). What belongs here is what Bedrock does and how it fails;
+//! `prompt-router serve --simulate` and `prompt-router simulate` start it.
+//!
 //! # Answers
 //! Deterministic in (invoked model id, everything the model sees). The text is
 //! `"[<model id as invoked>] "` followed by sentences of short English words; its natural length
@@ -59,6 +64,8 @@
 //!   say SerializationException); an oversized body (`max_body_bytes`) is a ValidationException.
 //! - Only the checks listed in `validate.rs` run; messages marked there as Coral-style or model
 //!   errors follow Bedrock's style but are not known to be verbatim.
+
+#![warn(missing_docs)]
 
 mod admin;
 mod events;

@@ -11,7 +11,7 @@ use aws_sdk_bedrockruntime::types::{
     ToolConfiguration, ToolInputSchema, ToolResultBlock, ToolResultContentBlock, ToolSpecification,
 };
 use aws_smithy_types::{Document, Number};
-use prompt_router::sim::{Operation, Outcome, count_tokens};
+use bedrock_sim::{Operation, Outcome, count_tokens};
 use serde_json::json;
 
 use crate::*;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use aws_sdk_bedrockruntime::config::retry::RetryConfig;
 use aws_sdk_bedrockruntime::error::SdkError;
 use aws_sdk_bedrockruntime::operation::converse::ConverseError;
-use prompt_router::sim::{BedrockError, Fault, FaultConfig, FaultRule, LatencyConfig, Outcome};
+use bedrock_sim::{BedrockError, Fault, FaultConfig, FaultRule, LatencyConfig, Outcome};
 
 use crate::*;
 
