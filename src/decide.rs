@@ -3,7 +3,7 @@
 //! service, the offline commands (which replay the operating point in file order) and benches.
 
 use crate::{
-    catalog::{Catalog, Model, Tier},
+    catalog::{Catalog, Model},
     classify::{Classification, Classifier, Part, Shape},
     operating::OperatingPoints,
     policy::{self, Basis, Choice, Needs, Unservable, can_serve},
@@ -67,13 +67,10 @@ impl Decider {
             self.operating.in_force(caller)
         };
         let choice = policy::decide(score, in_force, &needs, &self.catalog)?;
-        let other = match choice.tier {
-            Tier::Strong => Tier::Fast,
-            Tier::Fast => Tier::Strong,
-        };
         Ok(Routed {
             model: self.catalog.model(choice.tier),
-            other_tier_ok: choice.basis == Basis::Score && can_serve(other, &needs, &self.catalog),
+            other_tier_ok: choice.basis == Basis::Score
+                && can_serve(choice.tier.other(), &needs, &self.catalog),
             classification,
             choice,
         })
