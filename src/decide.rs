@@ -135,7 +135,7 @@ mod tests {
 
     fn ask_tokens(json: &str) -> f64 {
         let req: crate::pb::ConverseRequest = serde_json::from_str(json).unwrap();
-        let req = ChatRequest::from_pb(req, &Limits::default()).unwrap();
+        let req = crate::server::convert::chat_request(req, &Limits::default()).unwrap();
         let c = classify(&Classifier::new(Weights::neutral()).unwrap(), &req);
         let i = FEATURE_NAMES
             .iter()

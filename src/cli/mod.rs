@@ -32,6 +32,7 @@ use crate::{
     pb,
     policy::{Basis, Choice},
     request::{ChatRequest, Limits},
+    server::convert::chat_request,
 };
 
 /// Whether `line` is a file header (`{"header": …}`, as `tests/data/realistic.jsonl` opens
@@ -275,8 +276,7 @@ impl Request {
                 _ => bail!("a judged line needs its `request` as an object"),
             };
         }
-        let request =
-            ChatRequest::from_pb(request_of(fields)?, limits).map_err(|e| anyhow::anyhow!(e.0))?;
+        let request = chat_request(request_of(fields)?, limits)?;
         Ok(Self {
             id,
             request,
@@ -289,8 +289,7 @@ impl Request {
 
     /// A one-prompt request with the given id.
     pub fn prompt(id: Value, text: String, limits: &Limits) -> anyhow::Result<Self> {
-        let request =
-            ChatRequest::from_pb(single_prompt(text), limits).map_err(|e| anyhow::anyhow!(e.0))?;
+        let request = chat_request(single_prompt(text), limits)?;
         Ok(Self {
             id,
             request,

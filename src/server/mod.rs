@@ -4,6 +4,7 @@
 mod admission;
 pub mod codec;
 mod conn;
+pub mod convert;
 mod deadline;
 mod dispatch;
 mod metrics_http;

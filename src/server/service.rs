@@ -19,7 +19,7 @@ use tracing::{Instrument, Span, field::Empty};
 
 use super::{
     admission::{self, Ticket},
-    deadline,
+    convert, deadline,
     dispatch::{Dispatcher, Resilience, Walk, deadline_status},
     record::Record,
     status::from_backend,
@@ -35,7 +35,7 @@ use crate::{
     operating::Point,
     pb::{self, prompt_router_server::PromptRouter},
     policy::Basis,
-    request::{Block, ChatRequest, Limits},
+    request::{Block, Limits},
     resilience::{Move, Target},
     telemetry::Telemetry,
 };
@@ -265,8 +265,8 @@ impl Router {
         record: &mut Record,
         ctx: &Context,
     ) -> Result<Admitted, Status> {
-        let chat =
-            ChatRequest::from_pb(req, &self.limits).map_err(|e| Status::invalid_argument(e.0))?;
+        let chat = convert::chat_request(req, &self.limits)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if !chat.routing.caller.is_empty() {
             ctx.span.record("caller", chat.routing.caller.as_str());
         }
@@ -830,8 +830,8 @@ impl PromptRouter for RouterService {
     ) -> Result<Response<pb::RouteResponse>, Status> {
         let _ticket = admission::claim(request.extensions());
         let ctx = Context::new("Route", request.metadata(), self.router.call_timeout);
-        let result = ChatRequest::from_pb(request.into_inner(), &self.router.limits)
-            .map_err(|e| Status::invalid_argument(e.0))
+        let result = convert::chat_request(request.into_inner(), &self.router.limits)
+            .map_err(|e| Status::invalid_argument(e.to_string()))
             .and_then(|chat| {
                 self.router
                     .decider
