@@ -22,6 +22,7 @@ pub mod logfmt;
 pub mod operating;
 pub mod pb;
 pub mod policy;
+pub mod protocol;
 pub mod request;
 pub mod resilience;
 pub mod server;

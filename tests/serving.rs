@@ -779,6 +779,63 @@ async fn invalid_requests_are_refused_before_bedrock() {
 }
 
 #[tokio::test]
+async fn invalid_requests_carry_the_field_as_a_bad_request_violation() {
+    use tonic_types::StatusExt as _;
+    let mut router = start().await;
+    let request = pb::ConverseRequest {
+        inference_config: Some(pb::InferenceConfig {
+            temperature: Some(1.5),
+            ..Default::default()
+        }),
+        ..ask("Hello")
+    };
+    let unservable = pb::ConverseRequest {
+        inference_config: Some(pb::InferenceConfig {
+            max_tokens: Some(9_000),
+            ..Default::default()
+        }),
+        ..ask("Hello")
+    };
+    let cases = [
+        (
+            request,
+            "inference_config.temperature",
+            "1.5 is outside [0, 1]",
+        ),
+        (
+            unservable,
+            "inference_config.max_tokens",
+            "9000 exceeds the largest output limit of the configured models (8192 tokens)",
+        ),
+    ];
+    for (request, field, description) in cases {
+        for rpc in ["Converse", "ConverseStream", "Route"] {
+            let status = match rpc {
+                "Converse" => router.client.converse(request.clone()).await.map(drop),
+                "ConverseStream" => router
+                    .client
+                    .converse_stream(request.clone())
+                    .await
+                    .map(drop),
+                _ => router.client.route(request.clone()).await.map(drop),
+            }
+            .expect_err(rpc);
+            assert_eq!(status.code(), Code::InvalidArgument, "{rpc}: {status:?}");
+            assert_eq!(status.message(), format!("{field}: {description}"), "{rpc}");
+            let bad_request = status
+                .get_details_bad_request()
+                .unwrap_or_else(|| panic!("{rpc}: no BadRequest details in {status:?}"));
+            assert_eq!(bad_request.field_violations.len(), 1, "{rpc}");
+            assert_eq!(bad_request.field_violations[0].field, field, "{rpc}");
+            assert_eq!(
+                bad_request.field_violations[0].description, description,
+                "{rpc}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_stalled_stream_ends_with_a_clear_status() {
     let mut router = common::start_with(|config| config.bedrock.stream_idle_timeout_ms = 200).await;
     let started = std::time::Instant::now();

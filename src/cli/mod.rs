@@ -81,9 +81,7 @@ pub fn routed_lines<'a>(
             Err(e) => Err(anyhow::Error::from(e).context("reading")),
             Ok(line) if skipped(&line) => return None,
             Ok(line) => Request::parse(&line, limits).and_then(|r| {
-                let routed = decider
-                    .decide(&r.request)
-                    .map_err(|e| anyhow::anyhow!(e.0))?;
+                let routed = decider.decide(&r.request)?;
                 Ok((r, routed.classification, routed.choice))
             }),
         };
