@@ -377,15 +377,28 @@ pub fn non_blank(field: &Field<'_>, text: String) -> Result<String, InvalidReque
 
 /// The number of turns against the limit: at least one, at most `limits.max_messages`.
 pub fn check_message_count(count: usize, limits: &Limits) -> Result<(), InvalidRequest> {
-    let field = Field::new("messages");
+    check_count(
+        &Field::new("messages"),
+        count,
+        limits.max_messages,
+        "messages",
+        "at least one message is required",
+    )
+}
+
+/// `count` `items` in `field`: at least one (else `none`), at most `max`.
+fn check_count(
+    field: &Field<'_>,
+    count: usize,
+    max: usize,
+    items: &str,
+    none: &str,
+) -> Result<(), InvalidRequest> {
     if count == 0 {
-        return Err(field.invalid("at least one message is required"));
+        return Err(field.invalid(none));
     }
-    if count > limits.max_messages {
-        return Err(field.invalid(format!(
-            "{count} messages exceed the limit of {}",
-            limits.max_messages
-        )));
+    if count > max {
+        return Err(field.invalid(format!("{count} {items} exceed the limit of {max}")));
     }
     Ok(())
 }
@@ -483,11 +496,7 @@ impl ToolUse {
             return Err(field.invalid("only assistant messages can hold tool calls"));
         }
         tool_use_id(&field.child("tool_use_id"), &id)?;
-        if !valid_tool_name(&name) {
-            return Err(field.child("name").invalid(format!(
-                "{name:?} is not 1 to 64 letters, digits, '_' or '-'"
-            )));
-        }
+        tool_name(&field.child("name"), &name)?;
         let input = json_object(&field.child("input_json"), input_json)?;
         Ok(Self { id, name, input })
     }
@@ -573,17 +582,13 @@ impl Tools {
     /// Checks the number of tools a request declares (`count`) against the limit, before any
     /// is read.
     pub fn check_count(count: usize, limits: &Limits) -> Result<(), InvalidRequest> {
-        let field = Field::new("tool_config.tools");
-        if count == 0 {
-            return Err(field.invalid("at least one tool is required when tool_config is set"));
-        }
-        if count > limits.max_tools {
-            return Err(field.invalid(format!(
-                "{count} tools exceed the limit of {}",
-                limits.max_tools
-            )));
-        }
-        Ok(())
+        check_count(
+            &Field::new("tool_config.tools"),
+            count,
+            limits.max_tools,
+            "tools",
+            "at least one tool is required when tool_config is set",
+        )
     }
 
     /// The declared tools and the choice among them, which must name one of them.
@@ -610,11 +615,7 @@ impl ToolSpec {
         input_schema_json: &str,
         names: &mut HashSet<String>,
     ) -> Result<Self, InvalidRequest> {
-        if !valid_tool_name(&name) {
-            return Err(field.child("name").invalid(format!(
-                "{name:?} is not 1 to 64 letters, digits, '_' or '-'"
-            )));
-        }
+        tool_name(&field.child("name"), &name)?;
         // A set, not a scan of the names so far: a request may hold many tools.
         if !names.insert(name.clone()) {
             return Err(field
@@ -678,11 +679,18 @@ fn json_object(field: &Field<'_>, text: &str) -> Result<Value, InvalidRequest> {
 }
 
 /// Bedrock's rule for tool names, declared or called: 1 to 64 of `[a-zA-Z0-9_-]`.
-fn valid_tool_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
+fn tool_name(field: &Field<'_>, name: &str) -> Result<(), InvalidRequest> {
+    let valid = (1..=64).contains(&name.len())
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(field.invalid(format!(
+            "{name:?} is not 1 to 64 letters, digits, '_' or '-'"
+        )))
+    }
 }
 
 /// Bedrock's rule for tool-use ids: 1 to 64 of `[a-zA-Z0-9_.:-]` (older API references allow

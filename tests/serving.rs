@@ -582,6 +582,24 @@ async fn start_with_strong(base_id: &str) -> common::TestRouter {
     .await
 }
 
+/// The status `rpc` (Converse, ConverseStream or Route) refuses `request` with.
+async fn refusal(
+    router: &mut common::TestRouter,
+    rpc: &str,
+    request: &pb::ConverseRequest,
+) -> tonic::Status {
+    match rpc {
+        "Converse" => router.client.converse(request.clone()).await.map(drop),
+        "ConverseStream" => router
+            .client
+            .converse_stream(request.clone())
+            .await
+            .map(drop),
+        _ => router.client.route(request.clone()).await.map(drop),
+    }
+    .expect_err(rpc)
+}
+
 #[tokio::test]
 async fn invalid_requests_are_refused_before_bedrock() {
     let mut router = start().await;
@@ -749,16 +767,7 @@ async fn invalid_requests_are_refused_before_bedrock() {
     ];
     for (name, request, expected) in cases {
         for rpc in ["Converse", "ConverseStream", "Route"] {
-            let status = match rpc {
-                "Converse" => router.client.converse(request.clone()).await.map(drop),
-                "ConverseStream" => router
-                    .client
-                    .converse_stream(request.clone())
-                    .await
-                    .map(drop),
-                _ => router.client.route(request.clone()).await.map(drop),
-            }
-            .expect_err(name);
+            let status = refusal(&mut router, rpc, &request).await;
             assert_eq!(
                 status.code(),
                 Code::InvalidArgument,
@@ -810,16 +819,7 @@ async fn invalid_requests_carry_the_field_as_a_bad_request_violation() {
     ];
     for (request, field, description) in cases {
         for rpc in ["Converse", "ConverseStream", "Route"] {
-            let status = match rpc {
-                "Converse" => router.client.converse(request.clone()).await.map(drop),
-                "ConverseStream" => router
-                    .client
-                    .converse_stream(request.clone())
-                    .await
-                    .map(drop),
-                _ => router.client.route(request.clone()).await.map(drop),
-            }
-            .expect_err(rpc);
+            let status = refusal(&mut router, rpc, &request).await;
             assert_eq!(status.code(), Code::InvalidArgument, "{rpc}: {status:?}");
             assert_eq!(status.message(), format!("{field}: {description}"), "{rpc}");
             let bad_request = status
