@@ -415,7 +415,7 @@ impl Turn {
         count: usize,
         blocks: usize,
     ) -> Result<(), InvalidRequest> {
-        let expected = if index % 2 == 0 {
+        let expected = if index.is_multiple_of(2) {
             Role::User
         } else {
             Role::Assistant
