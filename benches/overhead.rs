@@ -19,8 +19,8 @@ use prompt_router::{
     decide::Decider,
     operating::OperatingPoints,
     pb::{self, prompt_router_client::PromptRouterClient},
-    request::{ChatRequest, Limits},
-    server::{self, Options},
+    request::Limits,
+    server::{self, Options, convert::chat_request},
     setup,
 };
 
@@ -224,7 +224,7 @@ fn warm_up(decider: &Decider, limits: &Limits) {
         );
         let mut req = request();
         req.messages[0].content[0].block = Some(pb::content_block::Block::Text(text));
-        let chat = ChatRequest::from_pb(req, limits).unwrap();
+        let chat = chat_request(req, limits).unwrap();
         decider.decide(&chat).unwrap();
     }
 }
@@ -248,7 +248,7 @@ fn decision(c: &mut Criterion) {
             b.iter_batched(
                 request,
                 |req| {
-                    let chat = ChatRequest::from_pb(req, &limits).unwrap();
+                    let chat = chat_request(req, &limits).unwrap();
                     black_box(decider.decide(&chat).unwrap().choice)
                 },
                 criterion::BatchSize::SmallInput,

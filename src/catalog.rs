@@ -25,6 +25,14 @@ impl Tier {
             Self::Fast => "fast",
         }
     }
+
+    /// The tier a request falls back to, or escalates to, when this one cannot answer it.
+    pub fn other(self) -> Self {
+        match self {
+            Self::Strong => Self::Fast,
+            Self::Fast => Self::Strong,
+        }
+    }
 }
 
 impl fmt::Display for Tier {

@@ -3,7 +3,7 @@
 //! service, the offline commands (which replay the operating point in file order) and benches.
 
 use crate::{
-    catalog::{Catalog, Model, Tier},
+    catalog::{Catalog, Model},
     classify::{Classification, Classifier, Part, Shape},
     operating::OperatingPoints,
     policy::{self, Basis, Choice, Needs, Unservable, can_serve},
@@ -67,13 +67,10 @@ impl Decider {
             self.operating.in_force(caller)
         };
         let choice = policy::decide(score, in_force, &needs, &self.catalog)?;
-        let other = match choice.tier {
-            Tier::Strong => Tier::Fast,
-            Tier::Fast => Tier::Strong,
-        };
         Ok(Routed {
             model: self.catalog.model(choice.tier),
-            other_tier_ok: choice.basis == Basis::Score && can_serve(other, &needs, &self.catalog),
+            other_tier_ok: choice.basis == Basis::Score
+                && can_serve(choice.tier.other(), &needs, &self.catalog),
             classification,
             choice,
         })
@@ -132,13 +129,19 @@ fn saturate(n: usize) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::classify::{FEATURE_NAMES, Weights};
-    use crate::request::Limits;
+    use serde_json::json;
 
-    fn ask_tokens(json: &str) -> f64 {
-        let req: crate::pb::ConverseRequest = serde_json::from_str(json).unwrap();
-        let req = ChatRequest::from_pb(req, &Limits::default()).unwrap();
+    use super::*;
+    use crate::{
+        classify::{FEATURE_NAMES, Weights},
+        policy::RoutingMode,
+        request::{Inference, Routing, ToolChoice, ToolResult, ToolSpec, ToolUse, Tools, Turn},
+    };
+
+    fn ask_tokens(turns: Vec<Turn>, tools: Option<Tools>) -> f64 {
+        let routing = Routing::new(RoutingMode::Auto, 0.0, String::new()).unwrap();
+        let req =
+            ChatRequest::new(turns, Vec::new(), Inference::default(), tools, routing).unwrap();
         let c = classify(&Classifier::new(Weights::neutral()).unwrap(), &req);
         let i = FEATURE_NAMES
             .iter()
@@ -149,16 +152,40 @@ mod tests {
 
     #[test]
     fn in_an_agent_loop_the_ask_is_the_last_user_text() {
-        let ask = "Find the cheapest flight that lands before noon and fits the budget.";
-        let looped = format!(
-            r#"{{"messages":[
-            {{"role":"ROLE_USER","content":[{{"text":"{ask}"}}]}},
-            {{"role":"ROLE_ASSISTANT","content":[{{"toolUse":{{"toolUseId":"t1","name":"search","inputJson":"{{}}"}}}}]}},
-            {{"role":"ROLE_USER","content":[{{"toolResult":{{"toolUseId":"t1","content":[{{"text":"3 flights"}}]}}}}]}}],
-            "toolConfig":{{"tools":[{{"name":"search","inputSchemaJson":"{{\"type\":\"object\"}}"}}]}}}}"#
+        let ask = || Turn {
+            role: Role::User,
+            content: vec![Block::Text(
+                "Find the cheapest flight that lands before noon and fits the budget.".to_owned(),
+            )],
+        };
+        let search = ToolSpec {
+            name: "search".to_owned(),
+            description: String::new(),
+            input_schema: json!({"type": "object"}),
+        };
+        let looped = vec![
+            ask(),
+            Turn {
+                role: Role::Assistant,
+                content: vec![Block::ToolUse(ToolUse {
+                    id: "t1".to_owned(),
+                    name: "search".to_owned(),
+                    input: json!({}),
+                })],
+            },
+            Turn {
+                role: Role::User,
+                content: vec![Block::ToolResult(ToolResult {
+                    tool_use_id: "t1".to_owned(),
+                    content: vec![ToolResultBlock::Text("3 flights".to_owned())],
+                    is_error: false,
+                })],
+            },
+        ];
+        let tools = Tools::new(vec![search], ToolChoice::Auto).unwrap();
+        assert_eq!(
+            ask_tokens(looped, Some(tools)),
+            ask_tokens(vec![ask()], None)
         );
-        let direct =
-            format!(r#"{{"messages":[{{"role":"ROLE_USER","content":[{{"text":"{ask}"}}]}}]}}"#);
-        assert_eq!(ask_tokens(&looped), ask_tokens(&direct));
     }
 }

@@ -3,8 +3,9 @@
 //! decision, the cost against an all-strong baseline and the latency it added.
 //!
 //! `classify`, `policy`, `operating`, `cost`, `decide`, `request`, `resilience`, `train`, `eval` and
-//! `calibrate` are pure; `backend` is the only code
-//! that talks to Bedrock; `server` is the only code that records metrics.
+//! `calibrate` are pure (none of them imports the generated `pb` code: the server converts at
+//! the edge); `backend` is the only code that talks to Bedrock; `server` is the only code that
+//! records metrics and builds gRPC statuses.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -22,6 +23,7 @@ pub mod logfmt;
 pub mod operating;
 pub mod pb;
 pub mod policy;
+pub mod protocol;
 pub mod request;
 pub mod resilience;
 pub mod server;

@@ -73,10 +73,61 @@ pub struct Choice {
     pub point: Point,
 }
 
-/// A request no configured model can serve; the message names the field.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Unservable(pub String);
+/// A request no configured model can serve; shown as the field it is about and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unservable {
+    /// More output tokens asked for than any model gives.
+    MaxTokens {
+        /// What the request asked for.
+        requested: u32,
+        /// The largest output limit of the models.
+        limit: u32,
+    },
+    /// Images, and no model takes them.
+    Images,
+    /// Tools, and no model supports them.
+    Tools,
+    /// Each need alone is served by some model, but not all of them by one.
+    Combination,
+}
+
+impl Unservable {
+    /// The request field the refusal is about, when it is about one.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            Self::MaxTokens { .. } => Some("inference_config.max_tokens"),
+            Self::Images => Some("messages"),
+            Self::Tools => Some("tool_config"),
+            Self::Combination => None,
+        }
+    }
+
+    /// Why, without the field.
+    pub fn reason(&self) -> String {
+        match self {
+            Self::MaxTokens { requested, limit } => format!(
+                "{requested} exceeds the largest output limit of the configured models ({limit} tokens)"
+            ),
+            Self::Images => "images are not supported by the configured models".to_owned(),
+            Self::Tools => "tools are not supported by the configured models".to_owned(),
+            Self::Combination => {
+                "no configured model supports this combination of output length, images and tools"
+                    .to_owned()
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Unservable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.field() {
+            Some(field) => write!(f, "{field}: {}", self.reason()),
+            None => f.write_str(&self.reason()),
+        }
+    }
+}
+
+impl std::error::Error for Unservable {}
 
 /// The threshold after a quality bias: +1 lowers it to 0 (all strong), −1 raises it to 1, 0
 /// keeps it; in between it moves linearly toward that end.
@@ -146,25 +197,19 @@ fn unservable(
     if let Some(m) = needs.max_tokens {
         let limit = strong.max_output_tokens.max(fast.max_output_tokens);
         if m > limit {
-            return Unservable(format!(
-                "inference_config.max_tokens: {m} exceeds the largest output limit of the configured models ({limit} tokens)"
-            ));
+            return Unservable::MaxTokens {
+                requested: m,
+                limit,
+            };
         }
     }
     if needs.images && !strong.images && !fast.images {
-        return Unservable(
-            "messages: images are not supported by the configured models".to_owned(),
-        );
+        return Unservable::Images;
     }
     if needs.tools && !strong.tools && !fast.tools {
-        return Unservable(
-            "tool_config: tools are not supported by the configured models".to_owned(),
-        );
+        return Unservable::Tools;
     }
-    Unservable(
-        "no configured model supports this combination of output length, images and tools"
-            .to_owned(),
-    )
+    Unservable::Combination
 }
 
 #[cfg(test)]
@@ -282,11 +327,11 @@ mod tests {
             &catalog(),
         )
         .expect_err("unservable");
+        assert_eq!(err.field(), Some("inference_config.max_tokens"));
         assert!(
-            err.0
+            err.to_string()
                 .starts_with("inference_config.max_tokens: 9000 exceeds"),
-            "{}",
-            err.0
+            "{err}"
         );
     }
 

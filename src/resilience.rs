@@ -53,12 +53,8 @@ impl Move {
 /// The order in which targets are tried: the chosen tier through every region (primary first),
 /// then — when allowed — the other tier the same way.
 pub fn chain(chosen: Tier, regions: usize, other_tier_allowed: bool) -> Vec<Target> {
-    let other = match chosen {
-        Tier::Strong => Tier::Fast,
-        Tier::Fast => Tier::Strong,
-    };
     let tiers: &[Tier] = if other_tier_allowed {
-        &[chosen, other]
+        &[chosen, chosen.other()]
     } else {
         &[chosen]
     };

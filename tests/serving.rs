@@ -582,6 +582,24 @@ async fn start_with_strong(base_id: &str) -> common::TestRouter {
     .await
 }
 
+/// The status `rpc` (Converse, ConverseStream or Route) refuses `request` with.
+async fn refusal(
+    router: &mut common::TestRouter,
+    rpc: &str,
+    request: &pb::ConverseRequest,
+) -> tonic::Status {
+    match rpc {
+        "Converse" => router.client.converse(request.clone()).await.map(drop),
+        "ConverseStream" => router
+            .client
+            .converse_stream(request.clone())
+            .await
+            .map(drop),
+        _ => router.client.route(request.clone()).await.map(drop),
+    }
+    .expect_err(rpc)
+}
+
 #[tokio::test]
 async fn invalid_requests_are_refused_before_bedrock() {
     let mut router = start().await;
@@ -749,16 +767,7 @@ async fn invalid_requests_are_refused_before_bedrock() {
     ];
     for (name, request, expected) in cases {
         for rpc in ["Converse", "ConverseStream", "Route"] {
-            let status = match rpc {
-                "Converse" => router.client.converse(request.clone()).await.map(drop),
-                "ConverseStream" => router
-                    .client
-                    .converse_stream(request.clone())
-                    .await
-                    .map(drop),
-                _ => router.client.route(request.clone()).await.map(drop),
-            }
-            .expect_err(name);
+            let status = refusal(&mut router, rpc, &request).await;
             assert_eq!(
                 status.code(),
                 Code::InvalidArgument,
@@ -776,6 +785,54 @@ async fn invalid_requests_are_refused_before_bedrock() {
         0,
         "no invalid request may reach Bedrock"
     );
+}
+
+#[tokio::test]
+async fn invalid_requests_carry_the_field_as_a_bad_request_violation() {
+    use tonic_types::StatusExt as _;
+    let mut router = start().await;
+    let request = pb::ConverseRequest {
+        inference_config: Some(pb::InferenceConfig {
+            temperature: Some(1.5),
+            ..Default::default()
+        }),
+        ..ask("Hello")
+    };
+    let unservable = pb::ConverseRequest {
+        inference_config: Some(pb::InferenceConfig {
+            max_tokens: Some(9_000),
+            ..Default::default()
+        }),
+        ..ask("Hello")
+    };
+    let cases = [
+        (
+            request,
+            "inference_config.temperature",
+            "1.5 is outside [0, 1]",
+        ),
+        (
+            unservable,
+            "inference_config.max_tokens",
+            "9000 exceeds the largest output limit of the configured models (8192 tokens)",
+        ),
+    ];
+    for (request, field, description) in cases {
+        for rpc in ["Converse", "ConverseStream", "Route"] {
+            let status = refusal(&mut router, rpc, &request).await;
+            assert_eq!(status.code(), Code::InvalidArgument, "{rpc}: {status:?}");
+            assert_eq!(status.message(), format!("{field}: {description}"), "{rpc}");
+            let bad_request = status
+                .get_details_bad_request()
+                .unwrap_or_else(|| panic!("{rpc}: no BadRequest details in {status:?}"));
+            assert_eq!(bad_request.field_violations.len(), 1, "{rpc}");
+            assert_eq!(bad_request.field_violations[0].field, field, "{rpc}");
+            assert_eq!(
+                bad_request.field_violations[0].description, description,
+                "{rpc}"
+            );
+        }
+    }
 }
 
 #[tokio::test]

@@ -18,6 +18,7 @@ use prompt_router::{
     pb,
     policy::Basis,
     request::{ChatRequest, Limits},
+    server::convert::chat_request,
     setup,
 };
 use serde_json::{Value, json};
@@ -384,7 +385,7 @@ fn the_realistic_corpus_in_file_order_keeps_every_target_after_warm_up() {
         .map(|line| {
             let request: pb::ConverseRequest = serde_json::from_value(line["request"].clone())
                 .unwrap_or_else(|e| panic!("{}: {e}", line["id"]));
-            ChatRequest::from_pb(request, &Limits::default()).unwrap()
+            chat_request(request, &Limits::default()).unwrap()
         })
         .collect();
     for target in [0.1, 0.3, 0.5, 0.8] {

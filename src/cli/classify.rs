@@ -85,9 +85,7 @@ pub fn run(
             Request::parse(&line, &opts.limits)
         };
         let result = parsed.and_then(|r| {
-            let routed = decider
-                .decide(&r.request)
-                .map_err(|e| anyhow::anyhow!(e.0))?;
+            let routed = decider.decide(&r.request)?;
             let decision = Decision {
                 id: &r.id,
                 score: routed.classification.score(),

@@ -32,6 +32,7 @@ use crate::{
     pb,
     policy::{Basis, Choice},
     request::{ChatRequest, Limits},
+    server::convert::chat_request,
 };
 
 /// Whether `line` is a file header (`{"header": …}`, as `tests/data/realistic.jsonl` opens
@@ -80,9 +81,7 @@ pub fn routed_lines<'a>(
             Err(e) => Err(anyhow::Error::from(e).context("reading")),
             Ok(line) if skipped(&line) => return None,
             Ok(line) => Request::parse(&line, limits).and_then(|r| {
-                let routed = decider
-                    .decide(&r.request)
-                    .map_err(|e| anyhow::anyhow!(e.0))?;
+                let routed = decider.decide(&r.request)?;
                 Ok((r, routed.classification, routed.choice))
             }),
         };
@@ -275,8 +274,7 @@ impl Request {
                 _ => bail!("a judged line needs its `request` as an object"),
             };
         }
-        let request =
-            ChatRequest::from_pb(request_of(fields)?, limits).map_err(|e| anyhow::anyhow!(e.0))?;
+        let request = chat_request(request_of(fields)?, limits)?;
         Ok(Self {
             id,
             request,
@@ -289,8 +287,7 @@ impl Request {
 
     /// A one-prompt request with the given id.
     pub fn prompt(id: Value, text: String, limits: &Limits) -> anyhow::Result<Self> {
-        let request =
-            ChatRequest::from_pb(single_prompt(text), limits).map_err(|e| anyhow::anyhow!(e.0))?;
+        let request = chat_request(single_prompt(text), limits)?;
         Ok(Self {
             id,
             request,

@@ -35,7 +35,7 @@ pub use self::{
 use crate::{
     cost::Nanodollars,
     pb::{self, converse_stream_event::Event, prompt_router_client::PromptRouterClient},
-    server::REQUEST_ID,
+    protocol::REQUEST_ID,
 };
 
 /// A request that leaves more than this behind its slot counts as late.

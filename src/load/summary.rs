@@ -8,7 +8,7 @@ use hdrhistogram::{CreationError, Histogram};
 use serde::Serialize;
 use tonic::Code;
 
-use crate::{cost::Nanodollars, pb, server::code_label};
+use crate::{cost::Nanodollars, pb, protocol::code_label};
 
 /// How one request ended, as the load generator saw it.
 #[derive(Debug, Clone)]

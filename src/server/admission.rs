@@ -43,13 +43,15 @@ use tower_service::Service;
 
 use super::{
     RouterService,
+    context::request_id,
+    error::{Deadline, Error, Framing, Overload},
     record::{self, Record},
-    service::{REQUEST_ID, request_id},
     weigh::{Schema, Weight},
 };
 use crate::{
     config::ServerConfig,
     pb::{self, prompt_router_server::PromptRouterServer},
+    protocol::{REQUEST_ID, code_label},
     telemetry::Telemetry,
 };
 
@@ -201,20 +203,16 @@ impl Admission {
     fn charge(&self, charge: &Charge, bytes: u64) -> Result<(), Status> {
         let kib = bytes.div_ceil(1024);
         if kib > self.memory_kib {
-            return Err(Status::resource_exhausted(format!(
-                "handling this request would take {} MiB, more than server.max_inflight_request_bytes ({} MiB) allows",
-                bytes >> 20,
-                self.memory_kib >> 10
-            )));
+            return Err(Error::Overloaded(Overload::RequestMemory {
+                bytes,
+                max: self.memory_kib << 10,
+            })
+            .into());
         }
         let permit = u32::try_from(kib)
             .ok()
             .and_then(|kib| Arc::clone(&self.memory).try_acquire_many_owned(kib).ok())
-            .ok_or_else(|| {
-                Status::resource_exhausted(
-                    "the router is at its memory limit for requests in flight (server.max_inflight_request_bytes); retry with backoff",
-                )
-            })?;
+            .ok_or(Error::Overloaded(Overload::MemoryInFlight))?;
         charge.add(permit);
         Ok(())
     }
@@ -230,7 +228,7 @@ impl Admission {
             outcome = tracing::field::Empty,
         );
         if rpc == Rpc::Route {
-            span.record("outcome", super::code_label(status.code()));
+            span.record("outcome", code_label(status.code()));
             let _entered = span.enter();
             if record::is_routine(status.code()) {
                 tracing::info!("request finished");
@@ -273,9 +271,7 @@ where
         let Some(rpc) = Rpc::of(req.uri().path()) else {
             let Ok(slot) = Arc::clone(&self.admission.other).try_acquire_owned() else {
                 return Box::pin(std::future::ready(Ok(refusal(
-                    Status::resource_exhausted(
-                        "the router is at its limit of health and reflection calls; retry with backoff",
-                    ),
+                    Error::Overloaded(Overload::OtherCalls).into(),
                     None,
                 ))));
             };
@@ -296,9 +292,7 @@ where
         let (slots, key) = admission.slots(rpc);
         let Ok(slot) = Arc::clone(slots).try_acquire_owned() else {
             // Queueing would only turn overload into timeouts for everyone.
-            let status = Status::resource_exhausted(format!(
-                "the router is at its concurrency limit ({key}); retry with backoff"
-            ));
+            let status: Status = Error::Overloaded(Overload::Concurrency { key }).into();
             admission.unhandled(rpc, &id, started, &status);
             return Box::pin(std::future::ready(Ok(refusal(status, id_header))));
         };
@@ -420,10 +414,11 @@ impl Metered {
     fn begin(&mut self, head: [u8; PREFIX]) -> Result<(), Status> {
         let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
         if len > self.admission.max_request_bytes {
-            return Err(Status::resource_exhausted(format!(
-                "the request message is {len} bytes; server.max_request_bytes allows {}",
-                self.admission.max_request_bytes
-            )));
+            return Err(Error::Overloaded(Overload::RequestBytes {
+                len,
+                max: self.admission.max_request_bytes,
+            })
+            .into());
         }
         self.admission
             .charge(&self.charge, WIRE_COPIES * len as u64)?;
@@ -453,19 +448,16 @@ impl Metered {
     }
 
     fn ended_early(&self) -> Status {
-        match &self.state {
-            State::Prefix { have: 0, .. } => {
-                Status::invalid_argument("the call carried no request message")
-            }
-            State::Prefix { have, .. } => Status::invalid_argument(format!(
-                "the request ended {have} bytes into the 5-byte gRPC message prefix"
-            )),
-            State::Message { buf, len } => Status::invalid_argument(format!(
-                "the request message was cut short: {} of its {len} bytes arrived",
-                buf.len() - PREFIX
-            )),
-            State::Sent | State::Failed => Status::invalid_argument("the request ended early"),
-        }
+        let framing = match &self.state {
+            State::Prefix { have: 0, .. } => Framing::NoMessage,
+            State::Prefix { have, .. } => Framing::PrefixCutShort { have: *have },
+            State::Message { buf, len } => Framing::MessageCutShort {
+                have: buf.len() - PREFIX,
+                len: *len,
+            },
+            State::Sent | State::Failed => Framing::EndedEarly,
+        };
+        Error::Framing(framing).into()
     }
 }
 
@@ -506,7 +498,7 @@ impl<G: Unpin> HttpBody for Guarded<G> {
 }
 
 fn second_message() -> Status {
-    Status::invalid_argument("the call carried more than one request message")
+    Error::Framing(Framing::SecondMessage).into()
 }
 
 /// What handling a weighed message costs at its peak.
@@ -536,10 +528,8 @@ impl HttpBody for Metered {
                 // handler runs), so the deadline holds until then.
                 Poll::Pending => {
                     if this.deadline.as_mut().poll(cx).is_ready() {
-                        let timeout = this.admission.read_timeout.as_millis();
-                        return this.fail(Status::deadline_exceeded(format!(
-                            "the request did not arrive in full within server.request_read_timeout_ms ({timeout} ms)"
-                        )));
+                        let timeout = this.admission.read_timeout;
+                        return this.fail(Error::Deadline(Deadline::RequestRead(timeout)).into());
                     }
                     return Poll::Pending;
                 }

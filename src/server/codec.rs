@@ -1,40 +1,49 @@
 //! The protobuf codec of `router.v1.PromptRouter`: tonic-prost's, except that a message that
-//! does not decode gets the status of whoever sent it. tonic-prost answers every decoding
+//! does not decode gets the error of whoever sent it. tonic-prost answers every decoding
 //! error with INTERNAL; a request that is not valid protobuf (bad UTF-8 in a string, a wrong
 //! wire type, truncated or garbage bytes) is the caller's fault, so it is INVALID_ARGUMENT,
 //! with prost's message naming the field.
 
 use std::marker::PhantomData;
 
-use prost::Message;
+use prost::{DecodeError, Message};
 use tonic::{
-    Code, Status,
+    Status,
     codec::{BufferSettings, Codec, DecodeBuf, Decoder},
 };
 use tonic_prost::ProstEncoder;
 
+use super::error::Error;
 use crate::pb;
 
 /// Who is at fault when a message of this type does not decode.
 pub trait Undecodable: Message + Default {
-    /// The status code for it.
-    const CODE: Code;
+    /// The error for it.
+    fn undecodable(err: &DecodeError) -> Error;
 }
 
 impl Undecodable for pb::ConverseRequest {
-    const CODE: Code = Code::InvalidArgument;
+    fn undecodable(err: &DecodeError) -> Error {
+        Error::Undecodable(err.to_string())
+    }
 }
 
 impl Undecodable for pb::ConverseResponse {
-    const CODE: Code = Code::Internal;
+    fn undecodable(err: &DecodeError) -> Error {
+        Error::UndecodableReply(err.to_string())
+    }
 }
 
 impl Undecodable for pb::ConverseStreamEvent {
-    const CODE: Code = Code::Internal;
+    fn undecodable(err: &DecodeError) -> Error {
+        Error::UndecodableReply(err.to_string())
+    }
 }
 
 impl Undecodable for pb::RouteResponse {
-    const CODE: Code = Code::Internal;
+    fn undecodable(err: &DecodeError) -> Error {
+        Error::UndecodableReply(err.to_string())
+    }
 }
 
 /// The codec the generated server and client use (`codec_path` in `build.rs`).
@@ -66,7 +75,7 @@ where
     }
 }
 
-/// Decodes `U` with prost, mapping a failure to `U::CODE`.
+/// Decodes `U` with prost, mapping a failure to `U`'s error.
 #[derive(Debug)]
 pub struct RouterDecoder<U>(PhantomData<U>);
 
@@ -77,6 +86,6 @@ impl<U: Undecodable> Decoder for RouterDecoder<U> {
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         U::decode(buf)
             .map(Some)
-            .map_err(|e| Status::new(U::CODE, format!("undecodable message: {e}")))
+            .map_err(|e| U::undecodable(&e).into())
     }
 }

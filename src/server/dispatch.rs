@@ -11,9 +11,11 @@ use std::{
 
 use metrics::gauge;
 use tokio::time::Instant;
-use tonic::Status;
 
-use super::{record::Record, status::from_backend};
+use super::{
+    error::{Deadline, Error},
+    record::Record,
+};
 use crate::{
     backend::{BackendError, CallClock},
     catalog::{Catalog, Model, Tier},
@@ -142,18 +144,15 @@ impl Walk {
         self.last = Some((target, err));
     }
 
-    fn exhausted(&self, request_id: &str) -> Status {
-        match &self.last {
-            Some((_, err)) => {
-                let status = from_backend(err, request_id);
-                Status::new(
-                    status.code(),
-                    format!("{} (after {} attempts)", status.message(), self.made),
-                )
-            }
-            None => Status::unavailable(
-                "every Bedrock target for this request is ejected after repeated failures; retry later",
-            ),
+    /// The error of a walk that goes no further: its last failure, or every target ejected.
+    fn exhausted(&mut self, request_id: &str) -> Error {
+        match self.last.take() {
+            Some((_, error)) => Error::Upstream {
+                error,
+                attempts: self.made,
+                request_id: request_id.to_owned(),
+            },
+            None => Error::Ejected,
         }
     }
 }
@@ -164,7 +163,7 @@ pub struct Dispatcher<'a> {
     pub resilience: &'a Resilience,
     /// The models.
     pub catalog: &'a Catalog,
-    /// For error messages.
+    /// For the errors' internal statuses.
     pub request_id: &'a str,
     /// The caller's deadline (or the configured call timeout).
     pub deadline: Instant,
@@ -173,15 +172,17 @@ pub struct Dispatcher<'a> {
 impl<'a> Dispatcher<'a> {
     /// Calls `call` on targets of `walk` until one answers, the error is final, the attempts or
     /// the retry budget run out, or the deadline passes; each call gets the clock its time is
-    /// split by. Failed calls are ended in `record` here; an answering call stays open in
-    /// `record` for the caller to end (a stream's call lasts until its last event), and the
-    /// caller reports it with [`Dispatcher::succeeded`].
+    /// split by. A call has answered when its future resolves: for a stream, that is once its
+    /// first event is in (a stream that opens and then fails is a failed attempt, and an
+    /// earlier report of success would reset the breaker of a target whose streams do that).
+    /// Failed calls are ended in `record` here; an answering call stays open in `record` for
+    /// the caller to end (a stream's call lasts until its last event).
     pub async fn attempt<T, F, Fut>(
         &self,
         walk: &mut Walk,
         record: &mut Record,
         mut call: F,
-    ) -> Result<(T, Target), Status>
+    ) -> Result<(T, Target), Error>
     where
         F: FnMut(Target, &'a Model, CallClock) -> Fut,
         Fut: Future<Output = Result<T, BackendError>>,
@@ -235,16 +236,20 @@ impl<'a> Dispatcher<'a> {
             match tokio::time::timeout_at(self.deadline, call(target, model, clock)).await {
                 Err(_) => {
                     record.end_call(Some("deadline"));
-                    return Err(deadline_status());
+                    return Err(Error::Deadline(Deadline::BeforeAnswer));
                 }
-                // Success is reported by the caller (`succeeded`): a stream has only succeeded
-                // once its first event arrives, and an early report would reset the count of a
-                // target whose streams open and then fail.
-                Ok(Ok(value)) => return Ok((value, target)),
+                Ok(Ok(value)) => {
+                    self.succeeded(walk, target);
+                    return Ok((value, target));
+                }
                 Ok(Err(err)) => {
                     record.end_call(Some(err.kind()));
                     if !err.retryable() {
-                        return Err(from_backend(&err, self.request_id));
+                        return Err(Error::Upstream {
+                            error: err,
+                            attempts: walk.made,
+                            request_id: self.request_id.to_owned(),
+                        });
                     }
                     self.failed(walk, target, err);
                 }
@@ -253,7 +258,7 @@ impl<'a> Dispatcher<'a> {
     }
 
     /// Notes that `target`, the walk's latest attempt, answered, for its breaker.
-    pub fn succeeded(&self, walk: &Walk, target: Target) {
+    fn succeeded(&self, walk: &Walk, target: Target) {
         self.resilience.report(
             target,
             self.catalog.model(target.tier),
@@ -264,8 +269,8 @@ impl<'a> Dispatcher<'a> {
 
     /// Notes a retryable failure of `target`, for its breaker (unless the failure says nothing
     /// about the target's health: see [`BackendError::faults_target`]) and for the walk's next
-    /// step; also for a stream that failed before its first event, after `attempt` returned it.
-    pub fn failed(&self, walk: &mut Walk, target: Target, err: BackendError) {
+    /// step.
+    fn failed(&self, walk: &mut Walk, target: Target, err: BackendError) {
         let model = self.catalog.model(target.tier);
         if err.faults_target() {
             self.resilience
@@ -286,9 +291,4 @@ impl<'a> Dispatcher<'a> {
                 walk.chain[i]
             })
     }
-}
-
-/// The status for a passed deadline.
-pub fn deadline_status() -> Status {
-    Status::deadline_exceeded("the call's deadline passed before the model answered")
 }

@@ -4,12 +4,16 @@
 mod admission;
 pub mod codec;
 mod conn;
+mod context;
+pub mod convert;
 mod deadline;
 mod dispatch;
+pub mod error;
 mod metrics_http;
 mod record;
+mod reply;
 mod service;
-mod status;
+mod stream;
 mod weigh;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -23,11 +27,8 @@ use tokio::{
 use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 
+pub use self::service::{Router, RouterService};
 use self::{admission::Admission, dispatch::Resilience};
-pub use self::{
-    service::{REQUEST_ID, Router, RouterService},
-    status::code_label,
-};
 use crate::{
     backend::{Auth, Bedrock},
     config::Config,

@@ -17,12 +17,12 @@ use metrics::{SharedString, counter, gauge, histogram};
 use tonic::Code;
 use tracing::Span;
 
-use super::status::code_label;
 use crate::{
     backend::CallClock,
     catalog::Tier,
     cost::{Cost, Usage},
     policy::Basis,
+    protocol::code_label,
     resilience::Move,
     telemetry::{self, Telemetry},
 };
