@@ -133,18 +133,13 @@ fn saturate(n: usize) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::{FEATURE_NAMES, Weights};
+    use crate::classify::{Feature, Weights};
     use crate::request::Limits;
 
     fn ask_tokens(json: &str) -> f64 {
         let req: crate::pb::ConverseRequest = serde_json::from_str(json).unwrap();
         let req = ChatRequest::from_pb(req, &Limits::default()).unwrap();
-        let c = classify(&Classifier::new(Weights::neutral()).unwrap(), &req);
-        let i = FEATURE_NAMES
-            .iter()
-            .position(|n| *n == "ask_tokens")
-            .unwrap();
-        c.values()[i]
+        classify(&Classifier::new(Weights::neutral()).unwrap(), &req).value(Feature::AskTokens)
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::io::{BufRead, Write};
 use serde::Serialize;
 
 use super::Request;
-use crate::{classify::FEATURE_NAMES, decide::Decider, request::Limits};
+use crate::{classify::Feature, decide::Decider, request::Limits};
 
 /// Counts of what `classify` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -100,16 +100,16 @@ pub fn run(
                     .classification
                     .top_reasons(opts.reasons)
                     .map(|r| Reason {
-                        feature: r.feature,
-                        description: r.description,
+                        feature: r.feature.name(),
+                        description: r.feature.description(),
                         contribution: r.effect,
                         toward: r.toward().as_str(),
                     })
                     .collect(),
                 features: opts.features.then(|| {
-                    FEATURE_NAMES
+                    Feature::ALL
                         .iter()
-                        .copied()
+                        .map(|f| f.name())
                         .zip(routed.classification.values().iter().copied())
                         .collect()
                 }),
@@ -214,7 +214,7 @@ mod tests {
         assert_eq!(lines[0]["reasons"].as_array().unwrap().len(), 2);
         assert_eq!(
             lines[0]["features"].as_object().unwrap().len(),
-            FEATURE_NAMES.len()
+            crate::classify::NUM_FEATURES
         );
         assert_eq!(lines[1]["line"], 2);
         assert_eq!(lines[2]["id"], 3);

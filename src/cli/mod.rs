@@ -348,14 +348,10 @@ pub fn single_prompt(text: String) -> pb::ConverseRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::{FEATURE_NAMES, Weights};
+    use crate::classify::{Feature, Weights};
 
     fn classifier() -> Classifier {
         Classifier::new(Weights::neutral()).unwrap()
-    }
-
-    fn feature(c: &Classification, name: &str) -> f64 {
-        c.values()[FEATURE_NAMES.iter().position(|n| *n == name).unwrap()]
     }
 
     #[test]
@@ -370,11 +366,11 @@ mod tests {
         let r = Request::parse(line, &Limits::default()).unwrap();
         assert_eq!(r.id_text(), "7");
         let c = decide::classify(&classifier(), &r.request);
-        assert!((feature(&c, "images") - 2f64.ln()).abs() < 1e-12);
-        assert!((feature(&c, "tools") - 3f64.ln()).abs() < 1e-12);
-        assert!((feature(&c, "turns") - 3f64.ln()).abs() < 1e-12);
-        assert!((feature(&c, "max_tokens") - 4f64.ln()).abs() < 1e-12);
-        assert!(feature(&c, "context_tokens") > 0.0);
+        assert!((c.value(Feature::Images) - 2f64.ln()).abs() < 1e-12);
+        assert!((c.value(Feature::Tools) - 3f64.ln()).abs() < 1e-12);
+        assert!((c.value(Feature::Turns) - 3f64.ln()).abs() < 1e-12);
+        assert!((c.value(Feature::MaxTokens) - 4f64.ln()).abs() < 1e-12);
+        assert!(c.value(Feature::ContextTokens) > 0.0);
     }
 
     #[test]

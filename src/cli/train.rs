@@ -19,7 +19,7 @@ use anyhow::{Context as _, bail};
 
 use super::eval::{compare, write_table};
 use super::scored_lines;
-use crate::classify::{Classifier, FEATURE_NAMES, FileSummary, Metadata, Rescale, Weights};
+use crate::classify::{Classifier, Feature, FileSummary, Metadata, Rescale, Weights};
 use crate::eval::{self, Baseline, Prices, Row};
 use crate::request::Limits;
 use crate::train::{self, Example, Model, TrainOptions, choose_threshold, is_held_out, score_rows};
@@ -358,32 +358,33 @@ pub fn run<R: BufRead>(
     if opts.cross_validate {
         cross_validate(&mut report, &files, opts)?;
     }
-    let mut order: Vec<usize> = (0..FEATURE_NAMES.len()).collect();
-    order.sort_by(|&a, &b| model.weight[b].abs().total_cmp(&model.weight[a].abs()));
+    let mut order = Feature::ALL;
+    order.sort_by(|&a, &b| {
+        model.weight[b.index()]
+            .abs()
+            .total_cmp(&model.weight[a.index()].abs())
+    });
     writeln!(
         report,
         "weights (stretched logit per unit of the standardised feature; * = prior, not fitted; 0 = fit broke its prior's sign, fixed at 0):"
     )?;
-    for i in order {
+    for f in order {
+        let i = f.index();
         let mark = match (model.prior[i], model.clamped[i]) {
             (true, _) => "*",
             (false, true) => "0",
             (false, false) => " ",
         };
-        writeln!(
-            report,
-            "  {:<16}{mark} {:+.4}",
-            FEATURE_NAMES[i], model.weight[i]
-        )?;
+        writeln!(report, "  {:<16}{mark} {:+.4}", f.name(), model.weight[i])?;
     }
     let metadata = Metadata {
         files: summaries,
         held_out_apgr_pooled: pooled_summary.map_or(0.0, |s| s.apgr),
         method: format!(
-            "logistic regression on features with fixed centres and scales (train::FEATURES), soft label \
-             (1 + strong - weak) / 2 (a judged row: 1 hard, 0.5 easy, counted {} times), Newton's method; \
+            "logistic regression on features with fixed centres and scales (train::spec), soft label \
+             (1 + strong_score - weak_score) / 2 (a judged row: 1 hard, 0.5 easy, counted {} times), Newton's method; \
              L2 towards {centre}, {} for size and shape features and {} for cue families \
-             (train::FEATURES), {bounds}; length backbone share {}; rows with crc32(id) % 5 == 0 \
+             (train::spec), {bounds}; length backbone share {}; rows with crc32(id) % 5 == 0 \
              held out; then every weight and the bias stretched by one factor around {stretch}, the \
              training 5th-95th percentile scores within [0.05, 0.95] (see `rescale`); threshold = {rule}",
             opts.judged_weight,
@@ -391,7 +392,7 @@ pub fn run<R: BufRead>(
             opts.train.cue_l2,
             opts.train.length_share,
             centre = if opts.train.priors {
-                "documented prior weights (train::FEATURES)"
+                "documented prior weights (train::spec)"
             } else {
                 "0"
             },

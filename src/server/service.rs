@@ -173,9 +173,9 @@ impl Decided {
                     .classification
                     .top_reasons(REASONS)
                     .map(|r| pb::Reason {
-                        feature: r.feature.to_owned(),
+                        feature: r.feature.name().to_owned(),
                         contribution: r.effect,
-                        description: r.description.to_owned(),
+                        description: r.feature.description().to_owned(),
                         toward: pb_tier(r.toward()) as i32,
                     })
                     .collect(),
