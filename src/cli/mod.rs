@@ -30,7 +30,7 @@ use crate::{
     eval::{EvalError, Prices, Row, at_decisions},
     operating::Point,
     pb,
-    policy::{Basis, Choice},
+    policy::{Basis, TierChoice},
     request::{ChatRequest, Limits},
 };
 
@@ -74,16 +74,16 @@ pub fn routed_lines<'a>(
     input: impl BufRead + 'a,
     decider: &'a Decider,
     limits: &'a Limits,
-) -> impl Iterator<Item = (usize, anyhow::Result<(Request, Classification, Choice)>)> + 'a {
+) -> impl Iterator<Item = (usize, anyhow::Result<(Request, Classification, TierChoice)>)> + 'a {
     input.lines().enumerate().filter_map(move |(i, line)| {
         let routed = match line {
             Err(e) => Err(anyhow::Error::from(e).context("reading")),
             Ok(line) if skipped(&line) => return None,
             Ok(line) => Request::parse(&line, limits).and_then(|r| {
-                let routed = decider
+                let decision = decider
                     .decide(&r.request)
                     .map_err(|e| anyhow::anyhow!(e.0))?;
-                Ok((r, routed.classification, routed.choice))
+                Ok((r, decision.classification, decision.choice))
             }),
         };
         Some((i + 1, routed))
@@ -125,7 +125,7 @@ impl Replay {
     /// them; with labels, also the quality and cost of those decisions.
     pub fn new(
         decider: &Decider,
-        choices: &[Choice],
+        choices: &[TierChoice],
         labelled: Option<(&[Row], &Prices)>,
     ) -> Result<Self, EvalError> {
         let strong: Vec<bool> = choices.iter().map(|c| c.tier == Tier::Strong).collect();

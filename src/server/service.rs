@@ -31,7 +31,7 @@ use crate::{
     },
     catalog::{Model, Tier},
     cost::{Cost, Usage},
-    decide::{Decider, Routed},
+    decide::{Decider, RoutingDecision},
     operating::Point,
     pb::{self, prompt_router_server::PromptRouter},
     policy::Basis,
@@ -158,7 +158,7 @@ struct Decided {
 }
 
 impl Decided {
-    fn new(routed: &Routed<'_>, resilience: &Resilience) -> Self {
+    fn new(routed: &RoutingDecision<'_>, resilience: &Resilience) -> Self {
         let first = Target {
             tier: routed.choice.tier,
             region: 0,
