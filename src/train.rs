@@ -5,8 +5,8 @@
 //! float summation order).
 //!
 //! Label: the soft label `y = (1 + strong_score − weak_score) / 2`. Routing a prompt to the strong
-//! model gains `strong − weak` in quality, and APGR only depends on the order in which prompts
-//! are sent to strong, so the best order sorts by the expected gain `E[strong − weak | x]`.
+//! model gains `strong − fast` in quality, and APGR only depends on the order in which prompts
+//! are sent to strong, so the best order sorts by the expected gain `E[strong − fast | x]`.
 //! Cross-entropy against this soft label is minimised where `p(x) = (1 + E[gain | x]) / 2`, a
 //! monotone map of the expected gain. It keeps every row: ties (both right or both wrong) pull
 //! towards 0.5 instead of being dropped, and rows where only the fast model is right pull down.
@@ -55,14 +55,16 @@ pub enum TrainError {
     #[error("no training rows")]
     Empty,
     /// A label outside [0, 1] or not finite.
-    #[error("row {row}: scores must be numbers in [0, 1], got strong {strong}, weak {weak}")]
+    #[error(
+        "row {row}: scores must be numbers in [0, 1], got strong_score {strong}, weak_score {fast}"
+    )]
     BadLabel {
         /// Row index.
         row: usize,
         /// strong_score found.
         strong: f64,
-        /// weak_score found.
-        weak: f64,
+        /// The row's `weak_score` (the fast model's).
+        fast: f64,
     },
     /// A row weight that is not a positive number.
     #[error("row {row}: weight must be a positive number, got {weight}")]
@@ -91,7 +93,7 @@ pub struct Example {
     /// How well the strong model answered, in [0, 1].
     pub strong: f64,
     /// How well the fast model answered, in [0, 1].
-    pub weak: f64,
+    pub fast: f64,
     /// Estimated input tokens (for cost figures).
     pub input_tokens: f64,
     /// How many rows this one counts as in the fit (1 for a scored row; judged rows count more).
@@ -105,13 +107,13 @@ impl Example {
     pub fn scored(
         features: [f64; NUM_FEATURES],
         strong: f64,
-        weak: f64,
+        fast: f64,
         input_tokens: f64,
     ) -> Self {
         Self {
             features,
             strong,
-            weak,
+            fast,
             input_tokens,
             weight: 1.0,
             hard: None,
@@ -258,7 +260,7 @@ fn breaks_prior_sign(i: usize, weight: f64) -> bool {
 
 /// A fitted linear score.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Model {
+pub struct FittedScore {
     /// Logit at the mean point.
     pub bias: f64,
     /// Weight per standardised feature.
@@ -280,7 +282,7 @@ pub struct Model {
     pub iterations: usize,
 }
 
-impl Model {
+impl FittedScore {
     /// The logit for one feature vector.
     pub fn logit(&self, x: &[f64; NUM_FEATURES]) -> f64 {
         let mut z = self.bias;
@@ -323,11 +325,11 @@ pub const SPREAD_QUANTILE: f64 = 0.05;
 /// for the upper one).
 pub const SPREAD_SCORE: f64 = 0.05;
 
-impl Model {
+impl FittedScore {
     /// The same ranking with logit `factor × (logit − centre)`: every weight, priors included,
     /// times `factor`, and the bias moved accordingly.
-    pub fn rescaled(&self, r: Rescale) -> Model {
-        Model {
+    pub fn rescaled(&self, r: Rescale) -> FittedScore {
+        FittedScore {
             bias: r.factor * (self.bias - r.centre),
             weight: self.weight.map(|w| r.factor * w),
             ..self.clone()
@@ -339,7 +341,7 @@ impl Model {
 /// mean of the share of hard rows at or above it and the share of easy rows below it, by row
 /// weight), halfway between the two logits it falls between; among equally good cuts, the
 /// middle one. `None` without judged rows of both kinds.
-pub fn boundary(model: &Model, examples: &[Example]) -> Option<f64> {
+pub fn boundary(model: &FittedScore, examples: &[Example]) -> Option<f64> {
     let mut judged: Vec<(f64, bool, f64)> = examples
         .iter()
         .filter_map(|e| e.hard.map(|h| (model.logit(&e.features), h, e.weight)))
@@ -387,7 +389,7 @@ pub fn boundary(model: &Model, examples: &[Example]) -> Option<f64> {
 /// farther end on the boundary (see the module docs). Percentiles are nearest-rank on the
 /// sorted logits, so the result depends on the rows only. Degenerate data (every logit equal)
 /// gets the identity.
-pub fn spread(model: &Model, examples: &[Example]) -> Rescale {
+pub fn spread(model: &FittedScore, examples: &[Example]) -> Rescale {
     let mut logits: Vec<f64> = examples.iter().map(|e| model.logit(&e.features)).collect();
     logits.sort_by(f64::total_cmp);
     let at = |q: f64| {
@@ -430,7 +432,7 @@ const TOKENS: usize = Feature::AskTokens.index();
 
 /// Fits the model on `examples`: penalised fit towards the priors under their signs, then the
 /// length backbone.
-pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<Model, TrainError> {
+pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<FittedScore, TrainError> {
     if examples.is_empty() {
         return Err(TrainError::Empty);
     }
@@ -449,11 +451,11 @@ pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<Model, TrainErro
     }
     for (row, e) in examples.iter().enumerate() {
         let ok = |v: f64| (0.0..=1.0).contains(&v);
-        if !ok(e.strong) || !ok(e.weak) {
+        if !ok(e.strong) || !ok(e.fast) {
             return Err(TrainError::BadLabel {
                 row,
                 strong: e.strong,
-                weak: e.weak,
+                fast: e.fast,
             });
         }
     }
@@ -501,7 +503,7 @@ pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<Model, TrainErro
         .collect();
     let labels: Vec<f64> = examples
         .iter()
-        .map(|e| (1.0 + e.strong - e.weak) / 2.0)
+        .map(|e| (1.0 + e.strong - e.fast) / 2.0)
         .collect();
     let row_weights: Vec<f64> = examples.iter().map(|e| e.weight).collect();
     let mut clamped = [false; NUM_FEATURES];
@@ -558,7 +560,7 @@ pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<Model, TrainErro
         }
         fitted.retain(|&i| !clamped[i]);
     };
-    let mut model = Model {
+    let mut model = FittedScore {
         bias,
         weight,
         mean,
@@ -580,7 +582,7 @@ pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<Model, TrainErro
 /// `(w + d)²·Var z = share²·Var(L + d·z)`, a quadratic in `d` with one positive root when the
 /// share is not yet met (`w ≥ 0`: length's prior is positive and its sign a bound). 0 when
 /// the share is already met, `share` is 0, or length does not vary.
-pub fn length_backbone(model: &Model, examples: &[Example], share: f64) -> f64 {
+pub fn length_backbone(model: &FittedScore, examples: &[Example], share: f64) -> f64 {
     let t = TOKENS;
     let n = examples.len() as f64;
     if share <= 0.0 || examples.is_empty() {
@@ -758,13 +760,13 @@ fn cholesky_solve(a: &[f64], b: &[f64], k: usize) -> Option<Vec<f64>> {
 }
 
 /// Scores `examples` with `model` as evaluation rows.
-pub fn score_rows(model: &Model, examples: &[Example]) -> Vec<Row> {
+pub fn score_rows(model: &FittedScore, examples: &[Example]) -> Vec<Row> {
     examples
         .iter()
         .map(|e| Row {
             score: model.score(&e.features),
             strong: e.strong,
-            weak: e.weak,
+            fast: e.fast,
             input_tokens: e.input_tokens,
         })
         .collect()
@@ -775,7 +777,7 @@ pub fn score_rows(model: &Model, examples: &[Example]) -> Vec<Row> {
 /// model" begins; without them, the CPT(`target_pgr`) point of the model on its training rows,
 /// i.e. the lowest strong share whose quality gap recovered reaches the target.
 pub fn choose_threshold(
-    model: &Model,
+    model: &FittedScore,
     examples: &[Example],
     opts: &TrainOptions,
 ) -> Result<f64, TrainError> {
@@ -790,11 +792,11 @@ pub fn choose_threshold(
 mod tests {
     use super::*;
 
-    fn example(i: usize, x: f64, strong: f64, weak: f64) -> Example {
+    fn example(i: usize, x: f64, strong: f64, fast: f64) -> Example {
         let mut features = [0.0; NUM_FEATURES];
         features[0] = x;
         features[1] = (i % 3) as f64;
-        Example::scored(features, strong, weak, 10.0)
+        Example::scored(features, strong, fast, 10.0)
     }
 
     #[test]
@@ -952,7 +954,7 @@ mod tests {
     }
 
     /// Sd of the length term over the sd of the logit, on `ex`.
-    fn length_share(m: &Model, ex: &[Example]) -> f64 {
+    fn length_share(m: &FittedScore, ex: &[Example]) -> f64 {
         let sd = |v: &[f64]| {
             let mean = v.iter().sum::<f64>() / v.len() as f64;
             (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
@@ -975,7 +977,7 @@ mod tests {
                 let x = (((i * 37) % 300) as f64 + (i as f64) * 0.3) / 100.0;
                 let mut e = example(i, x, 1.0, 1.0);
                 e.features[l] = (i % 10) as f64;
-                e.weak = if i % 10 > 4 { 0.0 } else { 1.0 };
+                e.fast = if i % 10 > 4 { 0.0 } else { 1.0 };
                 e
             })
             .collect();
@@ -1102,7 +1104,7 @@ mod tests {
         for i in 0..40 {
             let mut e = example(i, i as f64 * 0.15, 1.0, 1.0);
             e.hard = Some(e.features[0] > 4.0);
-            e.weak = if e.hard == Some(true) { 0.0 } else { 1.0 };
+            e.fast = if e.hard == Some(true) { 0.0 } else { 1.0 };
             e.weight = 5.0;
             ex.push(e);
         }

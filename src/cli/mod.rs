@@ -27,7 +27,7 @@ use crate::{
     catalog::Tier,
     classify::{Classification, Classifier},
     decide::{self, Decider},
-    eval::{EvalError, Prices, Row, at_decisions},
+    eval::{CostAssumptions, EvalError, Row, at_decisions},
     operating::Point,
     pb,
     policy::{Basis, TierChoice},
@@ -126,7 +126,7 @@ impl Replay {
     pub fn new(
         decider: &Decider,
         choices: &[TierChoice],
-        labelled: Option<(&[Row], &Prices)>,
+        labelled: Option<(&[Row], &CostAssumptions)>,
     ) -> Result<Self, EvalError> {
         let strong: Vec<bool> = choices.iter().map(|c| c.tier == Tier::Strong).collect();
         let steered = choices
@@ -165,11 +165,11 @@ impl Replay {
 }
 
 /// An evaluation row from a classification and its labels.
-pub fn row(c: &Classification, (strong, weak): (f64, f64)) -> Row {
+pub fn row(c: &Classification, (strong, fast): (f64, f64)) -> Row {
     Row {
         score: c.score(),
         strong,
-        weak,
+        fast,
         input_tokens: c.input_tokens(),
     }
 }
@@ -188,7 +188,7 @@ pub enum Judgement {
 
 impl Judgement {
     /// The labels a judgement stands for, on the shared sets' scale: `hard` is a prompt the
-    /// strong model gets right and the fast one wrong (strong 1, weak 0), `easy` one both get
+    /// strong model gets right and the fast one wrong (strong 1, fast 0), `easy` one both get
     /// right (1, 1). In training that is the soft label 1 for hard and 0.5 for easy — what the
     /// shared sets' rows of the same outcomes get — so both kinds of data estimate the same
     /// thing, the strong model's expected quality gain.
@@ -235,7 +235,7 @@ pub struct Request {
     /// The written judgement of a judged line.
     pub judgement: Option<Judgement>,
     strong_score: Option<f64>,
-    weak_score: Option<f64>,
+    fast_score: Option<f64>,
 }
 
 impl Request {
@@ -257,12 +257,12 @@ impl Request {
             .map(|v| Judgement::parse(&v))
             .transpose()?;
         let strong_score = score(&fields, "strong_score")?;
-        let weak_score = score(&fields, "weak_score")?;
+        let fast_score = score(&fields, "weak_score")?;
         for field in LABEL_FIELDS {
             fields.remove(field);
         }
         if judgement.is_some() {
-            if strong_score.is_some() || weak_score.is_some() {
+            if strong_score.is_some() || fast_score.is_some() {
                 bail!("give either `judgement` or `strong_score` and `weak_score`, not both");
             }
             fields.remove("why");
@@ -283,7 +283,7 @@ impl Request {
             family,
             judgement,
             strong_score,
-            weak_score,
+            fast_score,
         })
     }
 
@@ -297,7 +297,7 @@ impl Request {
             family: None,
             judgement: None,
             strong_score: None,
-            weak_score: None,
+            fast_score: None,
         })
     }
 
@@ -312,7 +312,7 @@ impl Request {
     /// The labels of a labelled line: (strong_score, weak_score), or what its judgement
     /// stands for ([`Judgement::labels`]).
     pub fn labels(&self) -> anyhow::Result<(f64, f64)> {
-        match (self.strong_score, self.weak_score, self.judgement) {
+        match (self.strong_score, self.fast_score, self.judgement) {
             (Some(s), Some(w), _) => Ok((s, w)),
             (None, None, Some(j)) => Ok(j.labels()),
             _ => bail!(

@@ -20,9 +20,11 @@ use anyhow::{Context as _, bail};
 use super::eval::{compare, write_table};
 use super::scored_lines;
 use crate::classify::{Classifier, Feature, FileSummary, Metadata, Rescale, Weights};
-use crate::eval::{self, Baseline, Prices, Row};
+use crate::eval::{self, Baseline, CostAssumptions, Row};
 use crate::request::Limits;
-use crate::train::{self, Example, Model, TrainOptions, choose_threshold, is_held_out, score_rows};
+use crate::train::{
+    self, Example, FittedScore, TrainOptions, choose_threshold, is_held_out, score_rows,
+};
 
 /// Options for `train`.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,8 +35,8 @@ pub struct TrainCliOptions {
     pub judged_weight: f64,
     /// Run the cross-validation by task family.
     pub cross_validate: bool,
-    /// Prices for the cost figures in the report.
-    pub prices: Prices,
+    /// CostAssumptions for the cost figures in the report.
+    pub prices: CostAssumptions,
     /// Request limits the lines are validated against, as the server's.
     pub limits: Limits,
 }
@@ -67,8 +69,8 @@ fn read_file(
     };
     for (n, scored) in scored_lines(input, classifier, &opts.limits) {
         let parsed = scored.and_then(|(r, c)| {
-            let (strong, weak) = r.labels()?;
-            let mut example = Example::scored(*c.values(), strong, weak, c.input_tokens());
+            let (strong, fast) = r.labels()?;
+            let mut example = Example::scored(*c.values(), strong, fast, c.input_tokens());
             if let Some(j) = r.judgement {
                 example.weight = opts.judged_weight;
                 example.hard = Some(j == super::Judgement::Hard);
@@ -95,11 +97,11 @@ fn read_file(
 /// What the whole fitting procedure gives.
 struct Fit {
     /// The model as fitted, before the stretch.
-    fitted: Model,
+    fitted: FittedScore,
     /// The stretch applied to it.
     rescale: Rescale,
     /// The stretched model, the one shipped.
-    model: Model,
+    model: FittedScore,
     /// The stored threshold.
     threshold: f64,
 }
@@ -127,10 +129,10 @@ fn examples(rows: &[Labelled]) -> Vec<Example> {
 fn write_rows(
     mut report: impl Write,
     title: &str,
-    model: &Model,
+    model: &FittedScore,
     rows: &[Example],
     threshold: f64,
-    prices: &Prices,
+    prices: &CostAssumptions,
 ) -> anyhow::Result<Option<eval::Summary>> {
     let scored = score_rows(model, rows);
     let summary = match compare(&scored, threshold, prices) {
@@ -175,10 +177,10 @@ fn decimal(x: Option<f64>) -> String {
 /// One family's row of the cross-validation table.
 fn cv_line(
     family: &str,
-    model: &Model,
+    model: &FittedScore,
     rows: &[Example],
     threshold: f64,
-    prices: &Prices,
+    prices: &CostAssumptions,
 ) -> String {
     let scored = score_rows(model, rows);
     let apgr = |r: &[Row]| {
@@ -452,7 +454,7 @@ mod tests {
             train: TrainOptions::default(),
             judged_weight: 10.0,
             cross_validate: true,
-            prices: Prices::default(),
+            prices: CostAssumptions::default(),
             limits: Limits::default(),
         };
         let mut wout = Vec::new();
@@ -485,7 +487,7 @@ mod tests {
             train: TrainOptions::default(),
             judged_weight: 10.0,
             cross_validate: true,
-            prices: Prices::default(),
+            prices: CostAssumptions::default(),
             limits: Limits::default(),
         };
         let err = run(
