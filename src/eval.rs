@@ -315,19 +315,11 @@ pub fn judged(rows: &[(f64, bool)], threshold: f64) -> Option<JudgedSummary> {
 /// Seed of the random baseline router.
 pub const RANDOM_SEED: u64 = 42;
 
-/// Deterministic pseudo-random scores in [0, 1) (SplitMix64), one per row: the random router.
+/// Deterministic pseudo-random scores in [0, 1), one per row: the random router (fastrand
+/// seeded with `seed`, so a run is repeatable for a given fastrand release).
 pub fn random_scores(n: usize, seed: u64) -> Vec<f64> {
-    let mut state = seed;
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 11) as f64 / (1u64 << 53) as f64
-        })
-        .collect()
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..n).map(|_| rng.f64()).collect()
 }
 
 /// The same rows rescored by a baseline: `Length` scores by estimated input tokens, `Random`
