@@ -62,151 +62,71 @@ static CLASS: [u8; 256] = {
     t
 };
 
+/// Declares [`Feature`] from one table, in vector order: variant, stable name, description.
+macro_rules! features {
+    ($($variant:ident = $name:literal, $description:literal;)*) => {
+        /// One feature of the classifier's vector. `feature as usize` ([`Feature::index`]) is its
+        /// index in every per-feature array ([`Feature::ALL`] order); [`Feature::name`] is its
+        /// stable name in the weights file, replies and `classify` output.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[repr(u8)]
+        pub enum Feature {
+            $(#[doc = $description] $variant,)*
+        }
+
+        impl Feature {
+            /// Every feature, in vector order (`ALL[i].index() == i`).
+            pub const ALL: [Feature; NUM_FEATURES] = [$(Feature::$variant,)*];
+
+            /// The stable name: the weights file, replies and `classify` output use it.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Feature::$variant => $name,)*
+                }
+            }
+
+            /// What the feature says, in words a caller understands; a positive contribution
+            /// pushes towards the strong model.
+            pub const fn description(self) -> &'static str {
+                match self {
+                    $(Feature::$variant => $description,)*
+                }
+            }
+        }
+    };
+}
+
 /// Number of features.
 pub const NUM_FEATURES: usize = 21;
 
-/// One feature of the classifier's vector. `feature as usize` is its index in every per-feature
-/// array ([`Feature::ALL`] order); [`Feature::name`] is its stable name in the weights file,
-/// replies and `classify` output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(u8)]
-pub enum Feature {
-    /// Length of the newest ask.
-    AskTokens,
-    /// Size of everything else.
-    ContextTokens,
-    /// Code syntax.
-    Code,
-    /// More than one question.
-    Questions,
-    /// Several parts or steps.
-    MultiPart,
-    /// Requirements on the answer.
-    Constraints,
-    /// A proof or derivation.
-    Proof,
-    /// Why, what follows from what, step by step.
-    Reasoning,
-    /// Compare, evaluate, weigh trade-offs.
-    Analysis,
-    /// Design a system.
-    Design,
-    /// Debug or diagnose.
-    Diagnose,
-    /// Write code, a query or tests.
-    Build,
-    /// What makes a problem tricky.
-    Tricky,
-    /// A transform of supplied material.
-    Transform,
-    /// Small talk.
-    Chat,
-    /// A fact to look up.
-    Lookup,
-    /// A long or complete piece of writing.
-    LongOutput,
-    /// Earlier turns.
-    Turns,
-    /// Images attached.
-    Images,
-    /// Tools offered.
-    Tools,
-    /// Requested output length.
-    MaxTokens,
+features! {
+    AskTokens = "ask_tokens", "length of the newest request";
+    ContextTokens = "context_tokens", "size of the supplied context (system prompt, earlier turns, pasted material, tool output)";
+    Code = "code", "code";
+    Questions = "questions", "more than one question asked";
+    MultiPart = "multipart", "several parts or steps asked for";
+    Constraints = "constraints", "requirements the answer must meet";
+    Proof = "proof", "asks for a proof or a derivation";
+    Reasoning = "reasoning", "asks why, what follows from what, or for step-by-step reasoning";
+    Analysis = "analysis", "asks to compare, evaluate or weigh trade-offs";
+    Design = "design", "asks to design a system (architecture, scaling, consistency, failure handling)";
+    Diagnose = "diagnose", "asks to debug or diagnose a failure";
+    Build = "build", "asks to write code, a query or tests";
+    Tricky = "tricky", "names what makes a problem tricky (concurrency, complexity, optimality, edge cases)";
+    Transform = "transform", "asks to summarise, translate, extract, classify or rewrite supplied material";
+    Chat = "chat", "greeting, thanks or small talk";
+    Lookup = "lookup", "asks for a fact or a detail to look up";
+    LongOutput = "long_output", "asks for a long or complete piece of writing";
+    Turns = "turns", "earlier turns in the conversation";
+    Images = "images", "images attached";
+    Tools = "tools", "tools offered";
+    MaxTokens = "max_tokens", "requested output length";
 }
 
 impl Feature {
-    /// Every feature, in vector order (`ALL[i] as usize == i`).
-    pub const ALL: [Feature; NUM_FEATURES] = [
-        Feature::AskTokens,
-        Feature::ContextTokens,
-        Feature::Code,
-        Feature::Questions,
-        Feature::MultiPart,
-        Feature::Constraints,
-        Feature::Proof,
-        Feature::Reasoning,
-        Feature::Analysis,
-        Feature::Design,
-        Feature::Diagnose,
-        Feature::Build,
-        Feature::Tricky,
-        Feature::Transform,
-        Feature::Chat,
-        Feature::Lookup,
-        Feature::LongOutput,
-        Feature::Turns,
-        Feature::Images,
-        Feature::Tools,
-        Feature::MaxTokens,
-    ];
-
     /// The feature's index in per-feature arrays.
     pub const fn index(self) -> usize {
         self as usize
-    }
-
-    /// The stable name: the weights file, replies and `classify` output use it.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Feature::AskTokens => "ask_tokens",
-            Feature::ContextTokens => "context_tokens",
-            Feature::Code => "code",
-            Feature::Questions => "questions",
-            Feature::MultiPart => "multipart",
-            Feature::Constraints => "constraints",
-            Feature::Proof => "proof",
-            Feature::Reasoning => "reasoning",
-            Feature::Analysis => "analysis",
-            Feature::Design => "design",
-            Feature::Diagnose => "diagnose",
-            Feature::Build => "build",
-            Feature::Tricky => "tricky",
-            Feature::Transform => "transform",
-            Feature::Chat => "chat",
-            Feature::Lookup => "lookup",
-            Feature::LongOutput => "long_output",
-            Feature::Turns => "turns",
-            Feature::Images => "images",
-            Feature::Tools => "tools",
-            Feature::MaxTokens => "max_tokens",
-        }
-    }
-
-    /// What the feature says, in words a caller understands; a positive contribution pushes
-    /// towards the strong model.
-    pub const fn description(self) -> &'static str {
-        match self {
-            Feature::AskTokens => "length of the newest request",
-            Feature::ContextTokens => {
-                "size of the supplied context (system prompt, earlier turns, pasted material, tool output)"
-            }
-            Feature::Code => "code",
-            Feature::Questions => "more than one question asked",
-            Feature::MultiPart => "several parts or steps asked for",
-            Feature::Constraints => "requirements the answer must meet",
-            Feature::Proof => "asks for a proof or a derivation",
-            Feature::Reasoning => "asks why, what follows from what, or for step-by-step reasoning",
-            Feature::Analysis => "asks to compare, evaluate or weigh trade-offs",
-            Feature::Design => {
-                "asks to design a system (architecture, scaling, consistency, failure handling)"
-            }
-            Feature::Diagnose => "asks to debug or diagnose a failure",
-            Feature::Build => "asks to write code, a query or tests",
-            Feature::Tricky => {
-                "names what makes a problem tricky (concurrency, complexity, optimality, edge cases)"
-            }
-            Feature::Transform => {
-                "asks to summarise, translate, extract, classify or rewrite supplied material"
-            }
-            Feature::Chat => "greeting, thanks or small talk",
-            Feature::Lookup => "asks for a fact or a detail to look up",
-            Feature::LongOutput => "asks for a long or complete piece of writing",
-            Feature::Turns => "earlier turns in the conversation",
-            Feature::Images => "images attached",
-            Feature::Tools => "tools offered",
-            Feature::MaxTokens => "requested output length",
-        }
     }
 
     /// The feature with this [`name`](Self::name), if any (reading a weights file).
