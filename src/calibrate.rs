@@ -124,10 +124,10 @@ mod tests {
 
     #[test]
     fn pgr_target() {
-        let r = |score, strong, weak| Row {
+        let r = |score, strong, fast| Row {
             score,
             strong,
-            weak,
+            fast,
             input_tokens: 1.0,
         };
         let rows = [

@@ -6,7 +6,7 @@ use crate::{
     catalog::{Catalog, Model},
     classify::{Classification, Classifier, Part, Shape},
     operating::OperatingPoints,
-    policy::{self, Basis, Choice, Needs, Unservable, can_serve},
+    policy::{self, Basis, Needs, TierChoice, Unservable, can_serve},
     request::{Block, ChatRequest, Role, ToolResultBlock},
 };
 
@@ -21,13 +21,14 @@ pub struct Decider {
     pub catalog: Catalog,
 }
 
-/// A routed request: its classification, the chosen tier and the model to call.
+/// The core's decision for one request, handed to the edge (the service's reply and dispatch,
+/// the offline commands): its classification, the policy's tier choice and the model to call.
 #[derive(Debug)]
-pub struct Routed<'a> {
+pub struct RoutingDecision<'a> {
     /// Score and reasons.
     pub classification: Classification,
     /// Tier, basis and effective threshold.
-    pub choice: Choice,
+    pub choice: TierChoice,
     /// The chosen model.
     pub model: &'a Model,
     /// Whether the other tier may answer if every target of the chosen one fails: only for
@@ -43,7 +44,7 @@ impl Decider {
 
     /// Classifies and decides; a score-based decision also enters the caller's operating point
     /// (so the order of calls matters, as the order of requests does online).
-    pub fn decide(&self, req: &ChatRequest) -> Result<Routed<'_>, Unservable> {
+    pub fn decide(&self, req: &ChatRequest) -> Result<RoutingDecision<'_>, Unservable> {
         let classification = self.classify(req);
         let needs = Needs {
             mode: req.routing.mode,
@@ -67,7 +68,7 @@ impl Decider {
             self.operating.in_force(caller)
         };
         let choice = policy::decide(score, in_force, &needs, &self.catalog)?;
-        Ok(Routed {
+        Ok(RoutingDecision {
             model: self.catalog.model(choice.tier),
             other_tier_ok: choice.basis == Basis::Score
                 && can_serve(choice.tier.other(), &needs, &self.catalog),
@@ -133,7 +134,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        classify::{FEATURE_NAMES, Weights},
+        classify::{Feature, Weights},
         policy::RoutingMode,
         request::{Inference, Routing, ToolChoice, ToolResult, ToolSpec, ToolUse, Tools, Turn},
     };
@@ -142,12 +143,7 @@ mod tests {
         let routing = Routing::new(RoutingMode::Auto, 0.0, String::new()).unwrap();
         let req =
             ChatRequest::new(turns, Vec::new(), Inference::default(), tools, routing).unwrap();
-        let c = classify(&Classifier::new(Weights::neutral()).unwrap(), &req);
-        let i = FEATURE_NAMES
-            .iter()
-            .position(|n| *n == "ask_tokens")
-            .unwrap();
-        c.values()[i]
+        classify(&Classifier::new(Weights::neutral()).unwrap(), &req).value(Feature::AskTokens)
     }
 
     #[test]

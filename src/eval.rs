@@ -14,7 +14,7 @@
 //! - **At a threshold**: strong share, PGR ("quality gap recovered") and cost saved against
 //!   sending everything to strong: `1 − cost(routed) / cost(all strong)`, where a prompt's cost
 //!   on a model is `input price × estimated input tokens + output price × assumed output tokens`
-//!   ([`Prices`]; the output length is an assumption because it is unknown before the call).
+//!   ([`CostAssumptions`]; the output length is an assumption because it is unknown before the call).
 //!   The same figures **at given decisions** ([`at_decisions`]) measure a router whose
 //!   threshold moves from row to row (a target strong share replayed in file order).
 //!
@@ -23,7 +23,7 @@
 //! ten score quantiles and interpolates CPT linearly between them, while here every distinct
 //! score is a point (the exact curve of the router) and CPT is the first sweep point that
 //! reaches the target, with no interpolation, so a CPT here is one the router can actually
-//! be set to. Prices come from the config's model catalog (`eval`, `train`).
+//! be set to. The prices come from the config's model catalog (`eval`, `train`).
 
 /// Why metrics could not be computed.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -31,8 +31,8 @@ pub enum EvalError {
     /// No rows.
     #[error("no rows to evaluate")]
     Empty,
-    /// Strong and weak models perform the same on these rows, so PGR is undefined.
-    #[error("the strong and weak models score the same on these rows; PGR is undefined")]
+    /// Strong and fast models perform the same on these rows, so PGR is undefined.
+    #[error("the strong and fast models score the same on these rows; PGR is undefined")]
     NoGap,
     /// A score or label that is not a finite number.
     #[error("row {0} has a non-finite score or label")]
@@ -47,46 +47,49 @@ pub struct Row {
     /// Quality of the strong model's answer.
     pub strong: f64,
     /// Quality of the fast model's answer.
-    pub weak: f64,
+    pub fast: f64,
     /// Estimated input tokens.
     pub input_tokens: f64,
 }
 
-/// Prices in USD per million tokens, and the assumed output length per prompt.
+/// What an offline "cost saved" estimate assumes: both tiers' list prices in USD per million
+/// tokens, and an output length per prompt (unknown before the call). The router's own exact
+/// accounting of a call is [`crate::cost`] ([`crate::cost::Prices`]: one model, nano-dollars
+/// per token, real token counts).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Prices {
+pub struct CostAssumptions {
     /// Strong model input price.
     pub strong_input: f64,
     /// Strong model output price.
     pub strong_output: f64,
     /// Fast model input price.
-    pub weak_input: f64,
+    pub fast_input: f64,
     /// Fast model output price.
-    pub weak_output: f64,
+    pub fast_output: f64,
     /// Output tokens assumed for every prompt.
     pub output_tokens: f64,
 }
 
-impl Default for Prices {
+impl Default for CostAssumptions {
     /// Claude 3.5 Sonnet v2 ($3 / $15) vs Claude 3 Haiku ($0.25 / $1.25), 256 output tokens.
     fn default() -> Self {
         Self {
             strong_input: 3.0,
             strong_output: 15.0,
-            weak_input: 0.25,
-            weak_output: 1.25,
+            fast_input: 0.25,
+            fast_output: 1.25,
             output_tokens: 256.0,
         }
     }
 }
 
-impl Prices {
+impl CostAssumptions {
     fn strong_cost(&self, input_tokens: f64) -> f64 {
         self.strong_input * input_tokens + self.strong_output * self.output_tokens
     }
 
-    fn weak_cost(&self, input_tokens: f64) -> f64 {
-        self.weak_input * input_tokens + self.weak_output * self.output_tokens
+    fn fast_cost(&self, input_tokens: f64) -> f64 {
+        self.fast_input * input_tokens + self.fast_output * self.output_tokens
     }
 }
 
@@ -107,10 +110,10 @@ fn check(rows: &[Row]) -> Result<f64, EvalError> {
     }
     let mut gap = 0.0;
     for (i, r) in rows.iter().enumerate() {
-        if !(r.score.is_finite() && r.strong.is_finite() && r.weak.is_finite()) {
+        if !(r.score.is_finite() && r.strong.is_finite() && r.fast.is_finite()) {
             return Err(EvalError::NotFinite(i));
         }
-        gap += r.strong - r.weak;
+        gap += r.strong - r.fast;
     }
     if gap.abs() < 1e-12 {
         return Err(EvalError::NoGap);
@@ -135,7 +138,7 @@ pub fn sweep(rows: &[Row]) -> Result<Vec<Point>, EvalError> {
     while i < order.len() {
         let t = order[i].score;
         while i < order.len() && order[i].score == t {
-            gained += order[i].strong - order[i].weak;
+            gained += order[i].strong - order[i].fast;
             i += 1;
         }
         points.push(Point {
@@ -182,7 +185,11 @@ pub struct Operating {
 }
 
 /// Strong share, PGR and cost saved when `score ≥ threshold` goes to strong.
-pub fn at_threshold(rows: &[Row], threshold: f64, prices: &Prices) -> Result<Operating, EvalError> {
+pub fn at_threshold(
+    rows: &[Row],
+    threshold: f64,
+    prices: &CostAssumptions,
+) -> Result<Operating, EvalError> {
     let strong: Vec<bool> = rows.iter().map(|r| r.score >= threshold).collect();
     Ok(Operating {
         threshold: Some(threshold),
@@ -195,7 +202,7 @@ pub fn at_threshold(rows: &[Row], threshold: f64, prices: &Prices) -> Result<Ope
 pub fn at_decisions(
     rows: &[Row],
     strong: &[bool],
-    prices: &Prices,
+    prices: &CostAssumptions,
 ) -> Result<Operating, EvalError> {
     let gap = check(rows)?;
     let (mut strong_n, mut gained, mut routed, mut all_strong) = (0usize, 0.0, 0.0, 0.0);
@@ -204,10 +211,10 @@ pub fn at_decisions(
         all_strong += s;
         if to_strong {
             strong_n += 1;
-            gained += r.strong - r.weak;
+            gained += r.strong - r.fast;
             routed += s;
         } else {
-            routed += prices.weak_cost(r.input_tokens);
+            routed += prices.fast_cost(r.input_tokens);
         }
     }
     Ok(Operating {
@@ -238,7 +245,11 @@ pub struct Summary {
 }
 
 /// APGR, CPT(50%), CPT(80%) and the results at `threshold`.
-pub fn summarize(rows: &[Row], threshold: f64, prices: &Prices) -> Result<Summary, EvalError> {
+pub fn summarize(
+    rows: &[Row],
+    threshold: f64,
+    prices: &CostAssumptions,
+) -> Result<Summary, EvalError> {
     summarize_at(rows, at_threshold(rows, threshold, prices)?)
 }
 
@@ -304,19 +315,11 @@ pub fn judged(rows: &[(f64, bool)], threshold: f64) -> Option<JudgedSummary> {
 /// Seed of the random baseline router.
 pub const RANDOM_SEED: u64 = 42;
 
-/// Deterministic pseudo-random scores in [0, 1) (SplitMix64), one per row: the random router.
+/// Deterministic pseudo-random scores in [0, 1), one per row: the random router (fastrand
+/// seeded with `seed`, so a run is repeatable for a given fastrand release).
 pub fn random_scores(n: usize, seed: u64) -> Vec<f64> {
-    let mut state = seed;
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 11) as f64 / (1u64 << 53) as f64
-        })
-        .collect()
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..n).map(|_| rng.f64()).collect()
 }
 
 /// The same rows rescored by a baseline: `Length` scores by estimated input tokens, `Random`
@@ -353,11 +356,11 @@ impl Baseline {
 mod tests {
     use super::*;
 
-    fn row(score: f64, strong: f64, weak: f64) -> Row {
+    fn row(score: f64, strong: f64, fast: f64) -> Row {
         Row {
             score,
             strong,
-            weak,
+            fast,
             input_tokens: 100.0,
         }
     }
@@ -461,27 +464,27 @@ mod tests {
             Row {
                 score: 0.9,
                 strong: 1.0,
-                weak: 0.0,
+                fast: 0.0,
                 input_tokens: 1000.0,
             },
             Row {
                 score: 0.2,
                 strong: 1.0,
-                weak: 1.0,
+                fast: 1.0,
                 input_tokens: 1000.0,
             },
         ];
-        let prices = Prices {
+        let prices = CostAssumptions {
             strong_input: 3.0,
             strong_output: 15.0,
-            weak_input: 0.25,
-            weak_output: 1.25,
+            fast_input: 0.25,
+            fast_output: 1.25,
             output_tokens: 100.0,
         };
         let op = at_threshold(&rows, 0.5, &prices).unwrap();
         assert_eq!(op.strong_share, 0.5);
         assert_eq!(op.pgr, 1.0);
-        // strong: 3000 + 1500 = 4500 each; weak: 250 + 125 = 375.
+        // strong: 3000 + 1500 = 4500 each; fast: 250 + 125 = 375.
         // routed 4500 + 375 = 4875 of 9000 → saved 4125 / 9000.
         assert!(close(op.cost_saved, 4125.0 / 9000.0));
         // A threshold equal to a score sends it to strong.
@@ -541,7 +544,7 @@ mod tests {
             row(0.5, 1.0, 0.0),
             row(0.1, 0.0, 0.0),
         ];
-        let prices = Prices::default();
+        let prices = CostAssumptions::default();
         for p in sweep(&rows).unwrap() {
             let op = at_threshold(&rows, p.threshold, &prices).unwrap();
             assert_eq!(op.strong_share, p.strong_share);
@@ -566,7 +569,7 @@ mod tests {
             row(0.4, 1.0, 0.0),
             row(0.1, 0.0, 0.0),
         ];
-        let prices = Prices::default();
+        let prices = CostAssumptions::default();
         let at = at_threshold(&rows, 0.45, &prices).unwrap();
         let given = at_decisions(&rows, &[true, true, false, false], &prices).unwrap();
         assert_eq!(at.threshold, Some(0.45));
@@ -585,17 +588,17 @@ mod tests {
     #[test]
     fn cost_saved_weighs_prompts_by_their_size() {
         // Strong costs 3·t + 15·10, fast 0.25·t + 1.25·10 (per million tokens; units cancel).
-        let prices = Prices {
+        let prices = CostAssumptions {
             strong_input: 3.0,
             strong_output: 15.0,
-            weak_input: 0.25,
-            weak_output: 1.25,
+            fast_input: 0.25,
+            fast_output: 1.25,
             output_tokens: 10.0,
         };
         let r = |score, input_tokens| Row {
             score,
             strong: 1.0,
-            weak: 0.0,
+            fast: 0.0,
             input_tokens,
         };
         // Long prompt strong (3·1000 + 150 = 3150), short prompt fast (0.25·100 + 12.5 = 37.5);
@@ -637,13 +640,13 @@ mod tests {
             Row {
                 score: 0.0,
                 strong: 1.0,
-                weak: 0.0,
+                fast: 0.0,
                 input_tokens: 50.0,
             },
             Row {
                 score: 0.0,
                 strong: 1.0,
-                weak: 1.0,
+                fast: 1.0,
                 input_tokens: 10.0,
             },
         ];

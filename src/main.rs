@@ -13,7 +13,7 @@ use prompt_router::{
     cli::{self, calibrate::Target},
     config::{Config, LogFormat},
     decide::Decider,
-    eval::Prices,
+    eval::CostAssumptions,
     load,
     server::{self, Options},
     setup, telemetry,
@@ -399,12 +399,12 @@ fn classify(args: &ClassifyArgs, plain_text: bool) -> anyhow::Result<()> {
 }
 
 /// Eval prices from the config's catalog, so "cost saved" uses the prices the router uses.
-fn prices(config: &Config, output_tokens: f64) -> Prices {
-    Prices {
+fn prices(config: &Config, output_tokens: f64) -> CostAssumptions {
+    CostAssumptions {
         strong_input: config.models.strong.input_usd_per_mtok,
         strong_output: config.models.strong.output_usd_per_mtok,
-        weak_input: config.models.fast.input_usd_per_mtok,
-        weak_output: config.models.fast.output_usd_per_mtok,
+        fast_input: config.models.fast.input_usd_per_mtok,
+        fast_output: config.models.fast.output_usd_per_mtok,
         output_tokens,
     }
 }

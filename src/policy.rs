@@ -60,9 +60,10 @@ pub struct Needs {
     pub tools: bool,
 }
 
-/// The tier chosen for one request.
+/// What the policy picks for one request: the tier, why, and the threshold it compared the
+/// score with. [`crate::decide::RoutingDecision`] adds the classification and the model.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Choice {
+pub struct TierChoice {
     /// The tier.
     pub tier: Tier,
     /// Why.
@@ -154,7 +155,7 @@ pub fn decide(
     in_force: InForce,
     needs: &Needs,
     catalog: &Catalog,
-) -> Result<Choice, Unservable> {
+) -> Result<TierChoice, Unservable> {
     let threshold = biased_threshold(in_force.threshold, needs.quality_bias);
     let strong = catalog.model(Tier::Strong);
     let fast = catalog.model(Tier::Fast);
@@ -171,7 +172,7 @@ pub fn decide(
         RoutingMode::Auto if score >= threshold => (Tier::Strong, Basis::Score),
         RoutingMode::Auto => (Tier::Fast, Basis::Score),
     };
-    Ok(Choice {
+    Ok(TierChoice {
         tier,
         basis,
         threshold,

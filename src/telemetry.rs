@@ -3,7 +3,11 @@
 //!
 //! The `metrics` crate's counters only take integers, and a dollar counter in micro-dollars
 //! would lose Haiku's $0.25/M input price. Money is therefore counted here in nano-dollars
-//! ([`Nanodollars`]) and rendered in dollars, appended to the recorder's exposition.
+//! ([`Nanodollars`]) and rendered in dollars, appended to the recorder's exposition. Neither
+//! crate offers a kept way to export a fractional counter: `metrics` 0.24's `CounterFn` takes
+//! `u64`, metrics-exporter-prometheus 0.18 renders a counter's `AtomicU64` as an integer with
+//! no scale, and a gauge would be exposed as `# TYPE … gauge`, which `rate()` must not be used
+//! on (f64 counters are an open request upstream, metrics-rs/metrics#599).
 
 use std::{
     collections::BTreeMap,

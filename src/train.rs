@@ -1,12 +1,12 @@
 //! Training. PURE: fits the classifier's linear score on feature vectors.
 //!
-//! Model: logistic regression on features with fixed centres and scales ([`FEATURES`]), fitted
+//! Model: logistic regression on features with fixed centres and scales ([`spec`]), fitted
 //! by Newton's method from zero (deterministic: no randomness, no data-order dependence beyond
 //! float summation order).
 //!
 //! Label: the soft label `y = (1 + strong_score − weak_score) / 2`. Routing a prompt to the strong
-//! model gains `strong − weak` in quality, and APGR only depends on the order in which prompts
-//! are sent to strong, so the best order sorts by the expected gain `E[strong − weak | x]`.
+//! model gains `strong − fast` in quality, and APGR only depends on the order in which prompts
+//! are sent to strong, so the best order sorts by the expected gain `E[strong − fast | x]`.
 //! Cross-entropy against this soft label is minimised where `p(x) = (1 + E[gain | x]) / 2`, a
 //! monotone map of the expected gain. It keeps every row: ties (both right or both wrong) pull
 //! towards 0.5 instead of being dropped, and rows where only the fast model is right pull down.
@@ -14,12 +14,12 @@
 //! right and fast wrong (label 1), `easy` both right (label 0.5); it counts
 //! [`Example::weight`] times.
 //!
-//! Priors ([`FEATURES`]): the shared labelled sets are two narrow domains (multiple-choice exam
+//! Priors ([`spec`]): the shared labelled sets are two narrow domains (multiple-choice exam
 //! questions, and one fixed code-execution instruction), graded for other pairs of models than
 //! this router's; on MMLU the maths cues pull towards the fast model (in high-school mathematics
 //! GPT-4 is graded right on 3% of the questions and Mixtral on 32%). So the L2 penalty pulls
 //! every weight towards a documented prior instead of towards 0 — cue families
-//! (the cue families of [`FEATURES`]) with `cue_l2`, the rest with `l2` — and a prior's sign is also a bound: a
+//! (the cue families of [`spec`]) with `cue_l2`, the rest with `l2` — and a prior's sign is also a bound: a
 //! fit that breaks it fixes the weight at 0 and refits the rest (an active-set loop,
 //! deterministic). Features the rows do not vary, and those in [`NOT_FITTED`], keep their
 //! prior. With [`TrainOptions::priors`] off (`train --no-priors`) every fitted weight is pulled
@@ -43,8 +43,8 @@
 
 use crate::calibrate;
 use crate::classify::{
-    DEFAULT_CLIP, FEATURE_NAMES, FORMAT_VERSION, FeatureWeight, Metadata, NUM_FEATURES, Rescale,
-    Weights, contribution, logistic,
+    DEFAULT_CLIP, FORMAT_VERSION, Feature, FeatureWeight, Metadata, NUM_FEATURES, Rescale, Weights,
+    contribution, logistic,
 };
 use crate::eval::Row;
 
@@ -55,14 +55,16 @@ pub enum TrainError {
     #[error("no training rows")]
     Empty,
     /// A label outside [0, 1] or not finite.
-    #[error("row {row}: scores must be numbers in [0, 1], got strong {strong}, weak {weak}")]
+    #[error(
+        "row {row}: scores must be numbers in [0, 1], got strong_score {strong}, weak_score {fast}"
+    )]
     BadLabel {
         /// Row index.
         row: usize,
         /// strong_score found.
         strong: f64,
-        /// weak_score found.
-        weak: f64,
+        /// The row's `weak_score` (the fast model's).
+        fast: f64,
     },
     /// A row weight that is not a positive number.
     #[error("row {row}: weight must be a positive number, got {weight}")]
@@ -86,12 +88,12 @@ pub enum TrainError {
 /// One labelled training prompt.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Example {
-    /// Feature values in [`FEATURE_NAMES`] order.
+    /// Feature values in [`Feature::ALL`] order.
     pub features: [f64; NUM_FEATURES],
     /// How well the strong model answered, in [0, 1].
     pub strong: f64,
     /// How well the fast model answered, in [0, 1].
-    pub weak: f64,
+    pub fast: f64,
     /// Estimated input tokens (for cost figures).
     pub input_tokens: f64,
     /// How many rows this one counts as in the fit (1 for a scored row; judged rows count more).
@@ -105,13 +107,13 @@ impl Example {
     pub fn scored(
         features: [f64; NUM_FEATURES],
         strong: f64,
-        weak: f64,
+        fast: f64,
         input_tokens: f64,
     ) -> Self {
         Self {
             features,
             strong,
-            weak,
+            fast,
             input_tokens,
             weight: 1.0,
             hard: None,
@@ -139,7 +141,7 @@ pub struct TrainOptions {
     /// Without judged rows, the stored threshold is the one with the lowest strong share whose
     /// PGR on the training rows reaches this (i.e. the CPT(target) point).
     pub target_pgr: f64,
-    /// Pull fitted weights towards the priors of [`FEATURES`] under their signs (true), or towards 0 with
+    /// Pull fitted weights towards the priors of [`spec`] under their signs (true), or towards 0 with
     /// no bounds (false: for a labelled sample of the traffic itself, where the data are the
     /// domain). Features the data do not vary keep their prior either way.
     pub priors: bool,
@@ -178,35 +180,35 @@ impl Default for TrainOptions {
 /// exceptions: the ask's length is centred on a one-sentence ask (16 tokens), and the context's
 /// size has a scale of three e-folds, so that the clip is reached near 8,000 tokens rather
 /// than at 20.
-pub const FEATURES: [FeatureSpec; NUM_FEATURES] = [
-    shape("ask_tokens", 0.10, 2.833_213_344_056_216, 1.0),
-    shape("context_tokens", 0.02, 0.0, 3.0),
-    cue("code", 0.10, 0.0, 1.0),
-    shape("questions", 0.05, 0.0, 1.0),
-    cue("multipart", 0.10, 0.0, 1.0),
-    cue("constraints", 0.08, 0.0, 1.0),
-    cue("proof", 0.40, 0.0, 1.0),
-    cue("reasoning", 0.20, 0.0, 1.0),
-    cue("analysis", 0.25, 0.0, 1.0),
-    cue("design", 0.25, 0.0, 1.0),
-    cue("diagnose", 0.25, 0.0, 1.0),
-    cue("build", 0.25, 0.0, 1.0),
-    cue("tricky", 0.25, 0.0, 1.0),
-    cue("transform", -0.30, 0.0, 1.0),
-    cue("chat", -0.30, 0.0, 1.0),
-    cue("lookup", -0.20, 0.0, 1.0),
-    cue("long_output", 0.10, 0.0, 1.0),
-    shape("turns", 0.02, 0.0, 1.0),
-    shape("images", 0.05, 0.0, 1.0),
-    shape("tools", 0.03, 0.0, 1.0),
-    shape("max_tokens", 0.10, 0.0, 1.0),
-];
+pub const fn spec(feature: Feature) -> FeatureSpec {
+    match feature {
+        Feature::AskTokens => shape(0.10, 2.833_213_344_056_216, 1.0),
+        Feature::ContextTokens => shape(0.02, 0.0, 3.0),
+        Feature::Code => cue(0.10, 0.0, 1.0),
+        Feature::Questions => shape(0.05, 0.0, 1.0),
+        Feature::MultiPart => cue(0.10, 0.0, 1.0),
+        Feature::Constraints => cue(0.08, 0.0, 1.0),
+        Feature::Proof => cue(0.40, 0.0, 1.0),
+        Feature::Reasoning => cue(0.20, 0.0, 1.0),
+        Feature::Analysis => cue(0.25, 0.0, 1.0),
+        Feature::Design => cue(0.25, 0.0, 1.0),
+        Feature::Diagnose => cue(0.25, 0.0, 1.0),
+        Feature::Build => cue(0.25, 0.0, 1.0),
+        Feature::Tricky => cue(0.25, 0.0, 1.0),
+        Feature::Transform => cue(-0.30, 0.0, 1.0),
+        Feature::Chat => cue(-0.30, 0.0, 1.0),
+        Feature::Lookup => cue(-0.20, 0.0, 1.0),
+        Feature::LongOutput => cue(0.10, 0.0, 1.0),
+        Feature::Turns => shape(0.02, 0.0, 1.0),
+        Feature::Images => shape(0.05, 0.0, 1.0),
+        Feature::Tools => shape(0.03, 0.0, 1.0),
+        Feature::MaxTokens => shape(0.10, 0.0, 1.0),
+    }
+}
 
-/// One feature's row of [`FEATURES`].
+/// One feature's prior, centre and scale ([`spec`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FeatureSpec {
-    /// The feature's name, as in [`FEATURE_NAMES`] at the same index.
-    pub name: &'static str,
     /// Prior weight per unit of the feature (its sign is a bound).
     pub prior: f64,
     /// The feature's value for a request without it.
@@ -220,9 +222,8 @@ pub struct FeatureSpec {
 /// A keyword family (or code): held to its prior with `cue_l2`. Each fires on a few percent of
 /// the labelled rows, so its fitted weight says more about those rows' subjects than about the
 /// cue.
-const fn cue(name: &'static str, prior: f64, centre: f64, scale: f64) -> FeatureSpec {
+const fn cue(prior: f64, centre: f64, scale: f64) -> FeatureSpec {
     FeatureSpec {
-        name,
         prior,
         centre,
         scale,
@@ -231,9 +232,8 @@ const fn cue(name: &'static str, prior: f64, centre: f64, scale: f64) -> Feature
 }
 
 /// A size or shape feature, which varies on every row: held to its prior with `l2`.
-const fn shape(name: &'static str, prior: f64, centre: f64, scale: f64) -> FeatureSpec {
+const fn shape(prior: f64, centre: f64, scale: f64) -> FeatureSpec {
     FeatureSpec {
-        name,
         prior,
         centre,
         scale,
@@ -246,11 +246,11 @@ const fn shape(name: &'static str, prior: f64, centre: f64, scale: f64) -> Featu
 /// request, and the realistic corpus's writers chose limits by difficulty (median 1,500 tokens
 /// for hard requests, 400 for easy ones): a fitted weight would learn the writers' habit and
 /// send every request of a service with a generous limit to the strong model.
-pub const NOT_FITTED: [&str; 1] = ["max_tokens"];
+pub const NOT_FITTED: [Feature; 1] = [Feature::MaxTokens];
 
-/// The prior weight of feature `i` per unit of its value (0 if it has none).
+/// The prior weight of feature `i` (its index) per unit of its value.
 fn prior_per_unit(i: usize) -> f64 {
-    FEATURES[i].prior
+    spec(Feature::ALL[i]).prior
 }
 
 /// Whether `weight` has the opposite sign of feature `i`'s prior (a broken bound).
@@ -260,7 +260,7 @@ fn breaks_prior_sign(i: usize, weight: f64) -> bool {
 
 /// A fitted linear score.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Model {
+pub struct FittedScore {
     /// Logit at the mean point.
     pub bias: f64,
     /// Weight per standardised feature.
@@ -282,7 +282,7 @@ pub struct Model {
     pub iterations: usize,
 }
 
-impl Model {
+impl FittedScore {
     /// The logit for one feature vector.
     pub fn logit(&self, x: &[f64; NUM_FEATURES]) -> f64 {
         let mut z = self.bias;
@@ -306,7 +306,7 @@ impl Model {
             clip: self.clip,
             features: (0..NUM_FEATURES)
                 .map(|i| FeatureWeight {
-                    name: FEATURE_NAMES[i].to_owned(),
+                    name: Feature::ALL[i].name().to_owned(),
                     weight: self.weight[i],
                     mean: self.mean[i],
                     scale: self.scale[i],
@@ -325,11 +325,11 @@ pub const SPREAD_QUANTILE: f64 = 0.05;
 /// for the upper one).
 pub const SPREAD_SCORE: f64 = 0.05;
 
-impl Model {
+impl FittedScore {
     /// The same ranking with logit `factor × (logit − centre)`: every weight, priors included,
     /// times `factor`, and the bias moved accordingly.
-    pub fn rescaled(&self, r: Rescale) -> Model {
-        Model {
+    pub fn rescaled(&self, r: Rescale) -> FittedScore {
+        FittedScore {
             bias: r.factor * (self.bias - r.centre),
             weight: self.weight.map(|w| r.factor * w),
             ..self.clone()
@@ -341,7 +341,7 @@ impl Model {
 /// mean of the share of hard rows at or above it and the share of easy rows below it, by row
 /// weight), halfway between the two logits it falls between; among equally good cuts, the
 /// middle one. `None` without judged rows of both kinds.
-pub fn boundary(model: &Model, examples: &[Example]) -> Option<f64> {
+pub fn boundary(model: &FittedScore, examples: &[Example]) -> Option<f64> {
     let mut judged: Vec<(f64, bool, f64)> = examples
         .iter()
         .filter_map(|e| e.hard.map(|h| (model.logit(&e.features), h, e.weight)))
@@ -389,7 +389,7 @@ pub fn boundary(model: &Model, examples: &[Example]) -> Option<f64> {
 /// farther end on the boundary (see the module docs). Percentiles are nearest-rank on the
 /// sorted logits, so the result depends on the rows only. Degenerate data (every logit equal)
 /// gets the identity.
-pub fn spread(model: &Model, examples: &[Example]) -> Rescale {
+pub fn spread(model: &FittedScore, examples: &[Example]) -> Rescale {
     let mut logits: Vec<f64> = examples.iter().map(|e| model.logit(&e.features)).collect();
     logits.sort_by(f64::total_cmp);
     let at = |q: f64| {
@@ -428,16 +428,11 @@ const BIAS_L2: f64 = 1e-6;
 const CONSTANT: f64 = 1e-9;
 
 /// Index of the `ask_tokens` feature, which the length backbone raises.
-fn tokens_index() -> usize {
-    FEATURE_NAMES
-        .iter()
-        .position(|n| *n == "ask_tokens")
-        .unwrap_or(0)
-}
+const TOKENS: usize = Feature::AskTokens.index();
 
 /// Fits the model on `examples`: penalised fit towards the priors under their signs, then the
 /// length backbone.
-pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<Model, TrainError> {
+pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<FittedScore, TrainError> {
     if examples.is_empty() {
         return Err(TrainError::Empty);
     }
@@ -456,11 +451,11 @@ pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<Model, TrainErro
     }
     for (row, e) in examples.iter().enumerate() {
         let ok = |v: f64| (0.0..=1.0).contains(&v);
-        if !ok(e.strong) || !ok(e.weak) {
+        if !ok(e.strong) || !ok(e.fast) {
             return Err(TrainError::BadLabel {
                 row,
                 strong: e.strong,
-                weak: e.weak,
+                fast: e.fast,
             });
         }
     }
@@ -472,14 +467,14 @@ pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<Model, TrainErro
             });
         }
     }
-    let mean: [f64; NUM_FEATURES] = std::array::from_fn(|i| FEATURES[i].centre);
-    let scale: [f64; NUM_FEATURES] = std::array::from_fn(|i| FEATURES[i].scale);
+    let mean = Feature::ALL.map(|f| spec(f).centre);
+    let scale = Feature::ALL.map(|f| spec(f).scale);
     let mut prior = [false; NUM_FEATURES];
     let mut weight = [0.0; NUM_FEATURES];
     let mut fitted = Vec::with_capacity(NUM_FEATURES);
     for i in 0..NUM_FEATURES {
         let first = examples[0].features[i];
-        if !NOT_FITTED.contains(&FEATURE_NAMES[i])
+        if !NOT_FITTED.contains(&Feature::ALL[i])
             && examples
                 .iter()
                 .any(|e| (e.features[i] - first).abs() > CONSTANT)
@@ -493,7 +488,7 @@ pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<Model, TrainErro
     // Penalty strength and centre per standardised weight: the prior per unit times the spread.
     let penalty: Vec<(f64, f64)> = (0..NUM_FEATURES)
         .map(|i| {
-            let l2 = if FEATURES[i].cue {
+            let l2 = if spec(Feature::ALL[i]).cue {
                 opts.cue_l2
             } else {
                 opts.l2
@@ -508,7 +503,7 @@ pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<Model, TrainErro
         .collect();
     let labels: Vec<f64> = examples
         .iter()
-        .map(|e| (1.0 + e.strong - e.weak) / 2.0)
+        .map(|e| (1.0 + e.strong - e.fast) / 2.0)
         .collect();
     let row_weights: Vec<f64> = examples.iter().map(|e| e.weight).collect();
     let mut clamped = [false; NUM_FEATURES];
@@ -565,7 +560,7 @@ pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<Model, TrainErro
         }
         fitted.retain(|&i| !clamped[i]);
     };
-    let mut model = Model {
+    let mut model = FittedScore {
         bias,
         weight,
         mean,
@@ -577,7 +572,7 @@ pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<Model, TrainErro
         length_boost: 0.0,
     };
     model.length_boost = length_backbone(&model, examples, opts.length_share);
-    model.weight[tokens_index()] += model.length_boost;
+    model.weight[TOKENS] += model.length_boost;
     Ok(model)
 }
 
@@ -587,8 +582,8 @@ pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<Model, TrainErro
 /// `(w + d)²·Var z = share²·Var(L + d·z)`, a quadratic in `d` with one positive root when the
 /// share is not yet met (`w ≥ 0`: length's prior is positive and its sign a bound). 0 when
 /// the share is already met, `share` is 0, or length does not vary.
-pub fn length_backbone(model: &Model, examples: &[Example], share: f64) -> f64 {
-    let t = tokens_index();
+pub fn length_backbone(model: &FittedScore, examples: &[Example], share: f64) -> f64 {
+    let t = TOKENS;
     let n = examples.len() as f64;
     if share <= 0.0 || examples.is_empty() {
         return 0.0;
@@ -765,13 +760,13 @@ fn cholesky_solve(a: &[f64], b: &[f64], k: usize) -> Option<Vec<f64>> {
 }
 
 /// Scores `examples` with `model` as evaluation rows.
-pub fn score_rows(model: &Model, examples: &[Example]) -> Vec<Row> {
+pub fn score_rows(model: &FittedScore, examples: &[Example]) -> Vec<Row> {
     examples
         .iter()
         .map(|e| Row {
             score: model.score(&e.features),
             strong: e.strong,
-            weak: e.weak,
+            fast: e.fast,
             input_tokens: e.input_tokens,
         })
         .collect()
@@ -782,7 +777,7 @@ pub fn score_rows(model: &Model, examples: &[Example]) -> Vec<Row> {
 /// model" begins; without them, the CPT(`target_pgr`) point of the model on its training rows,
 /// i.e. the lowest strong share whose quality gap recovered reaches the target.
 pub fn choose_threshold(
-    model: &Model,
+    model: &FittedScore,
     examples: &[Example],
     opts: &TrainOptions,
 ) -> Result<f64, TrainError> {
@@ -797,11 +792,11 @@ pub fn choose_threshold(
 mod tests {
     use super::*;
 
-    fn example(i: usize, x: f64, strong: f64, weak: f64) -> Example {
+    fn example(i: usize, x: f64, strong: f64, fast: f64) -> Example {
         let mut features = [0.0; NUM_FEATURES];
         features[0] = x;
         features[1] = (i % 3) as f64;
-        Example::scored(features, strong, weak, 10.0)
+        Example::scored(features, strong, fast, 10.0)
     }
 
     #[test]
@@ -837,9 +832,9 @@ mod tests {
         assert_eq!(a, b);
     }
 
-    /// Rows where feature `name` anti-correlates with the gain.
-    fn against(name: &str) -> (usize, Vec<Example>) {
-        let f = FEATURE_NAMES.iter().position(|n| *n == name).unwrap();
+    /// Rows where `feature` anti-correlates with the gain.
+    fn against(feature: Feature) -> (usize, Vec<Example>) {
+        let f = feature.index();
         let ex = (0..100)
             .map(|i| {
                 let mut e = example(i, i as f64, 1.0, if i > 50 { 0.0 } else { 1.0 });
@@ -860,19 +855,15 @@ mod tests {
         }
     }
 
-    fn index(name: &str) -> usize {
-        FEATURE_NAMES.iter().position(|n| *n == name).unwrap()
-    }
-
     #[test]
     fn wrong_signs_are_clamped_to_zero() {
-        let (f, ex) = against("questions");
+        let (f, ex) = against(Feature::Questions);
         let m = fit(&ex, &data_led()).unwrap();
         assert!(m.clamped[f]);
         assert_eq!(m.weight[f], 0.0);
         assert!(m.weight[0] > 0.0);
         // A negative prior bounds from above.
-        let (f, ex) = against("chat");
+        let (f, ex) = against(Feature::Chat);
         let mut flipped = ex.clone();
         for e in &mut flipped {
             e.features[f] = 1.0 - e.features[f];
@@ -884,7 +875,7 @@ mod tests {
 
     #[test]
     fn without_priors_the_data_set_the_sign() {
-        let (f, ex) = against("questions");
+        let (f, ex) = against(Feature::Questions);
         let opts = TrainOptions {
             priors: false,
             ..data_led()
@@ -894,7 +885,7 @@ mod tests {
         assert!(m.weight[f] < 0.0, "{}", m.weight[f]);
         // Pulled towards 0, not towards the prior (0.20 per unit): a feature that says nothing
         // gets nothing.
-        let r = index("reasoning");
+        let r = Feature::Reasoning.index();
         let silent: Vec<Example> = (0..400)
             .map(|i| {
                 let mut e = example(i, i as f64, 1.0, if i < 200 { 1.0 } else { 0.0 });
@@ -913,7 +904,7 @@ mod tests {
     #[test]
     fn uninformative_features_keep_their_prior() {
         // The gain follows length only; "reasoning" varies but says nothing.
-        let r = index("reasoning");
+        let r = Feature::Reasoning.index();
         let ex: Vec<Example> = (0..400)
             .map(|i| {
                 let mut e = example(
@@ -954,16 +945,16 @@ mod tests {
             ..TrainOptions::default()
         };
         // Both fight their positive prior; only the shape feature is let go to its bound.
-        let (cue, ex) = against("reasoning");
+        let (cue, ex) = against(Feature::Reasoning);
         let m = fit(&ex, &opts).unwrap();
         assert!(!m.clamped[cue] && m.weight[cue] > 0.0, "{}", m.weight[cue]);
-        let (shape, ex) = against("turns");
+        let (shape, ex) = against(Feature::Turns);
         let m = fit(&ex, &opts).unwrap();
         assert!(m.clamped[shape]);
     }
 
     /// Sd of the length term over the sd of the logit, on `ex`.
-    fn length_share(m: &Model, ex: &[Example]) -> f64 {
+    fn length_share(m: &FittedScore, ex: &[Example]) -> f64 {
         let sd = |v: &[f64]| {
             let mean = v.iter().sum::<f64>() / v.len() as f64;
             (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
@@ -979,14 +970,14 @@ mod tests {
     #[test]
     fn length_backbone_guarantees_its_share() {
         // The gain follows "lines" closely and length only loosely.
-        let l = index("questions");
+        let l = Feature::Questions.index();
         let ex: Vec<Example> = (0..300)
             .map(|i| {
                 // Lengths within the unclipped range of the standardised ask length.
                 let x = (((i * 37) % 300) as f64 + (i as f64) * 0.3) / 100.0;
                 let mut e = example(i, x, 1.0, 1.0);
                 e.features[l] = (i % 10) as f64;
-                e.weak = if i % 10 > 4 { 0.0 } else { 1.0 };
+                e.fast = if i % 10 > 4 { 0.0 } else { 1.0 };
                 e
             })
             .collect();
@@ -1022,7 +1013,7 @@ mod tests {
     fn constant_features_get_priors() {
         let ex: Vec<Example> = (0..20).map(|i| example(i, i as f64, 1.0, 0.0)).collect();
         let m = fit(&ex, &TrainOptions::default()).unwrap();
-        let images = FEATURE_NAMES.iter().position(|n| *n == "images").unwrap();
+        let images = Feature::Images.index();
         assert!(m.prior[images]);
         assert_eq!(m.weight[images], 0.05);
         assert!(!m.prior[0]);
@@ -1078,7 +1069,7 @@ mod tests {
             "{lo} {hi}"
         );
         // Priors scale with the rest.
-        let images = FEATURE_NAMES.iter().position(|n| *n == "images").unwrap();
+        let images = Feature::Images.index();
         assert!((s.weight[images] - r.factor * m.weight[images]).abs() < 1e-12);
     }
 
@@ -1113,7 +1104,7 @@ mod tests {
         for i in 0..40 {
             let mut e = example(i, i as f64 * 0.15, 1.0, 1.0);
             e.hard = Some(e.features[0] > 4.0);
-            e.weak = if e.hard == Some(true) { 0.0 } else { 1.0 };
+            e.fast = if e.hard == Some(true) { 0.0 } else { 1.0 };
             e.weight = 5.0;
             ex.push(e);
         }
@@ -1144,13 +1135,10 @@ mod tests {
     }
 
     #[test]
-    fn feature_table_follows_the_feature_order() {
-        for (i, f) in FEATURES.iter().enumerate() {
-            assert_eq!(f.name, FEATURE_NAMES[i]);
-            assert!(f.scale > 0.0 && f.prior != 0.0, "{}", f.name);
-        }
-        for name in NOT_FITTED {
-            assert!(FEATURE_NAMES.contains(&name), "{name}");
+    fn every_feature_has_a_scale_and_a_prior() {
+        for f in Feature::ALL {
+            let s = spec(f);
+            assert!(s.scale > 0.0 && s.prior != 0.0, "{f}");
         }
     }
 

@@ -25,7 +25,6 @@ use prompt_router::{
     pb,
 };
 use serde_json::Value;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// The scrape job's name: the metrics Service's name, as the ServiceMonitor would set it.
 const JOB: &str = "prompt-router-metrics";
@@ -134,16 +133,12 @@ impl Prometheus {
         std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
     }
 
-    /// GET over HTTP/1.0, so the body is neither chunked nor kept alive.
+    /// A GET; `None` while Prometheus does not answer (starting up).
     async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut stream = tokio::net::TcpStream::connect(&self.addr).await.ok()?;
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr);
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.ok()?;
-        let (head, body) = response.split_once("\r\n\r\n")?;
-        let status = head.split_whitespace().nth(1)?.parse().ok()?;
-        Some((status, body.to_owned()))
+        let reply = common::http_client::send(&self.addr, "GET", path, &[], b"")
+            .await
+            .ok()?;
+        Some((reply.status, reply.text()))
     }
 
     async fn wait_ready(&mut self) {

@@ -72,7 +72,7 @@ proptest! {
         prop_assert!((bias + sum - r.logit()).abs() < 1e-9);
         // Each reason's effect is the score without that feature's contribution, subtracted.
         for reason in r.top_reasons(NUM_FEATURES) {
-            let i = prompt_router::classify::FEATURE_NAMES.iter().position(|n| *n == reason.feature).unwrap();
+            let i = reason.feature.index();
             let without = 1.0 / (1.0 + (-(r.logit() - r.contributions()[i])).exp());
             prop_assert!((r.score() - without - reason.effect).abs() < 1e-12);
         }

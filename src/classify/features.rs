@@ -62,59 +62,84 @@ static CLASS: [u8; 256] = {
     t
 };
 
-/// Names of the features, in vector order. The weights file names them the same way.
-pub const FEATURE_NAMES: [&str; NUM_FEATURES] = [
-    "ask_tokens",
-    "context_tokens",
-    "code",
-    "questions",
-    "multipart",
-    "constraints",
-    "proof",
-    "reasoning",
-    "analysis",
-    "design",
-    "diagnose",
-    "build",
-    "tricky",
-    "transform",
-    "chat",
-    "lookup",
-    "long_output",
-    "turns",
-    "images",
-    "tools",
-    "max_tokens",
-];
+/// Declares [`Feature`] from one table, in vector order: variant, stable name, description.
+macro_rules! features {
+    ($($variant:ident = $name:literal, $description:literal;)*) => {
+        /// One feature of the classifier's vector. `feature as usize` ([`Feature::index`]) is its
+        /// index in every per-feature array ([`Feature::ALL`] order); [`Feature::name`] is its
+        /// stable name in the weights file, replies and `classify` output.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[repr(u8)]
+        pub enum Feature {
+            $(#[doc = $description] $variant,)*
+        }
+
+        impl Feature {
+            /// Every feature, in vector order (`ALL[i].index() == i`).
+            pub const ALL: [Feature; NUM_FEATURES] = [$(Feature::$variant,)*];
+
+            /// The stable name: the weights file, replies and `classify` output use it.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Feature::$variant => $name,)*
+                }
+            }
+
+            /// What the feature says, in words a caller understands; a positive contribution
+            /// pushes towards the strong model.
+            pub const fn description(self) -> &'static str {
+                match self {
+                    $(Feature::$variant => $description,)*
+                }
+            }
+        }
+    };
+}
 
 /// Number of features.
 pub const NUM_FEATURES: usize = 21;
 
-/// What each feature says, in words a caller understands; a positive contribution pushes
-/// towards the strong model.
-pub const FEATURE_DESCRIPTIONS: [&str; NUM_FEATURES] = [
-    "length of the newest request",
-    "size of the supplied context (system prompt, earlier turns, pasted material, tool output)",
-    "code",
-    "more than one question asked",
-    "several parts or steps asked for",
-    "requirements the answer must meet",
-    "asks for a proof or a derivation",
-    "asks why, what follows from what, or for step-by-step reasoning",
-    "asks to compare, evaluate or weigh trade-offs",
-    "asks to design a system (architecture, scaling, consistency, failure handling)",
-    "asks to debug or diagnose a failure",
-    "asks to write code, a query or tests",
-    "names what makes a problem tricky (concurrency, complexity, optimality, edge cases)",
-    "asks to summarise, translate, extract, classify or rewrite supplied material",
-    "greeting, thanks or small talk",
-    "asks for a fact or a detail to look up",
-    "asks for a long or complete piece of writing",
-    "earlier turns in the conversation",
-    "images attached",
-    "tools offered",
-    "requested output length",
-];
+features! {
+    AskTokens = "ask_tokens", "length of the newest request";
+    ContextTokens = "context_tokens", "size of the supplied context (system prompt, earlier turns, pasted material, tool output)";
+    Code = "code", "code";
+    Questions = "questions", "more than one question asked";
+    MultiPart = "multipart", "several parts or steps asked for";
+    Constraints = "constraints", "requirements the answer must meet";
+    Proof = "proof", "asks for a proof or a derivation";
+    Reasoning = "reasoning", "asks why, what follows from what, or for step-by-step reasoning";
+    Analysis = "analysis", "asks to compare, evaluate or weigh trade-offs";
+    Design = "design", "asks to design a system (architecture, scaling, consistency, failure handling)";
+    Diagnose = "diagnose", "asks to debug or diagnose a failure";
+    Build = "build", "asks to write code, a query or tests";
+    Tricky = "tricky", "names what makes a problem tricky (concurrency, complexity, optimality, edge cases)";
+    Transform = "transform", "asks to summarise, translate, extract, classify or rewrite supplied material";
+    Chat = "chat", "greeting, thanks or small talk";
+    Lookup = "lookup", "asks for a fact or a detail to look up";
+    LongOutput = "long_output", "asks for a long or complete piece of writing";
+    Turns = "turns", "earlier turns in the conversation";
+    Images = "images", "images attached";
+    Tools = "tools", "tools offered";
+    MaxTokens = "max_tokens", "requested output length";
+}
+
+impl Feature {
+    /// The feature's index in per-feature arrays.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The feature with this [`name`](Self::name), if any (reading a weights file).
+    pub fn from_name(name: &str) -> Option<Feature> {
+        Feature::ALL.into_iter().find(|f| f.name() == name)
+    }
+}
+
+impl std::fmt::Display for Feature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// Raw counts for one region of a text piece.
 #[derive(Debug, Clone, Copy, Default)]
@@ -209,38 +234,42 @@ fn log_count(x: f64) -> f64 {
 /// Output length a request asks for when it names none: the feature is 0 at this value.
 const NEUTRAL_MAX_TOKENS: f64 = 1024.0;
 
-/// Turns the weighted counts into the feature vector (order of [`FEATURE_NAMES`]). `ask`
+/// Turns the weighted counts into the feature vector ([`Feature::ALL`] order). `ask`
 /// weighs regions by how much they say about what is asked (cues, quantities, notation);
 /// `ctx.code` counts code syntax by how much a part says about the request being about code,
 /// where pasted code counts.
 pub(crate) fn compute(ask: &Totals, ctx: &Context) -> [f64; NUM_FEATURES] {
-    let max_tokens = ctx
-        .max_tokens
-        .map_or(0.0, |m| (f64::from(m.max(1)) / NEUTRAL_MAX_TOKENS).ln());
+    Feature::ALL.map(|f| value(f, ask, ctx))
+}
+
+/// One feature's value.
+fn value(feature: Feature, ask: &Totals, ctx: &Context) -> f64 {
     let cue = |f: Family| log_count(ask.family(f));
-    [
-        log_count(ctx.ask_tokens),
-        log_count(ctx.context_tokens),
-        log_count(ctx.code),
-        log_count(ask.class(Class::Question) - 1.0),
-        cue(Family::MultiPart),
-        cue(Family::Constraint),
-        cue(Family::Proof),
-        cue(Family::Reasoning),
-        cue(Family::Analysis),
-        cue(Family::Design),
-        cue(Family::Diagnose),
-        cue(Family::Build),
-        cue(Family::Tricky),
-        cue(Family::Transform),
-        cue(Family::Chat),
-        cue(Family::Lookup),
-        cue(Family::LongOutput),
-        log_count(f64::from(ctx.turns.saturating_sub(1))),
-        log_count(f64::from(ctx.images)),
-        log_count(f64::from(ctx.tools)),
-        max_tokens,
-    ]
+    match feature {
+        Feature::AskTokens => log_count(ctx.ask_tokens),
+        Feature::ContextTokens => log_count(ctx.context_tokens),
+        Feature::Code => log_count(ctx.code),
+        Feature::Questions => log_count(ask.class(Class::Question) - 1.0),
+        Feature::MultiPart => cue(Family::MultiPart),
+        Feature::Constraints => cue(Family::Constraint),
+        Feature::Proof => cue(Family::Proof),
+        Feature::Reasoning => cue(Family::Reasoning),
+        Feature::Analysis => cue(Family::Analysis),
+        Feature::Design => cue(Family::Design),
+        Feature::Diagnose => cue(Family::Diagnose),
+        Feature::Build => cue(Family::Build),
+        Feature::Tricky => cue(Family::Tricky),
+        Feature::Transform => cue(Family::Transform),
+        Feature::Chat => cue(Family::Chat),
+        Feature::Lookup => cue(Family::Lookup),
+        Feature::LongOutput => cue(Family::LongOutput),
+        Feature::Turns => log_count(f64::from(ctx.turns.saturating_sub(1))),
+        Feature::Images => log_count(f64::from(ctx.images)),
+        Feature::Tools => log_count(f64::from(ctx.tools)),
+        Feature::MaxTokens => ctx
+            .max_tokens
+            .map_or(0.0, |m| (f64::from(m.max(1)) / NEUTRAL_MAX_TOKENS).ln()),
+    }
 }
 
 /// Bytes at each end of a piece that count as where it states its ask.
@@ -578,11 +607,17 @@ mod tests {
     }
 
     #[test]
-    fn names_are_unique() {
-        let mut v = FEATURE_NAMES.to_vec();
+    fn names_are_unique_and_all_is_in_index_order() {
+        let mut v: Vec<&str> = Feature::ALL.iter().map(|f| f.name()).collect();
         v.sort_unstable();
         v.dedup();
         assert_eq!(v.len(), NUM_FEATURES);
+        for (i, f) in Feature::ALL.into_iter().enumerate() {
+            assert_eq!(f.index(), i, "{f}");
+            assert_eq!(Feature::from_name(f.name()), Some(f));
+            assert!(!f.description().is_empty(), "{f}");
+        }
+        assert_eq!(Feature::from_name("subject_is_law"), None);
     }
 
     #[test]

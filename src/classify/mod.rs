@@ -16,9 +16,7 @@ mod features;
 mod keywords;
 mod weights;
 
-pub use features::{
-    BuildError, FEATURE_DESCRIPTIONS, FEATURE_NAMES, NUM_FEATURES, estimate_tokens,
-};
+pub use features::{BuildError, Feature, NUM_FEATURES, estimate_tokens};
 pub use weights::{
     DEFAULT_CLIP, FORMAT_VERSION, FeatureWeight, FileSummary, Metadata, Rescale, Weights,
     WeightsError,
@@ -238,9 +236,14 @@ impl Classification {
         self.logit
     }
 
-    /// Feature values in [`FEATURE_NAMES`] order.
+    /// Feature values in [`Feature::ALL`] order.
     pub fn values(&self) -> &[f64; NUM_FEATURES] {
         &self.values
+    }
+
+    /// The value of one feature.
+    pub fn value(&self, feature: Feature) -> f64 {
+        self.values[feature.index()]
     }
 
     /// Estimated input tokens over every piece pushed (unweighted; see [`estimate_tokens`]).
@@ -248,43 +251,42 @@ impl Classification {
         self.input_tokens
     }
 
-    /// Each feature's contribution to the logit, in [`FEATURE_NAMES`] order.
+    /// Each feature's contribution to the logit, in [`Feature::ALL`] order.
     pub fn contributions(&self) -> &[f64; NUM_FEATURES] {
         &self.contributions
     }
 
-    /// How much feature `i` moved the score: the score minus the score without the feature's
+    /// How much `feature` moved the score: the score minus the score without its
     /// contribution, in score units (the scale of the score and the threshold).
-    pub fn effect(&self, i: usize) -> f64 {
-        self.score - logistic(self.logit - self.contributions[i])
+    pub fn effect(&self, feature: Feature) -> f64 {
+        self.score - logistic(self.logit - self.contributions[feature.index()])
     }
 
     /// Up to `n` features that moved the score most, largest effect first (ties by feature
     /// order); features that did not move it (absent ones) are left out.
     pub fn top_reasons(&self, n: usize) -> impl Iterator<Item = Reason> + '_ {
-        let mut order: [usize; NUM_FEATURES] = std::array::from_fn(|i| i);
+        let mut order = Feature::ALL;
         // An absent feature's effect is exactly 0; only the present ones need a logistic.
-        let effects: [f64; NUM_FEATURES] = std::array::from_fn(|i| {
-            if self.contributions[i] == 0.0 {
+        let effects = Feature::ALL.map(|f| {
+            if self.contributions[f.index()] == 0.0 {
                 0.0
             } else {
-                self.effect(i)
+                self.effect(f)
             }
         });
         order.sort_unstable_by(|&a, &b| {
-            effects[b]
+            effects[b.index()]
                 .abs()
-                .total_cmp(&effects[a].abs())
+                .total_cmp(&effects[a.index()].abs())
                 .then(a.cmp(&b))
         });
         order
             .into_iter()
-            .filter(move |&i| self.contributions[i] != 0.0)
+            .filter(move |f| self.contributions[f.index()] != 0.0)
             .take(n)
-            .map(move |i| Reason {
-                feature: FEATURE_NAMES[i],
-                description: FEATURE_DESCRIPTIONS[i],
-                effect: effects[i],
+            .map(move |feature| Reason {
+                feature,
+                effect: effects[feature.index()],
             })
     }
 }
@@ -292,10 +294,8 @@ impl Classification {
 /// One feature's part in a score, for people.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Reason {
-    /// The feature's stable name ([`FEATURE_NAMES`]).
-    pub feature: &'static str,
-    /// What it means, in words.
-    pub description: &'static str,
+    /// The feature ([`Feature::name`] and [`Feature::description`] say it in words).
+    pub feature: Feature,
     /// The score minus the score without this feature: positive pushes towards the strong
     /// model, negative towards the fast one.
     pub effect: f64,
@@ -357,11 +357,7 @@ mod tests {
         let mut b = c.begin();
         b.push(Part::User { last: true }, "Why? Justify it step by step.");
         let high = b.finish(Shape::default());
-        let i = FEATURE_NAMES
-            .iter()
-            .position(|n| *n == "reasoning")
-            .unwrap();
-        assert!(high.values()[i] > low.values()[i]);
+        assert!(high.value(Feature::Reasoning) > low.value(Feature::Reasoning));
         assert_eq!(high.input_tokens(), low.input_tokens());
     }
 
@@ -372,9 +368,8 @@ mod tests {
         a.push(Part::System, "You are terse. Answer in JSON only.");
         a.push(Part::User { last: true }, "hi");
         let r = a.finish(Shape::default());
-        let at = |name: &str| r.values()[FEATURE_NAMES.iter().position(|n| *n == name).unwrap()];
-        assert!(at("context_tokens") > 0.0);
-        assert!((at("ask_tokens") - 0.5f64.ln_1p()).abs() < 1e-12);
+        assert!(r.value(Feature::ContextTokens) > 0.0);
+        assert!((r.value(Feature::AskTokens) - 0.5f64.ln_1p()).abs() < 1e-12);
     }
 
     #[test]
@@ -383,11 +378,11 @@ mod tests {
         let r = c.classify_prompt("Summarize this paragraph in one sentence.");
         for reason in r.top_reasons(NUM_FEATURES) {
             assert_ne!(reason.effect, 0.0, "{}", reason.feature);
-            assert!(!reason.description.is_empty());
+            assert!(!reason.feature.description().is_empty());
         }
         assert!(
             r.top_reasons(NUM_FEATURES)
-                .any(|r| r.feature == "transform" && r.effect < 0.0)
+                .any(|r| r.feature == Feature::Transform && r.effect < 0.0)
         );
     }
 }

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::features::{FEATURE_NAMES, NUM_FEATURES};
+use super::features::{Feature, NUM_FEATURES};
 
 /// Version of the weights file format this code reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -26,7 +26,7 @@ pub enum WeightsError {
         expected: u32,
     },
     /// Names a feature this build does not compute.
-    #[error("weights file names unknown feature `{0}` (known: {known})", known = FEATURE_NAMES.join(", "))]
+    #[error("weights file names unknown feature `{0}` (known: {known})", known = known_features())]
     UnknownFeature(String),
     /// Leaves out a feature this build computes.
     #[error("weights file is missing feature `{0}`")]
@@ -47,12 +47,18 @@ pub enum WeightsError {
     Build(#[from] super::features::BuildError),
 }
 
+/// Every feature's name, for the error naming an unknown one.
+fn known_features() -> String {
+    Feature::ALL.map(Feature::name).join(", ")
+}
+
 /// Weight and standardisation of one feature: its contribution to the logit is
 /// `weight × clamp((value − mean) / scale, −clip, clip)`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeatureWeight {
-    /// Feature name, one of [`FEATURE_NAMES`].
+    /// Feature name, a [`Feature::name`]; kept as the file's text so that an unknown one is
+    /// refused by name ([`WeightsError::UnknownFeature`]).
     pub name: String,
     /// Weight on the standardised value.
     pub weight: f64,
@@ -172,10 +178,10 @@ impl Weights {
             bias: 0.0,
             threshold: 0.5,
             clip: DEFAULT_CLIP,
-            features: FEATURE_NAMES
+            features: Feature::ALL
                 .iter()
-                .map(|n| FeatureWeight {
-                    name: (*n).to_owned(),
+                .map(|f| FeatureWeight {
+                    name: f.name().to_owned(),
                     weight: 0.0,
                     mean: 0.0,
                     scale: 1.0,
@@ -210,10 +216,9 @@ impl Weights {
             });
         }
         for f in &self.features {
-            let i = FEATURE_NAMES
-                .iter()
-                .position(|n| *n == f.name)
-                .ok_or_else(|| WeightsError::UnknownFeature(f.name.clone()))?;
+            let i = Feature::from_name(&f.name)
+                .ok_or_else(|| WeightsError::UnknownFeature(f.name.clone()))?
+                .index();
             if seen[i] {
                 return Err(WeightsError::DuplicateFeature(f.name.clone()));
             }
@@ -229,7 +234,7 @@ impl Weights {
             }
         }
         if let Some(i) = seen.iter().position(|s| !s) {
-            return Err(WeightsError::MissingFeature(FEATURE_NAMES[i]));
+            return Err(WeightsError::MissingFeature(Feature::ALL[i].name()));
         }
         Ok(d)
     }

@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::{Replay, routed_lines, row};
 use crate::calibrate;
 use crate::decide::Decider;
-use crate::eval::Prices;
+use crate::eval::CostAssumptions;
 use crate::request::Limits;
 
 /// What to calibrate for.
@@ -33,8 +33,8 @@ pub struct CalibrateOptions {
     pub target: Target,
     /// Request limits the lines are validated against, as the server's.
     pub limits: Limits,
-    /// Prices for the replay's cost saved (labelled samples).
-    pub prices: Prices,
+    /// CostAssumptions for the replay's cost saved (labelled samples).
+    pub prices: CostAssumptions,
 }
 
 #[derive(Serialize)]
@@ -117,7 +117,7 @@ mod tests {
         CalibrateOptions {
             target,
             limits: Limits::default(),
-            prices: Prices::default(),
+            prices: CostAssumptions::default(),
         }
     }
 

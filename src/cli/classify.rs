@@ -14,7 +14,7 @@ use std::io::{BufRead, Write};
 use serde::Serialize;
 
 use super::Request;
-use crate::{classify::FEATURE_NAMES, decide::Decider, request::Limits};
+use crate::{classify::Feature, decide::Decider, request::Limits};
 
 /// Counts of what `classify` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -25,8 +25,9 @@ pub struct ClassifySummary {
     pub errors: usize,
 }
 
+/// One of a [`DecisionLine`]'s reasons.
 #[derive(Serialize)]
-struct Reason {
+struct LineReason {
     feature: &'static str,
     description: &'static str,
     contribution: f64,
@@ -46,8 +47,9 @@ pub struct ClassifyOptions {
     pub limits: Limits,
 }
 
+/// The JSON line `classify` writes for one routed input line (see the module docs).
 #[derive(Serialize)]
-struct Decision<'a> {
+struct DecisionLine<'a> {
     id: &'a serde_json::Value,
     score: f64,
     tier: &'static str,
@@ -55,7 +57,7 @@ struct Decision<'a> {
     threshold: f64,
     operating_point: &'static str,
     basis: &'static str,
-    reasons: Vec<Reason>,
+    reasons: Vec<LineReason>,
     #[serde(skip_serializing_if = "Option::is_none")]
     features: Option<BTreeMap<&'static str, f64>>,
 }
@@ -85,34 +87,34 @@ pub fn run(
             Request::parse(&line, &opts.limits)
         };
         let result = parsed.and_then(|r| {
-            let routed = decider.decide(&r.request)?;
-            let decision = Decision {
+            let decision = decider.decide(&r.request)?;
+            let decision_line = DecisionLine {
                 id: &r.id,
-                score: routed.classification.score(),
-                tier: routed.choice.tier.as_str(),
-                model_id: &routed.model.invoke_id,
-                threshold: routed.choice.threshold,
-                operating_point: routed.choice.point.as_str(),
-                basis: routed.choice.basis.as_str(),
-                reasons: routed
+                score: decision.classification.score(),
+                tier: decision.choice.tier.as_str(),
+                model_id: &decision.model.invoke_id,
+                threshold: decision.choice.threshold,
+                operating_point: decision.choice.point.as_str(),
+                basis: decision.choice.basis.as_str(),
+                reasons: decision
                     .classification
                     .top_reasons(opts.reasons)
-                    .map(|r| Reason {
-                        feature: r.feature,
-                        description: r.description,
+                    .map(|r| LineReason {
+                        feature: r.feature.name(),
+                        description: r.feature.description(),
                         contribution: r.effect,
                         toward: r.toward().as_str(),
                     })
                     .collect(),
                 features: opts.features.then(|| {
-                    FEATURE_NAMES
+                    Feature::ALL
                         .iter()
-                        .copied()
-                        .zip(routed.classification.values().iter().copied())
+                        .map(|f| f.name())
+                        .zip(decision.classification.values().iter().copied())
                         .collect()
                 }),
             };
-            Ok(serde_json::to_vec(&decision)?)
+            Ok(serde_json::to_vec(&decision_line)?)
         });
         match result {
             Ok(json) => {
@@ -212,7 +214,7 @@ mod tests {
         assert_eq!(lines[0]["reasons"].as_array().unwrap().len(), 2);
         assert_eq!(
             lines[0]["features"].as_object().unwrap().len(),
-            FEATURE_NAMES.len()
+            crate::classify::NUM_FEATURES
         );
         assert_eq!(lines[1]["line"], 2);
         assert_eq!(lines[2]["id"], 3);

@@ -20,14 +20,14 @@ use super::{Replay, routed_lines, row};
 use crate::calibrate;
 use crate::catalog::Tier;
 use crate::decide::Decider;
-use crate::eval::{self, Baseline, Operating, Prices, RANDOM_SEED, Row, Summary};
+use crate::eval::{self, Baseline, CostAssumptions, Operating, RANDOM_SEED, Row, Summary};
 use crate::request::Limits;
 
 /// Options for `eval`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EvalOptions {
-    /// Prices and assumed output length for cost saved.
-    pub prices: Prices,
+    /// CostAssumptions and assumed output length for cost saved.
+    pub prices: CostAssumptions,
     /// Print JSON instead of a table.
     pub json: bool,
     /// Request limits the lines are validated against, as the server's.
@@ -94,7 +94,11 @@ pub struct Report {
 }
 
 /// Evaluates `rows` (classifier scores) at `threshold`, with both baselines.
-pub fn compare(rows: &[Row], threshold: f64, prices: &Prices) -> anyhow::Result<Comparison> {
+pub fn compare(
+    rows: &[Row],
+    threshold: f64,
+    prices: &CostAssumptions,
+) -> anyhow::Result<Comparison> {
     compare_at(rows, eval::at_threshold(rows, threshold, prices)?, prices)
 }
 
@@ -103,7 +107,7 @@ pub fn compare(rows: &[Row], threshold: f64, prices: &Prices) -> anyhow::Result<
 pub fn compare_at(
     rows: &[Row],
     operating: Operating,
-    prices: &Prices,
+    prices: &CostAssumptions,
 ) -> anyhow::Result<Comparison> {
     let ours = eval::summarize_at(rows, operating)?;
     let baseline = |b: Baseline| -> anyhow::Result<RouterResult> {
@@ -224,7 +228,7 @@ pub fn run(
         writeln!(
             out,
             "  prices per 1M tokens: strong ${}/${}, fast ${}/${} (in/out); {} output tokens assumed per prompt",
-            p.strong_input, p.strong_output, p.weak_input, p.weak_output, p.output_tokens
+            p.strong_input, p.strong_output, p.fast_input, p.fast_output, p.output_tokens
         )?;
     }
     out.flush()?;
@@ -245,7 +249,7 @@ mod tests {
 
     fn opts(json: bool) -> EvalOptions {
         EvalOptions {
-            prices: Prices::default(),
+            prices: CostAssumptions::default(),
             json,
             limits: Limits::default(),
         }

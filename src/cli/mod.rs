@@ -27,10 +27,10 @@ use crate::{
     catalog::Tier,
     classify::{Classification, Classifier},
     decide::{self, Decider},
-    eval::{EvalError, Prices, Row, at_decisions},
+    eval::{CostAssumptions, EvalError, Row, at_decisions},
     operating::Point,
     pb,
-    policy::{Basis, Choice},
+    policy::{Basis, TierChoice},
     request::{ChatRequest, Limits},
     server::convert::chat_request,
 };
@@ -75,14 +75,14 @@ pub fn routed_lines<'a>(
     input: impl BufRead + 'a,
     decider: &'a Decider,
     limits: &'a Limits,
-) -> impl Iterator<Item = (usize, anyhow::Result<(Request, Classification, Choice)>)> + 'a {
+) -> impl Iterator<Item = (usize, anyhow::Result<(Request, Classification, TierChoice)>)> + 'a {
     input.lines().enumerate().filter_map(move |(i, line)| {
         let routed = match line {
             Err(e) => Err(anyhow::Error::from(e).context("reading")),
             Ok(line) if skipped(&line) => return None,
             Ok(line) => Request::parse(&line, limits).and_then(|r| {
-                let routed = decider.decide(&r.request)?;
-                Ok((r, routed.classification, routed.choice))
+                let decision = decider.decide(&r.request)?;
+                Ok((r, decision.classification, decision.choice))
             }),
         };
         Some((i + 1, routed))
@@ -124,8 +124,8 @@ impl Replay {
     /// them; with labels, also the quality and cost of those decisions.
     pub fn new(
         decider: &Decider,
-        choices: &[Choice],
-        labelled: Option<(&[Row], &Prices)>,
+        choices: &[TierChoice],
+        labelled: Option<(&[Row], &CostAssumptions)>,
     ) -> Result<Self, EvalError> {
         let strong: Vec<bool> = choices.iter().map(|c| c.tier == Tier::Strong).collect();
         let steered = choices
@@ -164,11 +164,11 @@ impl Replay {
 }
 
 /// An evaluation row from a classification and its labels.
-pub fn row(c: &Classification, (strong, weak): (f64, f64)) -> Row {
+pub fn row(c: &Classification, (strong, fast): (f64, f64)) -> Row {
     Row {
         score: c.score(),
         strong,
-        weak,
+        fast,
         input_tokens: c.input_tokens(),
     }
 }
@@ -187,7 +187,7 @@ pub enum Judgement {
 
 impl Judgement {
     /// The labels a judgement stands for, on the shared sets' scale: `hard` is a prompt the
-    /// strong model gets right and the fast one wrong (strong 1, weak 0), `easy` one both get
+    /// strong model gets right and the fast one wrong (strong 1, fast 0), `easy` one both get
     /// right (1, 1). In training that is the soft label 1 for hard and 0.5 for easy — what the
     /// shared sets' rows of the same outcomes get — so both kinds of data estimate the same
     /// thing, the strong model's expected quality gain.
@@ -234,7 +234,7 @@ pub struct Request {
     /// The written judgement of a judged line.
     pub judgement: Option<Judgement>,
     strong_score: Option<f64>,
-    weak_score: Option<f64>,
+    fast_score: Option<f64>,
 }
 
 impl Request {
@@ -256,12 +256,12 @@ impl Request {
             .map(|v| Judgement::parse(&v))
             .transpose()?;
         let strong_score = score(&fields, "strong_score")?;
-        let weak_score = score(&fields, "weak_score")?;
+        let fast_score = score(&fields, "weak_score")?;
         for field in LABEL_FIELDS {
             fields.remove(field);
         }
         if judgement.is_some() {
-            if strong_score.is_some() || weak_score.is_some() {
+            if strong_score.is_some() || fast_score.is_some() {
                 bail!("give either `judgement` or `strong_score` and `weak_score`, not both");
             }
             fields.remove("why");
@@ -281,7 +281,7 @@ impl Request {
             family,
             judgement,
             strong_score,
-            weak_score,
+            fast_score,
         })
     }
 
@@ -294,7 +294,7 @@ impl Request {
             family: None,
             judgement: None,
             strong_score: None,
-            weak_score: None,
+            fast_score: None,
         })
     }
 
@@ -309,7 +309,7 @@ impl Request {
     /// The labels of a labelled line: (strong_score, weak_score), or what its judgement
     /// stands for ([`Judgement::labels`]).
     pub fn labels(&self) -> anyhow::Result<(f64, f64)> {
-        match (self.strong_score, self.weak_score, self.judgement) {
+        match (self.strong_score, self.fast_score, self.judgement) {
             (Some(s), Some(w), _) => Ok((s, w)),
             (None, None, Some(j)) => Ok(j.labels()),
             _ => bail!(
@@ -345,14 +345,10 @@ pub fn single_prompt(text: String) -> pb::ConverseRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::{FEATURE_NAMES, Weights};
+    use crate::classify::{Feature, Weights};
 
     fn classifier() -> Classifier {
         Classifier::new(Weights::neutral()).unwrap()
-    }
-
-    fn feature(c: &Classification, name: &str) -> f64 {
-        c.values()[FEATURE_NAMES.iter().position(|n| *n == name).unwrap()]
     }
 
     #[test]
@@ -367,11 +363,11 @@ mod tests {
         let r = Request::parse(line, &Limits::default()).unwrap();
         assert_eq!(r.id_text(), "7");
         let c = decide::classify(&classifier(), &r.request);
-        assert!((feature(&c, "images") - 2f64.ln()).abs() < 1e-12);
-        assert!((feature(&c, "tools") - 3f64.ln()).abs() < 1e-12);
-        assert!((feature(&c, "turns") - 3f64.ln()).abs() < 1e-12);
-        assert!((feature(&c, "max_tokens") - 4f64.ln()).abs() < 1e-12);
-        assert!(feature(&c, "context_tokens") > 0.0);
+        assert!((c.value(Feature::Images) - 2f64.ln()).abs() < 1e-12);
+        assert!((c.value(Feature::Tools) - 3f64.ln()).abs() < 1e-12);
+        assert!((c.value(Feature::Turns) - 3f64.ln()).abs() < 1e-12);
+        assert!((c.value(Feature::MaxTokens) - 4f64.ln()).abs() < 1e-12);
+        assert!(c.value(Feature::ContextTokens) > 0.0);
     }
 
     #[test]

@@ -19,10 +19,12 @@ use anyhow::{Context as _, bail};
 
 use super::eval::{compare, write_table};
 use super::scored_lines;
-use crate::classify::{Classifier, FEATURE_NAMES, FileSummary, Metadata, Rescale, Weights};
-use crate::eval::{self, Baseline, Prices, Row};
+use crate::classify::{Classifier, Feature, FileSummary, Metadata, Rescale, Weights};
+use crate::eval::{self, Baseline, CostAssumptions, Row};
 use crate::request::Limits;
-use crate::train::{self, Example, Model, TrainOptions, choose_threshold, is_held_out, score_rows};
+use crate::train::{
+    self, Example, FittedScore, TrainOptions, choose_threshold, is_held_out, score_rows,
+};
 
 /// Options for `train`.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,8 +35,8 @@ pub struct TrainCliOptions {
     pub judged_weight: f64,
     /// Run the cross-validation by task family.
     pub cross_validate: bool,
-    /// Prices for the cost figures in the report.
-    pub prices: Prices,
+    /// CostAssumptions for the cost figures in the report.
+    pub prices: CostAssumptions,
     /// Request limits the lines are validated against, as the server's.
     pub limits: Limits,
 }
@@ -67,8 +69,8 @@ fn read_file(
     };
     for (n, scored) in scored_lines(input, classifier, &opts.limits) {
         let parsed = scored.and_then(|(r, c)| {
-            let (strong, weak) = r.labels()?;
-            let mut example = Example::scored(*c.values(), strong, weak, c.input_tokens());
+            let (strong, fast) = r.labels()?;
+            let mut example = Example::scored(*c.values(), strong, fast, c.input_tokens());
             if let Some(j) = r.judgement {
                 example.weight = opts.judged_weight;
                 example.hard = Some(j == super::Judgement::Hard);
@@ -95,11 +97,11 @@ fn read_file(
 /// What the whole fitting procedure gives.
 struct Fit {
     /// The model as fitted, before the stretch.
-    fitted: Model,
+    fitted: FittedScore,
     /// The stretch applied to it.
     rescale: Rescale,
     /// The stretched model, the one shipped.
-    model: Model,
+    model: FittedScore,
     /// The stored threshold.
     threshold: f64,
 }
@@ -127,10 +129,10 @@ fn examples(rows: &[Labelled]) -> Vec<Example> {
 fn write_rows(
     mut report: impl Write,
     title: &str,
-    model: &Model,
+    model: &FittedScore,
     rows: &[Example],
     threshold: f64,
-    prices: &Prices,
+    prices: &CostAssumptions,
 ) -> anyhow::Result<Option<eval::Summary>> {
     let scored = score_rows(model, rows);
     let summary = match compare(&scored, threshold, prices) {
@@ -175,10 +177,10 @@ fn decimal(x: Option<f64>) -> String {
 /// One family's row of the cross-validation table.
 fn cv_line(
     family: &str,
-    model: &Model,
+    model: &FittedScore,
     rows: &[Example],
     threshold: f64,
-    prices: &Prices,
+    prices: &CostAssumptions,
 ) -> String {
     let scored = score_rows(model, rows);
     let apgr = |r: &[Row]| {
@@ -358,32 +360,33 @@ pub fn run<R: BufRead>(
     if opts.cross_validate {
         cross_validate(&mut report, &files, opts)?;
     }
-    let mut order: Vec<usize> = (0..FEATURE_NAMES.len()).collect();
-    order.sort_by(|&a, &b| model.weight[b].abs().total_cmp(&model.weight[a].abs()));
+    let mut order = Feature::ALL;
+    order.sort_by(|&a, &b| {
+        model.weight[b.index()]
+            .abs()
+            .total_cmp(&model.weight[a.index()].abs())
+    });
     writeln!(
         report,
         "weights (stretched logit per unit of the standardised feature; * = prior, not fitted; 0 = fit broke its prior's sign, fixed at 0):"
     )?;
-    for i in order {
+    for f in order {
+        let i = f.index();
         let mark = match (model.prior[i], model.clamped[i]) {
             (true, _) => "*",
             (false, true) => "0",
             (false, false) => " ",
         };
-        writeln!(
-            report,
-            "  {:<16}{mark} {:+.4}",
-            FEATURE_NAMES[i], model.weight[i]
-        )?;
+        writeln!(report, "  {:<16}{mark} {:+.4}", f.name(), model.weight[i])?;
     }
     let metadata = Metadata {
         files: summaries,
         held_out_apgr_pooled: pooled_summary.map_or(0.0, |s| s.apgr),
         method: format!(
-            "logistic regression on features with fixed centres and scales (train::FEATURES), soft label \
-             (1 + strong - weak) / 2 (a judged row: 1 hard, 0.5 easy, counted {} times), Newton's method; \
+            "logistic regression on features with fixed centres and scales (train::spec), soft label \
+             (1 + strong_score - weak_score) / 2 (a judged row: 1 hard, 0.5 easy, counted {} times), Newton's method; \
              L2 towards {centre}, {} for size and shape features and {} for cue families \
-             (train::FEATURES), {bounds}; length backbone share {}; rows with crc32(id) % 5 == 0 \
+             (train::spec), {bounds}; length backbone share {}; rows with crc32(id) % 5 == 0 \
              held out; then every weight and the bias stretched by one factor around {stretch}, the \
              training 5th-95th percentile scores within [0.05, 0.95] (see `rescale`); threshold = {rule}",
             opts.judged_weight,
@@ -391,7 +394,7 @@ pub fn run<R: BufRead>(
             opts.train.cue_l2,
             opts.train.length_share,
             centre = if opts.train.priors {
-                "documented prior weights (train::FEATURES)"
+                "documented prior weights (train::spec)"
             } else {
                 "0"
             },
@@ -451,7 +454,7 @@ mod tests {
             train: TrainOptions::default(),
             judged_weight: 10.0,
             cross_validate: true,
-            prices: Prices::default(),
+            prices: CostAssumptions::default(),
             limits: Limits::default(),
         };
         let mut wout = Vec::new();
@@ -484,7 +487,7 @@ mod tests {
             train: TrainOptions::default(),
             judged_weight: 10.0,
             cross_validate: true,
-            prices: Prices::default(),
+            prices: CostAssumptions::default(),
             limits: Limits::default(),
         };
         let err = run(

@@ -11,7 +11,7 @@ use crate::{
     backend::OutputBlock,
     catalog::{Catalog, Tier},
     cost::{Cost, Usage},
-    decide::Routed,
+    decide::RoutingDecision,
     operating::Point,
     pb,
     policy::Basis,
@@ -47,7 +47,7 @@ pub struct Answered {
 
 impl Decided {
     /// The decision of `routed`, its first choice in the primary region.
-    pub fn new(routed: &Routed<'_>, resilience: &Resilience) -> Self {
+    pub fn new(routed: &RoutingDecision<'_>, resilience: &Resilience) -> Self {
         let first = Target {
             tier: routed.choice.tier,
             region: 0,
@@ -62,9 +62,9 @@ impl Decided {
                     .classification
                     .top_reasons(REASONS)
                     .map(|r| pb::Reason {
-                        feature: r.feature.to_owned(),
+                        feature: r.feature.name().to_owned(),
                         contribution: r.effect,
-                        description: r.description.to_owned(),
+                        description: r.feature.description().to_owned(),
                         toward: pb_tier(r.toward()) as i32,
                     })
                     .collect(),

@@ -25,7 +25,7 @@ use crate::{
     backend::{self, BackendError, Bedrock, CallClock, Completion, ConverseParts},
     catalog::{Model, Tier},
     cost::{Cost, Usage},
-    decide::{Decider, Routed},
+    decide::{Decider, RoutingDecision},
     pb::{self, prompt_router_server::PromptRouter},
     request::{Block, ChatRequest, Limits},
     resilience::Target,
@@ -103,7 +103,7 @@ impl Router {
         &self,
         ctx: &Context,
         request: pb::ConverseRequest,
-    ) -> Result<(ChatRequest, Routed<'_>, Duration), Error> {
+    ) -> Result<(ChatRequest, RoutingDecision<'_>, Duration), Error> {
         let chat = convert::chat_request(request, &self.limits)?;
         if !chat.routing.caller.is_empty() {
             ctx.span.record("caller", chat.routing.caller.as_str());

@@ -4,6 +4,7 @@
 
 pub mod exposition;
 pub mod grpc_raw;
+pub mod http_client;
 pub mod process;
 
 use bedrock_sim::SimHandle;
@@ -198,19 +199,20 @@ pub fn reply_text(response: &pb::ConverseResponse) -> String {
         .unwrap_or_default()
 }
 
-/// Fetches a URL over plain HTTP/1.1 (enough for /metrics and the simulator's admin API).
+/// Fetches a URL over plain HTTP/1.1 (/metrics, the simulator's admin API); the answer must be
+/// an HTTP/1.1 200.
 pub async fn http_get(url: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").expect("http url");
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
-    let (head, body) = response.split_once("\r\n\r\n").expect("http response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_owned()
+    let reply = http_client::send(host, "GET", path, &[], b"")
+        .await
+        .expect("HTTP exchange");
+    assert_eq!(
+        (reply.version, reply.status),
+        (http::Version::HTTP_11, 200),
+        "{reply:?}"
+    );
+    reply.text()
 }
 
 /// Waits until `check` holds, for at most 10 s. A cancel or a finished call reaches the

@@ -167,23 +167,6 @@ impl Fnv {
     }
 }
 
-/// SplitMix64: a tiny PRNG whose sequence, unlike a library's, can never change under us.
-struct Mix(u64);
-
-impl Mix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
-}
-
 /// Tokens charged for an image: one per 750 decoded bytes, at least 1, at most 1600.
 pub(crate) fn image_tokens(image: &ImageBlock) -> u32 {
     let len = image.source.bytes.as_deref().map_or(0, |b| {
@@ -296,13 +279,13 @@ pub(crate) fn natural_body_tokens(d: PromptDigest) -> u32 {
 
 /// The full natural answer: `[MODEL_ID]` then `body_tokens` tokens of sentences.
 pub(crate) fn natural_text(model_id: &str, seed: u64, body_tokens: u32) -> String {
-    let mut rng = Mix(seed);
+    let mut rng = fastrand::Rng::with_seed(seed);
     let mut text = format!("[{model_id}]");
     let mut count = 0;
     while count < body_tokens {
-        let words = 5 + rng.below(8);
+        let words = 5 + rng.u32(..8);
         for w in 0..words {
-            let word = VOCAB[usize::try_from(rng.below(VOCAB.len() as u64)).unwrap_or(0)];
+            let word = rng.choice(VOCAB).copied().unwrap_or_default();
             text.push(' ');
             if w == 0 {
                 let mut chars = word.chars();
@@ -388,7 +371,7 @@ pub(crate) fn answer(
         ),
         ToolMode::Forced(spec) => (*spec, None),
     };
-    let mut rng = Mix(d.hash ^ 0x7001);
+    let mut rng = fastrand::Rng::with_seed(d.hash ^ 0x7001);
     let input = sample_for_schema(spec.input_schema.json.as_ref(), &mut rng, 0);
     let input_json = input.to_string();
     let mut blocks = Vec::new();
@@ -426,18 +409,16 @@ fn tool_use_id(seed: u64, name: &str) -> String {
     let mut h = Fnv::new();
     h.write(&seed.to_le_bytes());
     h.write(name.as_bytes());
-    let mut rng = Mix(h.finish());
+    let mut rng = fastrand::Rng::with_seed(h.finish());
     let mut id = String::from("tooluse_");
     for _ in 0..22 {
-        id.push(char::from(
-            ALPHABET[usize::try_from(rng.below(62)).unwrap_or(0)],
-        ));
+        id.push(char::from(rng.choice(ALPHABET).copied().unwrap_or(b'A')));
     }
     id
 }
 
 /// A JSON value that satisfies the common parts of a JSON schema (type, properties, enum, items).
-fn sample_for_schema(schema: Option<&Value>, rng: &mut Mix, depth: u32) -> Value {
+fn sample_for_schema(schema: Option<&Value>, rng: &mut fastrand::Rng, depth: u32) -> Value {
     let Some(schema) = schema.and_then(Value::as_object) else {
         return Value::Object(Map::new());
     };
@@ -453,10 +434,10 @@ fn sample_for_schema(schema: Option<&Value>, rng: &mut Mix, depth: u32) -> Value
         .and_then(Value::as_str)
         .unwrap_or("object");
     match ty {
-        "string" => Value::from(VOCAB[usize::try_from(rng.below(VOCAB.len() as u64)).unwrap_or(0)]),
-        "integer" => Value::from(rng.below(100)),
-        "number" => Value::from(rng.below(1000) as f64 / 10.0),
-        "boolean" => Value::from(rng.below(2) == 0),
+        "string" => Value::from(rng.choice(VOCAB).copied().unwrap_or_default()),
+        "integer" => Value::from(rng.u64(..100)),
+        "number" => Value::from(f64::from(rng.u32(..1000)) / 10.0),
+        "boolean" => Value::from(rng.bool()),
         "array" if depth < 8 => {
             Value::Array(vec![sample_for_schema(schema.get("items"), rng, depth + 1)])
         }

@@ -6,6 +6,10 @@
 
 mod converse;
 mod faults;
+// The router's tests' HTTP client, whose other users read more of a reply than this binary does.
+#[allow(dead_code)]
+#[path = "../../../../tests/common/http_client.rs"]
+mod http_client;
 mod raw;
 mod stream;
 

@@ -4,9 +4,8 @@ use std::net::SocketAddr;
 
 use bedrock_sim::{Outcome, SimConfig};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
+use crate::http_client;
 use crate::*;
 
 const SIGV4: &str = "AWS4-HMAC-SHA256 Credential=AKID/20261125/us-east-1/bedrock/aws4_request, \
@@ -14,20 +13,18 @@ const SIGV4: &str = "AWS4-HMAC-SHA256 Credential=AKID/20261125/us-east-1/bedrock
 
 struct Reply {
     status: u16,
-    headers: Vec<(String, String)>,
+    headers: http::HeaderMap,
     body: Value,
 }
 
 impl Reply {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
 
-/// One HTTP/1.1 request with `Connection: close`; the response must have a JSON body.
+/// One HTTP/1.1 request with a JSON content type and any body bytes (what the SDK never sends:
+/// no auth, a Bearer token, broken JSON); the body is read as JSON (`Null` if it is not).
 async fn http(
     addr: SocketAddr,
     method: &str,
@@ -35,38 +32,21 @@ async fn http(
     auth: Option<&str>,
     body: &[u8],
 ) -> Reply {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(a) = auth {
-        head.push_str(&format!("Authorization: {a}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    let mut raw = Vec::new();
-    quick(s.read_to_end(&mut raw)).await.unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
+    let mut headers = vec![("content-type", "application/json")];
+    headers.extend(auth.map(|a| ("authorization", a)));
+    let reply = quick(http_client::send(
+        &addr.to_string(),
+        method,
+        path,
+        &headers,
+        body,
+    ))
+    .await
+    .unwrap();
     Reply {
-        status,
-        headers,
-        body: serde_json::from_str(body).unwrap_or(Value::Null),
+        status: reply.status,
+        headers: reply.headers,
+        body: serde_json::from_slice(&reply.body).unwrap_or(Value::Null),
     }
 }
 
