@@ -15,7 +15,7 @@ use aws_sdk_bedrockruntime::{
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use prompt_router::{
-    config::Config,
+    config::{Config, RawConfig},
     decide::Decider,
     operating::OperatingPoints,
     pb::{self, prompt_router_client::PromptRouterClient},
@@ -49,9 +49,10 @@ fn round_trip(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let mut config = Config::default();
-    config.server.listen = "127.0.0.1:0".parse().unwrap();
-    config.server.metrics_listen = "127.0.0.1:0".parse().unwrap();
+    let mut raw = RawConfig::default();
+    raw.server.listen = "127.0.0.1:0".parse().unwrap();
+    raw.server.metrics_listen = "127.0.0.1:0".parse().unwrap();
+    let config = Config::try_from(raw).unwrap();
     let running = rt
         .block_on(server::start(config, Options { simulate: true }))
         .unwrap();
@@ -230,10 +231,10 @@ fn warm_up(decider: &Decider, limits: &Limits) {
 }
 
 fn decision(c: &mut Criterion) {
-    let fixed = setup::decider(&Config::default(), None, None).unwrap();
-    let mut config = Config::default();
-    config.routing.target_strong_share = Some(0.3);
-    let target_share = setup::decider(&config, None, None).unwrap();
+    let fixed = setup::decider(&Config::try_from(RawConfig::default()).unwrap()).unwrap();
+    let mut raw = RawConfig::default();
+    raw.routing.target_strong_share = Some(0.3);
+    let target_share = setup::decider(&Config::try_from(raw).unwrap()).unwrap();
     let limits = Limits::default();
     // Past warm-up, with a full window: the state every request but a caller's first few sees.
     warm_up(&target_share, &limits);
@@ -260,7 +261,11 @@ fn decision(c: &mut Criterion) {
 
 /// The controller alone: one warm caller's `observe` (lock, push, cursor step, unlock).
 fn controller(c: &mut Criterion) {
-    let points = OperatingPoints::new(0.5, Config::default().share_settings(), Some(0.3), []);
+    let share = Config::try_from(RawConfig::default())
+        .unwrap()
+        .routing
+        .share;
+    let points = OperatingPoints::new(0.5, share, Some(0.3), []);
     // A fixed spread of scores, cycled, so the window keeps moving as live traffic does.
     let scores: Vec<f64> = (0..4096u32)
         .map(|i| f64::from(i.wrapping_mul(2_654_435_761) % 1000) / 1000.0)

@@ -104,6 +104,12 @@ pub fn price_from_usd_per_mtok(usd_per_mtok: f64) -> Result<u64, String> {
     Ok(rounded as u64)
 }
 
+/// A price in nano-dollars per token as USD per million tokens, the unit of the config and
+/// the reports: the value the config wrote, for every price [`price_from_usd_per_mtok`] takes.
+pub fn usd_per_mtok(nano_per_token: u64) -> f64 {
+    nano_per_token as f64 / 1_000.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

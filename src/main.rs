@@ -10,8 +10,10 @@ use std::{
 use anyhow::Context as _;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use prompt_router::{
+    catalog::Tier,
     cli::{self, calibrate::Target},
-    config::{Config, LogFormat},
+    config::{Config, LogFormat, Overrides},
+    cost::usd_per_mtok,
     decide::Decider,
     eval::CostAssumptions,
     load,
@@ -60,8 +62,22 @@ struct ConfigArgs {
 }
 
 impl ConfigArgs {
-    fn load(&self) -> anyhow::Result<Config> {
-        Ok(Config::load(self.config.as_deref(), std::env::vars())?)
+    /// Loads and checks the config, with the command's flags over the file and the environment.
+    fn load(&self, overrides: Overrides) -> anyhow::Result<Config> {
+        Ok(Config::load(
+            self.config.as_deref(),
+            std::env::vars(),
+            &overrides,
+        )?)
+    }
+
+    /// [`Self::load`] for a command that logs nothing: deprecation warnings go to stderr.
+    fn load_quietly(&self, overrides: Overrides) -> anyhow::Result<Config> {
+        let config = self.load(overrides)?;
+        for warning in config.deprecations() {
+            eprintln!("warning: {warning}");
+        }
+        Ok(config)
     }
 }
 
@@ -105,27 +121,24 @@ struct ModelArgs {
     /// Send this share (0–1) of each caller's requests to strong with the target-share
     /// controller, replayed in file order (overrides routing.target_strong_share; calibrate also
     /// finds the fixed threshold for it).
-    #[arg(long, value_name = "S", value_parser = parse_share)]
+    #[arg(long, value_name = "S")]
     target_share: Option<f64>,
 }
 
 impl ModelArgs {
     fn decider(&self) -> anyhow::Result<(Config, Decider)> {
-        let mut config = self.config.load()?;
-        if let Some(share) = self.target_share {
-            config.routing.target_strong_share = Some(share);
-        }
-        let decider = setup::decider(&config, self.weights.as_deref(), self.threshold)?;
+        let config = self.config.load_quietly(
+            Overrides::default()
+                .flag("--weights", "routing.weights_path", self.weights.as_ref())
+                .flag("--threshold", "routing.threshold", self.threshold)
+                .flag(
+                    "--target-share",
+                    "routing.target_strong_share",
+                    self.target_share,
+                ),
+        )?;
+        let decider = setup::decider(&config)?;
         Ok((config, decider))
-    }
-}
-
-fn parse_share(text: &str) -> Result<f64, String> {
-    let share: f64 = text.parse().map_err(|e| format!("{e}"))?;
-    if (0.0..=1.0).contains(&share) {
-        Ok(share)
-    } else {
-        Err(format!("{share} is outside [0, 1]"))
     }
 }
 
@@ -288,17 +301,20 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = args.config.load()?;
-    if let Some(listen) = args.listen {
-        config.server.listen = listen;
-    }
-    if let Some(listen) = args.metrics_listen {
-        config.server.metrics_listen = listen;
-    }
-    if let Some(format) = args.log_format {
-        config.telemetry.log_format = format;
-    }
+    let config = args.config.load(
+        Overrides::default()
+            .flag("--listen", "server.listen", args.listen)
+            .flag(
+                "--metrics-listen",
+                "server.metrics_listen",
+                args.metrics_listen,
+            )
+            .flag("--log-format", "telemetry.log_format", args.log_format),
+    )?;
     telemetry::init_logs(config.telemetry.log_format);
+    for warning in config.deprecations() {
+        tracing::warn!("{warning}");
+    }
     let stop = shutdown_signal()?;
     let running = server::start(
         config,
@@ -400,11 +416,13 @@ fn classify(args: &ClassifyArgs, plain_text: bool) -> anyhow::Result<()> {
 
 /// Eval prices from the config's catalog, so "cost saved" uses the prices the router uses.
 fn prices(config: &Config, output_tokens: f64) -> CostAssumptions {
+    let strong = config.catalog.model(Tier::Strong).prices;
+    let fast = config.catalog.model(Tier::Fast).prices;
     CostAssumptions {
-        strong_input: config.models.strong.input_usd_per_mtok,
-        strong_output: config.models.strong.output_usd_per_mtok,
-        fast_input: config.models.fast.input_usd_per_mtok,
-        fast_output: config.models.fast.output_usd_per_mtok,
+        strong_input: usd_per_mtok(strong.input),
+        strong_output: usd_per_mtok(strong.output),
+        fast_input: usd_per_mtok(fast.input),
+        fast_output: usd_per_mtok(fast.output),
         output_tokens,
     }
 }
@@ -421,7 +439,7 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
 }
 
 fn train(args: &TrainArgs) -> anyhow::Result<()> {
-    let config = args.config.load()?;
+    let config = args.config.load_quietly(Overrides::default())?;
     let mut fit = TrainOptions::default();
     if let Some(l2) = args.l2 {
         fit.l2 = l2;

@@ -218,10 +218,12 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::config::Config;
+    use crate::config::{Config, RawConfig};
 
     fn catalog() -> Catalog {
-        Catalog::from_config(&Config::default()).expect("catalog")
+        Config::try_from(RawConfig::default())
+            .expect("defaults valid")
+            .catalog
     }
 
     fn fixed(threshold: f64) -> InForce {
@@ -338,9 +340,9 @@ mod tests {
 
     #[test]
     fn an_image_only_strong_supports_goes_strong() {
-        let mut config = Config::default();
-        config.models.fast.images = false;
-        let catalog = Catalog::from_config(&config).expect("catalog");
+        let mut raw = RawConfig::default();
+        raw.models.fast.images = false;
+        let catalog = Config::try_from(raw).expect("valid").catalog;
         let choice = decide(
             0.0,
             fixed(0.5),

@@ -254,10 +254,7 @@ impl Ejection {
         let percent = usize::try_from(config.max_ejected_percent.min(100)).unwrap_or(100);
         Self {
             breakers: vec![
-                Breaker::new(
-                    config.breaker_failures,
-                    Duration::from_millis(config.breaker_cooldown_ms),
-                );
+                Breaker::new(config.breaker_failures, config.breaker_cooldown,);
                 2 * regions
             ],
             regions,
@@ -313,6 +310,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::config::{Config, RawConfig, raw::RawResilience};
 
     fn t(tier: Tier, region: usize) -> Target {
         Target { tier, region }
@@ -395,12 +393,16 @@ mod tests {
     }
 
     fn config(failures: u32, cooldown_ms: u64, max_ejected_percent: u32) -> ResilienceConfig {
-        ResilienceConfig {
-            breaker_failures: failures,
-            breaker_cooldown_ms: cooldown_ms,
-            max_ejected_percent,
-            ..ResilienceConfig::default()
-        }
+        let raw = RawConfig {
+            resilience: RawResilience {
+                breaker_failures: failures,
+                breaker_cooldown_ms: cooldown_ms,
+                max_ejected_percent,
+                ..RawResilience::default()
+            },
+            ..RawConfig::default()
+        };
+        Config::try_from(raw).expect("valid").resilience
     }
 
     #[test]

@@ -1,13 +1,12 @@
-//! Building the router's decision parts from config: the classifier weights (built-in or a
-//! file written by `train`), the fixed threshold and each caller's operating point, the
-//! catalog.
+//! Building the router's decision parts from the checked config: the classifier weights
+//! (built-in or a file written by `train`), the fixed threshold and each caller's operating
+//! point.
 
 use std::path::Path;
 
 use anyhow::Context as _;
 
 use crate::{
-    catalog::Catalog,
     classify::{Classifier, Weights},
     config::Config,
     decide::Decider,
@@ -27,33 +26,39 @@ pub fn load_weights(path: Option<&Path>) -> anyhow::Result<Weights> {
     }
 }
 
-/// Builds classifier, operating points and catalog from a validated config; `weights` and
-/// `threshold` override the config's `routing.weights_path` and `routing.threshold` when given.
-pub fn decider(
-    config: &Config,
-    weights: Option<&Path>,
-    threshold: Option<f64>,
-) -> anyhow::Result<Decider> {
-    let path = weights.or(config.routing.weights_path.as_deref().map(Path::new));
-    let classifier = Classifier::new(load_weights(path)?)
+/// Builds classifier and operating points from a checked config, with its catalog.
+pub fn decider(config: &Config) -> anyhow::Result<Decider> {
+    let routing = &config.routing;
+    let classifier = Classifier::new(load_weights(routing.weights_path.as_deref())?)
         .context("building the classifier (routing.weights_path)")?;
-    let threshold = threshold
-        .or(config.routing.threshold)
-        .unwrap_or_else(|| classifier.threshold());
-    anyhow::ensure!(
-        (0.0..=1.0).contains(&threshold),
-        "threshold {threshold} is outside [0, 1]"
-    );
+    let threshold = match routing.threshold {
+        Some(threshold) => threshold,
+        None => {
+            let threshold = classifier.threshold();
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&threshold),
+                "the weights file's threshold {threshold} is outside [0, 1]"
+            );
+            threshold
+        }
+    };
     let operating = OperatingPoints::new(
         threshold,
-        config.share_settings(),
-        config.target_strong_share(DEFAULT_CALLER),
-        config.named_callers(),
+        routing.share,
+        routing.target_strong_share(DEFAULT_CALLER),
+        routing.named_callers(),
     );
-    let catalog = Catalog::from_config(config)?;
     Ok(Decider {
         classifier,
         operating,
-        catalog,
+        catalog: config.catalog.clone(),
     })
+}
+
+/// The decider of the defaults after `adjust`, for tests.
+#[cfg(test)]
+pub(crate) fn decider_with(adjust: impl FnOnce(&mut crate::config::RawConfig)) -> Decider {
+    let mut raw = crate::config::RawConfig::default();
+    adjust(&mut raw);
+    decider(&Config::try_from(raw).expect("valid config")).expect("decider")
 }

@@ -15,7 +15,7 @@ use std::{
 
 use prompt_router::{
     cli::health,
-    config::Config,
+    config::{Config, Overrides},
     pb::prompt_router_server::PromptRouterServer,
     server::{self, Options, RouterService},
 };
@@ -201,7 +201,15 @@ impl Base {
 
     fn config(&self) -> Config {
         let path = self.config_file();
-        Config::load(Some(&path), Vec::new()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        let config = Config::load(Some(&path), Vec::new(), &Overrides::default())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(
+            config.deprecations(),
+            [] as [String; 0],
+            "{}",
+            path.display()
+        );
+        config
     }
 }
 
@@ -349,10 +357,10 @@ fn probes_ports_and_drain_match_the_router() {
     let grace = u64_at(pod, "/terminationGracePeriodSeconds");
     let pre_stop = u64_at(container, "/lifecycle/preStop/sleep/seconds");
     assert!(
-        config.server.drain_timeout_ms >= config.bedrock.call_timeout_ms,
+        config.server.drain_timeout >= config.bedrock.default_deadline,
         "the drain must outlast a call without a deadline"
     );
-    let drain = config.server.drain_timeout_ms.div_ceil(1000);
+    let drain = config.server.drain_timeout.as_secs_f64().ceil() as u64;
     assert!(
         grace > pre_stop + drain,
         "terminationGracePeriodSeconds {grace} <= preStop {pre_stop} s + drain {drain} s"

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::{ask, eventually, exposition::Scrape, http_get, start};
 use prompt_router::{
-    config::Config,
+    config::{Config, RawConfig},
     server::{self, Options},
 };
 use tonic::Code;
@@ -30,10 +30,11 @@ async fn requests_cut_off_by_the_drain_timeout_count_as_unavailable() {
             .enable_all()
             .build()
             .unwrap();
-        let mut config = Config::default();
-        config.server.listen = "127.0.0.1:0".parse().unwrap();
-        config.server.metrics_listen = "127.0.0.1:0".parse().unwrap();
-        config.server.drain_timeout_ms = 300;
+        let mut raw = RawConfig::default();
+        raw.server.listen = "127.0.0.1:0".parse().unwrap();
+        raw.server.metrics_listen = "127.0.0.1:0".parse().unwrap();
+        raw.server.drain_timeout_ms = 300;
+        let config = Config::try_from(raw).unwrap();
         let mut running = runtime
             .block_on(server::start(config, Options { simulate: true }))
             .unwrap();

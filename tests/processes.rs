@@ -107,6 +107,49 @@ fn a_bad_config_names_the_field() {
 }
 
 #[test]
+fn a_bad_flag_is_refused_with_the_key_it_sets() {
+    let output = Command::new(BIN)
+        .args(["classify", "--threshold", "1.5"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "config field `routing.threshold` (set by --threshold): 1.5 is outside [0, 1]"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn serve_warns_once_at_start_about_a_deprecated_key() {
+    let router = Proc::spawn(serve_simulated(&[]).env("ROUTER__BEDROCK__CALL_TIMEOUT_MS", "60000"));
+    let mut warnings = Vec::new();
+    loop {
+        let line = router
+            .lines
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("process output");
+        if line.contains("bedrock.call_timeout_ms") {
+            warnings.push(line);
+        } else if field(&line, "grpc_addr").is_some() {
+            break;
+        }
+    }
+    let [warning] = &warnings[..] else {
+        panic!("{warnings:#?}");
+    };
+    assert!(
+        warning.contains("WARN")
+            && warning.contains("ROUTER__BEDROCK__CALL_TIMEOUT_MS")
+            && warning.contains("`bedrock.default_deadline_ms`"),
+        "{warning}"
+    );
+}
+
+#[test]
 fn every_command_has_help() {
     for command in [
         &[][..],

@@ -11,7 +11,7 @@
 
 use prompt_router::catalog::Tier;
 use prompt_router::cli::{Judgement, Request, is_header};
-use prompt_router::config::Config;
+use prompt_router::config::{Config, RawConfig};
 use prompt_router::train::is_held_out;
 
 const CORPUS: &str = include_str!("data/realistic.jsonl");
@@ -35,9 +35,10 @@ struct Row {
 }
 
 fn rows() -> Vec<Row> {
-    let config = Config::default();
-    let decider = prompt_router::setup::decider(&config, None, None)
-        .unwrap_or_else(|e| panic!("default decider: {e:#}"));
+    let config =
+        Config::try_from(RawConfig::default()).unwrap_or_else(|e| panic!("default config: {e}"));
+    let decider =
+        prompt_router::setup::decider(&config).unwrap_or_else(|e| panic!("default decider: {e:#}"));
     CORPUS
         .lines()
         .enumerate()

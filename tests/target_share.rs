@@ -10,10 +10,10 @@ mod common;
 
 use std::{path::PathBuf, process::Command};
 
-use common::{TestRouter, exposition::Scrape, http_get, process::BIN, start_with};
+use common::{TestRouter, exposition::Scrape, http_get, process::BIN, start_checked, start_with};
 use prompt_router::{
     catalog::Tier,
-    config::Config,
+    config::{Config, Overrides, RawConfig},
     operating::Point,
     pb,
     policy::Basis,
@@ -162,12 +162,13 @@ target_strong_share = 0.3
 async fn route_moves_from_warm_up_to_the_target_share_and_offline_replays_it() {
     let dir = TempDir::new("target-share");
     let config_path = dir.write("router.toml", CONFIG);
-    let loaded = Config::load(Some(&config_path), std::iter::empty()).unwrap();
-    let mut router = start_with(|config| {
-        config.routing = loaded.routing.clone();
-        config.callers = loaded.callers.clone();
-    })
-    .await;
+    let loaded = Config::load(
+        Some(&config_path),
+        std::iter::empty(),
+        &Overrides::default(),
+    )
+    .unwrap();
+    let mut router = start_checked(loaded).await;
 
     // etl warms up alone (nothing is warm yet: the fixed threshold), then steers itself; batch
     // then warms up on the pooled window; billing is named without a share and `web` is not
@@ -389,9 +390,9 @@ fn the_realistic_corpus_in_file_order_keeps_every_target_after_warm_up() {
         })
         .collect();
     for target in [0.1, 0.3, 0.5, 0.8] {
-        let mut config = Config::default();
-        config.routing.target_strong_share = Some(target);
-        let decider = setup::decider(&config, None, None).unwrap();
+        let mut raw = RawConfig::default();
+        raw.routing.target_strong_share = Some(target);
+        let decider = setup::decider(&Config::try_from(raw).unwrap()).unwrap();
         let (mut steered, mut strong) = (0usize, 0usize);
         for request in &requests {
             let choice = decider.decide(request).unwrap().choice;

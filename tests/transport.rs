@@ -332,7 +332,12 @@ async fn memory_is_charged_from_the_length_prefix_before_the_body() {
 
 #[tokio::test]
 async fn a_request_is_charged_for_its_shape_not_only_its_size() {
-    let mut router = start_with(|c| c.server.max_inflight_request_bytes = 64 << 20).await;
+    let mut router = start_with(|c| {
+        // The memory set aside holds 4 of the largest requests, as the config requires.
+        c.server.max_request_bytes = 16 << 20;
+        c.server.max_inflight_request_bytes = 64 << 20;
+    })
+    .await;
     // 300,000 empty content blocks: 600 KB on the wire, 22 MB as prost structs, and as much
     // again in every later form of the request.
     let blocks = pb::ConverseRequest {

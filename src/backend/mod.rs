@@ -137,16 +137,12 @@ macro_rules! with_parts {
 }
 
 impl Bedrock {
-    /// Builds one client per source region in `regions` (the first is the primary). With
+    /// Builds one client per source region of `config` (the first is the primary). With
     /// [`Auth::DefaultChain`] it checks once that credentials resolve, so a machine without any
     /// fails at start with advice, not per request.
-    pub async fn connect(
-        config: &BedrockConfig,
-        regions: &[String],
-        auth: Auth,
-    ) -> Result<Self, SetupError> {
+    pub async fn connect(config: &BedrockConfig, auth: Auth) -> Result<Self, SetupError> {
         let timeouts = TimeoutConfig::builder()
-            .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
+            .connect_timeout(config.connect_timeout)
             .build();
         let base = match auth {
             Auth::DefaultChain => {
@@ -170,14 +166,15 @@ impl Bedrock {
                     "prompt-router",
                 )),
         };
-        let regions = regions
-            .iter()
+        let regions = config
+            .regions()
+            .into_iter()
             .map(|region| {
                 // The router owns retries and fallbacks (it can switch model or region, the SDK
                 // cannot), so the SDK makes exactly one attempt per call.
                 let mut builder = base
                     .clone()
-                    .region(Region::new(region.clone()))
+                    .region(Region::new(region))
                     .retry_config(RetryConfig::disabled())
                     .timeout_config(timeouts.clone());
                 if let Some(url) = &config.endpoint_url {
@@ -188,7 +185,7 @@ impl Bedrock {
             .collect();
         Ok(Self {
             regions,
-            stream_idle_timeout: Duration::from_millis(config.stream_idle_timeout_ms),
+            stream_idle_timeout: config.stream_idle_timeout,
         })
     }
 

@@ -111,7 +111,7 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config::Config, setup};
+    use crate::setup;
 
     fn opts(target: Target) -> CalibrateOptions {
         CalibrateOptions {
@@ -123,7 +123,7 @@ mod tests {
 
     #[test]
     fn share_on_prompts_and_bad_line() {
-        let decider = setup::decider(&Config::default(), None, None).unwrap();
+        let decider = setup::decider_with(|_| {});
         let input = "{\"prompt\":\"hi\"}\n{\"prompt\":\"Prove that there are infinitely many primes, step by step.\"}\n";
         let mut out = Vec::new();
         let (cal, replay) = run(
@@ -149,10 +149,10 @@ mod tests {
 
     #[test]
     fn a_target_share_is_replayed_beside_the_fixed_threshold() {
-        let mut config = Config::default();
-        config.routing.target_strong_share = Some(0.5);
-        config.routing.share_warmup = 1;
-        let decider = setup::decider(&config, None, None).unwrap();
+        let decider = setup::decider_with(|raw| {
+            raw.routing.target_strong_share = Some(0.5);
+            raw.routing.share_warmup = 1;
+        });
         let input = "{\"prompt\":\"hi\"}\n{\"prompt\":\"Prove it.\"}\n{\"prompt\":\"ok\"}\n";
         let mut out = Vec::new();
         let (_, replay) = run(
@@ -172,7 +172,7 @@ mod tests {
 
     #[test]
     fn pgr_needs_labels() {
-        let decider = setup::decider(&Config::default(), None, None).unwrap();
+        let decider = setup::decider_with(|_| {});
         let input = "{\"prompt\":\"a\",\"strong_score\":1,\"weak_score\":0}\n{\"prompt\":\"b\",\"strong_score\":1,\"weak_score\":1}\n";
         let (cal, _) = run(
             &decider,

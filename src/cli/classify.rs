@@ -140,7 +140,7 @@ pub fn run(
 mod tests {
     #[test]
     fn the_configured_limits_apply() {
-        let decider = crate::setup::decider(&crate::config::Config::default(), None, None).unwrap();
+        let decider = crate::setup::decider_with(|_| {});
         let opts = super::ClassifyOptions {
             reasons: 1,
             features: false,
@@ -163,7 +163,7 @@ mod tests {
 
     #[test]
     fn plain_text_lines_are_prompts_when_asked() {
-        let decider = crate::setup::decider(&crate::config::Config::default(), None, None).unwrap();
+        let decider = crate::setup::decider_with(|_| {});
         let mut out = Vec::new();
         let opts = super::ClassifyOptions {
             reasons: 1,
@@ -181,12 +181,10 @@ mod tests {
     }
 
     use super::*;
-    use crate::config::Config;
 
     #[test]
     fn good_and_bad_lines() {
-        let config = Config::default();
-        let decider = crate::setup::decider(&config, None, Some(0.0)).unwrap();
+        let decider = crate::setup::decider_with(|raw| raw.routing.threshold = Some(0.0));
         let input = "{\"id\":\"a\",\"prompt\":\"hi\"}\nnot json\n\n{\"id\":3,\"messages\":[{\"role\":\"ROLE_USER\",\"content\":[{\"text\":\"x\"}]}]}\n{\"id\":4,\"messages\":[]}\n";
         let mut out = Vec::new();
         let opts = ClassifyOptions {

@@ -238,7 +238,7 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config::Config, setup};
+    use crate::setup;
 
     const LABELLED: &str = "\
 {\"prompt\":\"hi\",\"strong_score\":1,\"weak_score\":1}
@@ -257,7 +257,7 @@ mod tests {
 
     #[test]
     fn table_and_json() {
-        let decider = setup::decider(&Config::default(), None, None).unwrap();
+        let decider = setup::decider_with(|_| {});
         let mut out = Vec::new();
         let r = run(&decider, &opts(false), LABELLED.as_bytes(), &mut out).unwrap();
         assert_eq!(r.comparison.rows, 4);
@@ -278,10 +278,10 @@ mod tests {
 
     #[test]
     fn a_target_share_is_replayed_in_file_order() {
-        let mut config = Config::default();
-        config.routing.target_strong_share = Some(0.5);
-        config.routing.share_warmup = 2;
-        let decider = setup::decider(&config, None, None).unwrap();
+        let decider = setup::decider_with(|raw| {
+            raw.routing.target_strong_share = Some(0.5);
+            raw.routing.share_warmup = 2;
+        });
         let mut out = Vec::new();
         let r = run(&decider, &opts(false), LABELLED.as_bytes(), &mut out).unwrap();
         let replay = r.replay.expect("replayed");
@@ -299,7 +299,7 @@ mod tests {
 
     #[test]
     fn bad_line_names_its_number() {
-        let decider = setup::decider(&Config::default(), None, Some(0.5)).unwrap();
+        let decider = setup::decider_with(|raw| raw.routing.threshold = Some(0.5));
         let input = "{\"prompt\":\"a\",\"strong_score\":1,\"weak_score\":0}\n{\"prompt\":\"b\"}\n";
         let err = run(&decider, &opts(false), input.as_bytes(), Vec::new()).unwrap_err();
         assert!(format!("{err:#}").contains("line 2"));

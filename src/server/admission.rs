@@ -178,7 +178,7 @@ impl Admission {
             )),
             memory_kib,
             max_request_bytes: config.max_request_bytes,
-            read_timeout: Duration::from_millis(config.request_read_timeout_ms),
+            read_timeout: config.request_read_timeout,
             schema: Schema::new(pb::FILE_DESCRIPTOR_SET, "router.v1.ConverseRequest")?,
             telemetry,
         })

@@ -62,10 +62,9 @@ impl Bounds {
     pub fn new(config: &ServerConfig) -> Self {
         Self {
             max_connections: config.max_connections,
-            header_read: Duration::from_millis(config.header_read_timeout_ms),
-            idle: Duration::from_millis(config.idle_timeout_ms),
-            keepalive: (config.keepalive_interval_ms > 0)
-                .then(|| Duration::from_millis(config.keepalive_interval_ms)),
+            header_read: config.header_read_timeout,
+            idle: config.idle_timeout,
+            keepalive: config.keepalive_interval,
             window: config.http2_window_bytes,
         }
     }

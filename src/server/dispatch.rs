@@ -6,7 +6,6 @@
 use std::{
     future::Future,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
-    time::Duration,
 };
 
 use metrics::gauge;
@@ -53,10 +52,7 @@ impl Resilience {
             }
         }
         Self {
-            backoff: Backoff::new(
-                Duration::from_millis(config.backoff_base_ms),
-                Duration::from_millis(config.backoff_max_ms),
-            ),
+            backoff: Backoff::new(config.backoff_base, config.backoff_max),
             budget: Mutex::new(RetryBudget::new(
                 config.retry_budget_ratio,
                 config.retry_budget_min_per_sec,

@@ -96,21 +96,24 @@ pub struct Running {
 /// server is stopped regardless.
 const CUT_OFF_GRACE: Duration = Duration::from_secs(1);
 
-/// Builds the shared router state from a validated config.
+/// Builds the shared router state from a checked config.
 pub async fn build_router(config: &Config, auth: Auth) -> anyhow::Result<Router> {
-    let decider = setup::decider(config, None, None)?;
-    let regions = config.regions();
-    let bedrock = Bedrock::connect(&config.bedrock, &regions, auth).await?;
+    let decider = setup::decider(config)?;
+    let bedrock = Bedrock::connect(&config.bedrock, auth).await?;
     let telemetry = telemetry::install().context("installing the metrics recorder")?;
     telemetry.register_models(decider.catalog.models().map(|m| &m.invoke_id));
-    let resilience = Resilience::new(&config.resilience, &regions, &decider.catalog);
+    let resilience = Resilience::new(
+        &config.resilience,
+        &config.bedrock.regions(),
+        &decider.catalog,
+    );
     Ok(Router {
         decider,
         bedrock,
         resilience,
         concurrency: Arc::new(Semaphore::new(config.server.max_concurrency)),
         limits: config.limits,
-        call_timeout: Duration::from_millis(config.bedrock.call_timeout_ms),
+        call_timeout: config.bedrock.default_deadline,
         log_prompts: config.telemetry.log_prompts,
         cut_off: watch::channel(false).0,
         telemetry,
@@ -206,7 +209,7 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
     let metrics = tokio::spawn(metrics_http::serve(
         metrics_listener,
         router,
-        Duration::from_millis(config.server.header_read_timeout_ms),
+        config.server.header_read_timeout,
         side_shutdown.clone(),
     ));
     let mut upkeep_shutdown = side_shutdown;
@@ -228,8 +231,8 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
         stop_grpc,
         stop_side,
         grpc,
-        shutdown_delay: Duration::from_millis(config.server.shutdown_delay_ms),
-        drain_timeout: Duration::from_millis(config.server.drain_timeout_ms),
+        shutdown_delay: config.server.shutdown_delay,
+        drain_timeout: config.server.drain_timeout,
         concurrency,
         max_concurrency: config.server.max_concurrency,
         cut_off,

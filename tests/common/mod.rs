@@ -9,7 +9,7 @@ pub mod process;
 
 use bedrock_sim::SimHandle;
 use prompt_router::{
-    config::Config,
+    config::{Config, RawConfig},
     pb::{self, prompt_router_client::PromptRouterClient},
     server::{self, Options, Running},
 };
@@ -75,12 +75,17 @@ impl TestRouter {
     }
 }
 
-/// Starts a router with the simulator, after `adjust` edits its config.
-pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestRouter {
-    let mut config = Config::default();
+/// Starts a router with the simulator, after `adjust` edits its raw config.
+pub async fn start_with(adjust: impl FnOnce(&mut RawConfig)) -> TestRouter {
+    let mut raw = RawConfig::default();
+    adjust(&mut raw);
+    start_checked(Config::try_from(raw).expect("valid config")).await
+}
+
+/// Starts a router with the simulator and `config`, on loopback ports of its own.
+pub async fn start_checked(mut config: Config) -> TestRouter {
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.server.metrics_listen = "127.0.0.1:0".parse().unwrap();
-    adjust(&mut config);
     let running = server::start(config, Options { simulate: true })
         .await
         .expect("router starts");

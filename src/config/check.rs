@@ -1,0 +1,408 @@
+//! Raw → checked: each section checks itself and goes on past a problem, so one run reports
+//! every problem of the config, each with its key.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use super::{
+    BedrockConfig, Config, MAX_DURATION_MS, Problem, ResilienceConfig, RoutingConfig, ServerConfig,
+    raw::{
+        Geography, RawBedrock, RawConfig, RawModel, RawModels, RawResilience, RawRouting, RawServer,
+    },
+};
+use crate::{
+    catalog::{Catalog, Model, Tier},
+    cost::{Prices, price_from_usd_per_mtok},
+    operating::{HORIZON, MAX_WINDOW, Settings},
+    request::{Limits, MAX_CALLER_LEN},
+};
+
+/// The problems found so far.
+#[derive(Debug, Default)]
+struct Found(Vec<Problem>);
+
+impl Found {
+    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.into(),
+            message: message.into(),
+            origin: None,
+        });
+    }
+
+    /// The one conversion of a `…_ms` setting into a `Duration`, at most [`MAX_DURATION_MS`].
+    fn duration(&mut self, key: &str, ms: u64) -> Duration {
+        if ms > MAX_DURATION_MS {
+            self.add(
+                key,
+                format!("{ms} is above {MAX_DURATION_MS} (one day), the longest allowed"),
+            );
+        }
+        Duration::from_millis(ms.min(MAX_DURATION_MS))
+    }
+
+    /// [`Self::duration`] for a setting that must be above 0.
+    fn positive_duration(&mut self, key: &str, ms: u64) -> Duration {
+        if ms == 0 {
+            self.add(key, "must be above 0");
+        }
+        self.duration(key, ms)
+    }
+
+    fn at_least_one(&mut self, key: &str, value: usize) {
+        if value == 0 {
+            self.add(key, "must be at least 1");
+        }
+    }
+
+    /// An optional share or threshold must lie in [0, 1] (NaN does not).
+    fn unit_interval(&mut self, key: &str, value: Option<f64>) {
+        if let Some(v) = value
+            && !(0.0..=1.0).contains(&v)
+        {
+            self.add(key, format!("{v} is outside [0, 1]"));
+        }
+    }
+}
+
+/// Checks every section; the checked config, or every problem found.
+pub(super) fn config(raw: RawConfig) -> Result<Config, Vec<Problem>> {
+    let mut found = Found::default();
+    let server = raw.server.check(&mut found);
+    let bedrock = raw.bedrock.check(&mut found);
+    let catalog = raw
+        .models
+        .check(bedrock.as_ref().map(|b| b.geography), &mut found);
+    let routing = raw.routing.check(raw.callers, &mut found);
+    let resilience = raw.resilience.check(&mut found);
+    check_limits(&raw.limits, &mut found);
+    match (bedrock, catalog) {
+        (Some(bedrock), Some(catalog)) if found.0.is_empty() => Ok(Config {
+            server,
+            bedrock,
+            catalog,
+            routing,
+            resilience,
+            limits: raw.limits,
+            telemetry: raw.telemetry,
+            deprecations: Vec::new(),
+        }),
+        _ => Err(found.0),
+    }
+}
+
+impl RawServer {
+    fn check(self, found: &mut Found) -> ServerConfig {
+        if self.max_request_bytes < 1024 {
+            found.add("server.max_request_bytes", "must be at least 1024");
+        }
+        found.at_least_one("server.max_concurrency", self.max_concurrency);
+        found.at_least_one("server.max_route_concurrency", self.max_route_concurrency);
+        found.at_least_one("server.max_connections", self.max_connections);
+        // RFC 9113, 6.9.2: a window is at least the default 65,535 and below 2^31.
+        if !(65_535..=0x7fff_ffff).contains(&self.http2_window_bytes) {
+            found.add(
+                "server.http2_window_bytes",
+                format!("{} is outside [65535, 2147483647]", self.http2_window_bytes),
+            );
+        }
+        // Admission charges a request of text 4 bytes per byte (its TEXT_COST): below 4 times
+        // the largest request, the largest ordinary one could never be let in.
+        if self.max_inflight_request_bytes < 4 * self.max_request_bytes as u64 {
+            found.add(
+                "server.max_inflight_request_bytes",
+                format!(
+                    "{} is below 4 × server.max_request_bytes ({}): handling a request takes up to 4 times its size, so the largest could never be let in",
+                    self.max_inflight_request_bytes, self.max_request_bytes
+                ),
+            );
+        }
+        let keepalive_interval =
+            found.duration("server.keepalive_interval_ms", self.keepalive_interval_ms);
+        ServerConfig {
+            listen: self.listen,
+            metrics_listen: self.metrics_listen,
+            max_request_bytes: self.max_request_bytes,
+            max_concurrency: self.max_concurrency,
+            max_route_concurrency: self.max_route_concurrency,
+            max_inflight_request_bytes: self.max_inflight_request_bytes,
+            max_connections: self.max_connections,
+            http2_window_bytes: self.http2_window_bytes,
+            header_read_timeout: found
+                .positive_duration("server.header_read_timeout_ms", self.header_read_timeout_ms),
+            request_read_timeout: found.positive_duration(
+                "server.request_read_timeout_ms",
+                self.request_read_timeout_ms,
+            ),
+            idle_timeout: found.positive_duration("server.idle_timeout_ms", self.idle_timeout_ms),
+            keepalive_interval: (!keepalive_interval.is_zero()).then_some(keepalive_interval),
+            shutdown_delay: found.duration("server.shutdown_delay_ms", self.shutdown_delay_ms),
+            drain_timeout: found.duration("server.drain_timeout_ms", self.drain_timeout_ms),
+        }
+    }
+}
+
+impl RawBedrock {
+    /// `None` when the geography cannot be told (a problem says so).
+    fn check(self, found: &mut Found) -> Option<BedrockConfig> {
+        if self.region.trim().is_empty() {
+            found.add("bedrock.region", "must not be empty");
+        }
+        if let Some(url) = &self.endpoint_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            found.add(
+                "bedrock.endpoint_url",
+                format!("{url:?} is not an http:// or https:// URL"),
+            );
+        }
+        let connect_timeout =
+            found.positive_duration("bedrock.connect_timeout_ms", self.connect_timeout_ms);
+        let default_deadline =
+            found.positive_duration("bedrock.default_deadline_ms", self.default_deadline_ms);
+        let stream_idle_timeout = found.positive_duration(
+            "bedrock.stream_idle_timeout_ms",
+            self.stream_idle_timeout_ms,
+        );
+        let own = Geography::of_region(&self.region);
+        let Some(geography) = self.geography.or(own) else {
+            found.add(
+                "bedrock.geography",
+                format!(
+                    "cannot tell the inference-profile geography of region {:?}; set it to us, eu or apac",
+                    self.region
+                ),
+            );
+            return None;
+        };
+        if let Some(own) = own
+            && own != geography
+        {
+            found.add(
+                "bedrock.geography",
+                format!(
+                    "\"{geography}\" profiles cannot be called from region {:?}, which is in \"{own}\"",
+                    self.region
+                ),
+            );
+        }
+        let fallback_regions = match self.fallback_regions {
+            Some(list) => {
+                for (i, region) in list.iter().enumerate() {
+                    let key = format!("bedrock.fallback_regions[{i}]");
+                    if Geography::of_region(region) != Some(geography) {
+                        found.add(
+                            key,
+                            format!(
+                                "{region:?} is not in geography \"{geography}\": inference profiles are called from regions of their own geography"
+                            ),
+                        );
+                    } else if *region == self.region || list[..i].contains(region) {
+                        found.add(key, format!("{region:?} is listed twice"));
+                    }
+                }
+                list
+            }
+            None => {
+                let pair: &[&str] = match geography {
+                    Geography::Us => &["us-east-1", "us-west-2"],
+                    Geography::Eu => &["eu-central-1", "eu-west-1"],
+                    Geography::Apac => &["ap-northeast-1", "ap-southeast-1"],
+                };
+                pair.iter()
+                    .find(|r| **r != self.region)
+                    .map(|r| vec![(*r).to_owned()])
+                    .unwrap_or_default()
+            }
+        };
+        Some(BedrockConfig {
+            region: self.region,
+            fallback_regions,
+            geography,
+            endpoint_url: self.endpoint_url,
+            connect_timeout,
+            default_deadline,
+            stream_idle_timeout,
+        })
+    }
+}
+
+impl RawModels {
+    /// `None` when the geography is unknown (its problem is already reported).
+    fn check(self, geography: Option<Geography>, found: &mut Found) -> Option<Catalog> {
+        let strong = self
+            .strong
+            .check("models.strong", Tier::Strong, geography, found);
+        let fast = self.fast.check("models.fast", Tier::Fast, geography, found);
+        Some(Catalog::new(strong?, fast?))
+    }
+}
+
+impl RawModel {
+    fn check(
+        self,
+        key: &str,
+        tier: Tier,
+        geography: Option<Geography>,
+        found: &mut Found,
+    ) -> Option<Model> {
+        if self.id.trim().is_empty() {
+            found.add(format!("{key}.id"), "must not be empty");
+        }
+        let mut price = |name: &str, usd_per_mtok: f64| {
+            price_from_usd_per_mtok(usd_per_mtok).unwrap_or_else(|message| {
+                found.add(format!("{key}.{name}"), message);
+                0
+            })
+        };
+        let prices = Prices {
+            input: price("input_usd_per_mtok", self.input_usd_per_mtok),
+            output: price("output_usd_per_mtok", self.output_usd_per_mtok),
+        };
+        if self.max_output_tokens == 0 {
+            found.add(format!("{key}.max_output_tokens"), "must be above 0");
+        }
+        let geography = geography?;
+        if !self.on_demand && !self.profile_geographies.contains(&geography) {
+            let offered: Vec<String> = self
+                .profile_geographies
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            found.add(
+                format!("{key}.profile_geographies"),
+                format!(
+                    "{} has no cross-region inference profile in geography \"{geography}\" (it has: {}). \
+                     Use a region in one of those geographies, or set [{key}] explicitly to a model \
+                     offered in \"{geography}\" (id and profile_geographies), or on_demand = true to call \
+                     the base model id in-region",
+                    self.id,
+                    if offered.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        offered.join(", ")
+                    },
+                ),
+            );
+        }
+        let invoke_id: Arc<str> = if self.on_demand {
+            Arc::from(self.id)
+        } else {
+            Arc::from(format!("{}.{}", geography.prefix(), self.id))
+        };
+        Some(Model {
+            tier,
+            invoke_id,
+            prices,
+            max_output_tokens: self.max_output_tokens,
+            images: self.images,
+            tools: self.tools,
+        })
+    }
+}
+
+impl RawRouting {
+    fn check(
+        self,
+        callers: std::collections::BTreeMap<String, super::raw::RawCaller>,
+        found: &mut Found,
+    ) -> RoutingConfig {
+        found.unit_interval("routing.threshold", self.threshold);
+        found.unit_interval("routing.target_strong_share", self.target_strong_share);
+        let (window, warmup) = (self.share_window, self.share_warmup);
+        if !(1..=MAX_WINDOW).contains(&window) {
+            found.add(
+                "routing.share_window",
+                format!("{window} is outside [1, {MAX_WINDOW}] (a window's counts are 16-bit)"),
+            );
+        }
+        if !(1..=window).contains(&warmup) {
+            found.add(
+                "routing.share_warmup",
+                format!("{warmup} is outside [1, routing.share_window = {window}]"),
+            );
+        }
+        let callers = callers
+            .into_iter()
+            .map(|(name, caller)| {
+                // The names callers send: the same rules as the request's `routing.caller`.
+                let key = format!("callers.{name}");
+                if name.is_empty() || name.chars().count() > MAX_CALLER_LEN {
+                    found.add(
+                        &key,
+                        format!("a caller name has 1 to {MAX_CALLER_LEN} characters"),
+                    );
+                }
+                if name.chars().any(char::is_control) {
+                    found.add(&key, "a caller name has no control characters");
+                }
+                found.unit_interval(
+                    &format!("{key}.target_strong_share"),
+                    caller.target_strong_share,
+                );
+                (name, caller.target_strong_share)
+            })
+            .collect();
+        RoutingConfig {
+            threshold: self.threshold,
+            weights_path: self.weights_path.map(PathBuf::from),
+            share: Settings {
+                window,
+                warmup,
+                horizon: HORIZON,
+            },
+            target_strong_share: self.target_strong_share,
+            callers,
+        }
+    }
+}
+
+impl RawResilience {
+    fn check(self, found: &mut Found) -> ResilienceConfig {
+        if !(1..=10).contains(&self.max_attempts) {
+            found.add("resilience.max_attempts", "must be 1 to 10");
+        }
+        if self.backoff_base_ms > self.backoff_max_ms {
+            found.add(
+                "resilience.backoff_base_ms",
+                "must not exceed resilience.backoff_max_ms",
+            );
+        }
+        for (key, value) in [
+            ("resilience.retry_budget_ratio", self.retry_budget_ratio),
+            (
+                "resilience.retry_budget_min_per_sec",
+                self.retry_budget_min_per_sec,
+            ),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                found.add(key, format!("{value} must be 0 or more"));
+            }
+        }
+        if self.breaker_failures == 0 {
+            found.add("resilience.breaker_failures", "must be at least 1");
+        }
+        if self.max_ejected_percent > 100 {
+            found.add(
+                "resilience.max_ejected_percent",
+                format!("{} is above 100", self.max_ejected_percent),
+            );
+        }
+        ResilienceConfig {
+            max_attempts: self.max_attempts,
+            backoff_base: found.duration("resilience.backoff_base_ms", self.backoff_base_ms),
+            backoff_max: found.duration("resilience.backoff_max_ms", self.backoff_max_ms),
+            retry_budget_ratio: self.retry_budget_ratio,
+            retry_budget_min_per_sec: self.retry_budget_min_per_sec,
+            degrade_to_fast: self.degrade_to_fast,
+            escalate_to_strong: self.escalate_to_strong,
+            breaker_failures: self.breaker_failures,
+            breaker_cooldown: found
+                .duration("resilience.breaker_cooldown_ms", self.breaker_cooldown_ms),
+            max_ejected_percent: self.max_ejected_percent,
+        }
+    }
+}
+
+fn check_limits(limits: &Limits, found: &mut Found) {
+    found.at_least_one("limits.max_messages", limits.max_messages);
+}

@@ -1,0 +1,247 @@
+//! Configuration in two layers. [`raw`] is what a file and `ROUTER__SECTION__KEY` variables
+//! say, as serde reads it; [`Config`] is the checked form, built once by `TryFrom` (or by
+//! [`Config::load`], which layers defaults, a TOML file, the environment and command-line
+//! flags first): every section checked, every problem reported at once with its key, the
+//! catalog, the source regions and every `Duration` built here and nowhere else. Everything
+//! past start-up takes a [`Config`], so nothing downstream checks again.
+//!
+//! Plain data and one file read: nothing async, nothing of tonic, aws or metrics, so the
+//! checked config belongs to the core with the types it builds (catalog, limits, operating
+//! point settings). Secrets never live here: Bedrock credentials come from the AWS default
+//! credential chain.
+
+mod check;
+mod load;
+pub mod raw;
+#[cfg(test)]
+mod tests;
+
+use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, time::Duration};
+
+pub use self::{
+    load::{ENV_PREFIX, Overrides},
+    raw::{Geography, LogFormat, RawConfig, TelemetryConfig},
+};
+use crate::{
+    catalog::Catalog,
+    operating::{DEFAULT_CALLER, Settings},
+    request::Limits,
+};
+
+/// The longest any `…_ms` setting may be: one day. Deadlines and timers are `Instant`s plus
+/// these, which must not overflow on any platform's clock.
+pub const MAX_DURATION_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// The checked configuration of the router.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listening addresses, request and connection bounds.
+    pub server: ServerConfig,
+    /// Where and how Bedrock is called.
+    pub bedrock: BedrockConfig,
+    /// The two model tiers as the router calls them (`models.*`).
+    pub catalog: Catalog,
+    /// Classifier, threshold and each caller's operating point (`routing.*`, `callers.*`).
+    pub routing: RoutingConfig,
+    /// Retries, fallbacks and outlier ejection.
+    pub resilience: ResilienceConfig,
+    /// Per-request size limits.
+    pub limits: Limits,
+    /// Logs.
+    pub telemetry: TelemetryConfig,
+    deprecations: Vec<String>,
+}
+
+/// Listening addresses, request and connection bounds (`server.*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Prometheus `/metrics` listen address.
+    pub metrics_listen: SocketAddr,
+    /// Largest accepted gRPC request message, in bytes.
+    pub max_request_bytes: usize,
+    /// Converse and ConverseStream calls handled at once.
+    pub max_concurrency: usize,
+    /// `Route` calls handled at once.
+    pub max_route_concurrency: usize,
+    /// Memory set aside for the requests in flight, in bytes.
+    pub max_inflight_request_bytes: u64,
+    /// gRPC connections open at once.
+    pub max_connections: usize,
+    /// HTTP/2 receive window of a connection and of each call, in bytes.
+    pub http2_window_bytes: u32,
+    /// Time to send a connection's preface, or a `/metrics` request's head.
+    pub header_read_timeout: Duration,
+    /// Time a request message gets to arrive in full.
+    pub request_read_timeout: Duration,
+    /// A connection with no call open this long is closed.
+    pub idle_timeout: Duration,
+    /// Silence after which a connection is pinged; `None`: no pings.
+    pub keepalive_interval: Option<Duration>,
+    /// On SIGTERM, time to keep serving while health reports NOT_SERVING.
+    pub shutdown_delay: Duration,
+    /// On SIGTERM, time in-flight requests get to finish.
+    pub drain_timeout: Duration,
+}
+
+/// Where and how Bedrock is called (`bedrock.*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BedrockConfig {
+    /// The source region called first.
+    pub region: String,
+    /// The further source regions, in order: `bedrock.fallback_regions`, or the geography's
+    /// partner region when that is unset.
+    pub fallback_regions: Vec<String>,
+    /// The geography whose inference profiles are called.
+    pub geography: Geography,
+    /// Any Bedrock-compatible endpoint; AWS's own when `None`.
+    pub endpoint_url: Option<String>,
+    /// Time allowed to open a connection.
+    pub connect_timeout: Duration,
+    /// The deadline of a request whose caller sets none.
+    pub default_deadline: Duration,
+    /// Longest silence between two events of a streamed answer.
+    pub stream_idle_timeout: Duration,
+}
+
+impl BedrockConfig {
+    /// Every source region to call, the configured one first.
+    pub fn regions(&self) -> Vec<String> {
+        std::iter::once(&self.region)
+            .chain(&self.fallback_regions)
+            .cloned()
+            .collect()
+    }
+}
+
+/// Classifier, threshold and each caller's operating point (`routing.*`, `callers.*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutingConfig {
+    /// The fixed threshold; the weights file's when `None`.
+    pub threshold: Option<f64>,
+    /// A weights file written by `train`; the built-in weights when `None`.
+    pub weights_path: Option<PathBuf>,
+    /// The target-share windows' settings.
+    pub share: Settings,
+    target_strong_share: Option<f64>,
+    callers: BTreeMap<String, Option<f64>>,
+}
+
+impl RoutingConfig {
+    /// The target strong share of `caller`: its own `[callers.NAME]`, then `[callers.default]`,
+    /// then `routing.target_strong_share`; `None` means the fixed threshold.
+    pub fn target_strong_share(&self, caller: &str) -> Option<f64> {
+        let own = |name: &str| self.callers.get(name).copied().flatten();
+        own(caller)
+            .or_else(|| own(DEFAULT_CALLER))
+            .or(self.target_strong_share)
+    }
+
+    /// The callers `[callers.NAME]` lists (`default` excepted), each with its target share.
+    pub fn named_callers(&self) -> impl Iterator<Item = (String, Option<f64>)> + '_ {
+        self.callers
+            .keys()
+            .filter(|name| *name != DEFAULT_CALLER)
+            .map(|name| (name.clone(), self.target_strong_share(name)))
+    }
+}
+
+/// Retries, fallbacks and outlier ejection (`resilience.*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResilienceConfig {
+    /// Most upstream attempts per request, over all targets.
+    pub max_attempts: u32,
+    /// First retry's backoff ceiling.
+    pub backoff_base: Duration,
+    /// Largest backoff.
+    pub backoff_max: Duration,
+    /// Retries allowed per first attempt, averaged over time.
+    pub retry_budget_ratio: f64,
+    /// Retries always allowed per second.
+    pub retry_budget_min_per_sec: f64,
+    /// A strong request may be answered by the fast model when every strong target fails.
+    pub degrade_to_fast: bool,
+    /// A fast request may be answered by the strong model when every fast target fails.
+    pub escalate_to_strong: bool,
+    /// Consecutive failures that eject a target.
+    pub breaker_failures: u32,
+    /// How long an ejected target stays out before a probe.
+    pub breaker_cooldown: Duration,
+    /// Most of a model's targets, in percent rounded down, ejected at once (0 to 100).
+    pub max_ejected_percent: u32,
+}
+
+impl Config {
+    /// What was set under a deprecated name, one line each, to be logged once at start.
+    pub fn deprecations(&self) -> &[String] {
+        &self.deprecations
+    }
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
+        check::config(raw).map_err(ConfigError::Invalid)
+    }
+}
+
+/// A configuration that could not be read or is not valid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file, a variable or a flag is not valid TOML of the right shape.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// The file, the environment variable or the flag.
+        origin: String,
+        /// What is wrong, with the field's path.
+        message: String,
+    },
+    /// Fields have values the router cannot run with: all of them, each with its key.
+    #[error("{}", Problems(.0))]
+    Invalid(Vec<Problem>),
+}
+
+/// A field whose value the router cannot run with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The field's dotted path, e.g. `callers.batch.target_strong_share`.
+    pub key: String,
+    /// What is wrong and what to do.
+    pub message: String,
+    /// What set the value when it was not the file: `set by ROUTER__…`, `set by --flag`.
+    pub origin: Option<String>,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config field `{}`", self.key)?;
+        if let Some(origin) = &self.origin {
+            write!(f, " ({origin})")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+struct Problems<'a>(&'a [Problem]);
+
+impl fmt::Display for Problems<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            [one] => write!(f, "{one}"),
+            many => {
+                write!(f, "{} config fields are invalid:", many.len())?;
+                many.iter().try_for_each(|p| write!(f, "\n  {p}"))
+            }
+        }
+    }
+}

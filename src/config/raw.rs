@@ -1,0 +1,370 @@
+//! The raw layer: what a config file and `ROUTER__…` variables can say, as serde reads it,
+//! with the defaults. Nothing here is checked; [`super::Config`] is built from a [`RawConfig`]
+//! once, and everything past start-up takes that.
+
+use std::{collections::BTreeMap, fmt, net::SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::request::Limits;
+
+/// The whole configuration of the router, as written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    /// Listening addresses and request limits.
+    pub server: RawServer,
+    /// Where and how Bedrock is called.
+    pub bedrock: RawBedrock,
+    /// The two model tiers.
+    pub models: RawModels,
+    /// Classifier, threshold and operating point.
+    pub routing: RawRouting,
+    /// Per-caller policy, by the name callers send in `routing.caller`; `default` applies to
+    /// every caller not named.
+    pub callers: BTreeMap<String, RawCaller>,
+    /// Retries, fallbacks and outlier ejection.
+    pub resilience: RawResilience,
+    /// Per-request size limits.
+    pub limits: Limits,
+    /// Logs.
+    pub telemetry: TelemetryConfig,
+}
+
+/// Listening addresses and request limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawServer {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Prometheus `/metrics` listen address.
+    pub metrics_listen: SocketAddr,
+    /// Largest accepted gRPC request message, in bytes.
+    pub max_request_bytes: usize,
+    /// Most requests handled at once; beyond it requests are refused at once with
+    /// RESOURCE_EXHAUSTED instead of queueing.
+    pub max_concurrency: usize,
+    /// On SIGTERM, how long to keep accepting requests while health reports NOT_SERVING, so load
+    /// balancers stop sending before the listener closes (0 when a preStop hook already waits).
+    pub shutdown_delay_ms: u64,
+    /// On SIGTERM, how long in-flight requests may take to finish; those still running then end
+    /// with UNAVAILABLE before the router exits.
+    pub drain_timeout_ms: u64,
+    /// Most `Route` calls handled at once; beyond it they are refused at once with
+    /// RESOURCE_EXHAUSTED. `Route` calls no model, so it has its own, separate limit.
+    pub max_route_concurrency: usize,
+    /// Memory set aside for the requests in flight, in bytes: each request is charged what
+    /// holding, decoding and sending it costs (its size and its shape), from the moment its
+    /// length is known until it ends; one that does not fit is refused with RESOURCE_EXHAUSTED.
+    pub max_inflight_request_bytes: u64,
+    /// Most connections open at once on the gRPC port; beyond it new ones wait in the kernel's
+    /// backlog.
+    pub max_connections: usize,
+    /// HTTP/2 receive window of a gRPC connection and of each call on it, in bytes: what a
+    /// client may send before the router has read it, so it bounds per connection the memory
+    /// unread data can take, and per round trip a client's upload speed.
+    pub http2_window_bytes: u32,
+    /// Time a client gets to send what it must before the router acts: a new gRPC connection's
+    /// HTTP/2 preface, and on `/metrics` the head of a request (on a new connection or one kept
+    /// alive), in milliseconds.
+    pub header_read_timeout_ms: u64,
+    /// Time a gRPC request message gets to arrive in full once its call has started, in
+    /// milliseconds.
+    pub request_read_timeout_ms: u64,
+    /// A gRPC connection with no call open for this long is closed (GOAWAY), in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// Interval of HTTP/2 PINGs on a gRPC connection that has been silent that long; a peer that
+    /// does not answer within 20 s is disconnected. In milliseconds; 0 turns pings off.
+    pub keepalive_interval_ms: u64,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            metrics_listen: SocketAddr::from(([0, 0, 0, 0], 9464)),
+            max_request_bytes: 20 * 1024 * 1024,
+            max_concurrency: 512,
+            shutdown_delay_ms: 0,
+            drain_timeout_ms: 20_000,
+            max_route_concurrency: 64,
+            max_inflight_request_bytes: 128 * 1024 * 1024,
+            max_connections: 1024,
+            http2_window_bytes: 128 * 1024,
+            header_read_timeout_ms: 10_000,
+            request_read_timeout_ms: 30_000,
+            idle_timeout_ms: 300_000,
+            keepalive_interval_ms: 60_000,
+        }
+    }
+}
+
+/// Where and how Bedrock is called.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawBedrock {
+    /// The AWS source region requests are sent to first, e.g. `us-east-1`.
+    pub region: String,
+    /// Further source regions of the same geography, tried in order when the first throttles or
+    /// fails: each has its own quotas for the same inference profile. Unset: one well-known
+    /// region of the geography (us-east-1/us-west-2, eu-central-1/eu-west-1,
+    /// ap-northeast-1/ap-southeast-1); `[]`: none.
+    pub fallback_regions: Option<Vec<String>>,
+    /// The inference-profile geography (`us`, `eu`, `apac`); derived from `region` when unset.
+    pub geography: Option<Geography>,
+    /// Any Bedrock-compatible endpoint (a proxy, a VPC endpoint, the simulator); AWS's own when unset.
+    pub endpoint_url: Option<String>,
+    /// Time allowed to open a connection, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// The deadline of a request whose caller sets none, in milliseconds: every attempt,
+    /// backoff and fallback of the request must fit in it, as in a caller's own deadline.
+    /// `call_timeout_ms`, its old name, still works (see `super::load`).
+    pub default_deadline_ms: u64,
+    /// Longest silence allowed between two events of a streamed answer, in milliseconds (the
+    /// SDK's stalled-stream protection does not cover event streams).
+    pub stream_idle_timeout_ms: u64,
+}
+
+impl Default for RawBedrock {
+    fn default() -> Self {
+        Self {
+            region: "us-east-1".to_owned(),
+            fallback_regions: None,
+            geography: None,
+            endpoint_url: None,
+            connect_timeout_ms: 3_000,
+            default_deadline_ms: 120_000,
+            stream_idle_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// A cross-region inference profile geography: the prefix of the profile id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Geography {
+    /// United States (`us.` profiles).
+    Us,
+    /// Europe (`eu.` profiles).
+    Eu,
+    /// Asia Pacific (`apac.` profiles).
+    Apac,
+}
+
+impl Geography {
+    /// The geography whose profiles a source region can call, from the region's name.
+    pub fn of_region(region: &str) -> Option<Self> {
+        if region.starts_with("us-") {
+            Some(Self::Us)
+        } else if region.starts_with("eu-") {
+            Some(Self::Eu)
+        } else if region.starts_with("ap-") {
+            Some(Self::Apac)
+        } else {
+            None
+        }
+    }
+
+    /// The profile-id prefix, without the dot.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Self::Us => "us",
+            Self::Eu => "eu",
+            Self::Apac => "apac",
+        }
+    }
+}
+
+impl fmt::Display for Geography {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.prefix())
+    }
+}
+
+/// The two model tiers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawModels {
+    /// The strong tier (Claude 3.5 Sonnet v2 by default).
+    pub strong: RawModel,
+    /// The fast tier (Claude 3 Haiku by default).
+    pub fast: RawModel,
+}
+
+impl Default for RawModels {
+    fn default() -> Self {
+        Self {
+            strong: RawModel::sonnet_3_5_v2(),
+            fast: RawModel::haiku_3(),
+        }
+    }
+}
+
+/// One model: its id, where its inference profiles exist, prices, limits and capabilities.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawModel {
+    /// The Bedrock base model id, e.g. `anthropic.claude-3-haiku-20240307-v1:0`.
+    pub id: String,
+    /// Geographies with a cross-region inference profile `{geography}.{id}` for this model.
+    pub profile_geographies: Vec<Geography>,
+    /// Call the base model id in the source region instead of an inference profile.
+    pub on_demand: bool,
+    /// Price of input tokens, USD per million.
+    pub input_usd_per_mtok: f64,
+    /// Price of output tokens, USD per million.
+    pub output_usd_per_mtok: f64,
+    /// Most output tokens the model may generate in one call.
+    pub max_output_tokens: u32,
+    /// Whether the model accepts images.
+    pub images: bool,
+    /// Whether the model supports tool use.
+    pub tools: bool,
+}
+
+impl Default for RawModel {
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            profile_geographies: Vec::new(),
+            on_demand: false,
+            input_usd_per_mtok: 0.0,
+            output_usd_per_mtok: 0.0,
+            max_output_tokens: 4096,
+            images: true,
+            tools: true,
+        }
+    }
+}
+
+impl RawModel {
+    /// Claude 3.5 Sonnet v2: the default strong model. It has no EU inference profile.
+    pub fn sonnet_3_5_v2() -> Self {
+        Self {
+            id: "anthropic.claude-3-5-sonnet-20241022-v2:0".to_owned(),
+            profile_geographies: vec![Geography::Us, Geography::Apac],
+            on_demand: false,
+            input_usd_per_mtok: 3.0,
+            output_usd_per_mtok: 15.0,
+            max_output_tokens: 8192,
+            images: true,
+            tools: true,
+        }
+    }
+
+    /// Claude 3 Haiku: the default fast model.
+    pub fn haiku_3() -> Self {
+        Self {
+            id: "anthropic.claude-3-haiku-20240307-v1:0".to_owned(),
+            profile_geographies: vec![Geography::Us, Geography::Eu, Geography::Apac],
+            on_demand: false,
+            input_usd_per_mtok: 0.25,
+            output_usd_per_mtok: 1.25,
+            max_output_tokens: 4096,
+            images: true,
+            tools: true,
+        }
+    }
+}
+
+/// Classifier, threshold and operating point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawRouting {
+    /// Score at or above which a request goes to the strong tier; the weights file's when unset.
+    pub threshold: Option<f64>,
+    /// A weights file written by `prompt-router train`; the built-in weights when unset.
+    pub weights_path: Option<String>,
+    /// Share (0–1) of each caller's AUTO requests to send to the strong tier, for callers whose
+    /// `[callers.NAME]` (or `[callers.default]`) sets none; unset: the fixed threshold.
+    pub target_strong_share: Option<f64>,
+    /// Scores of recent requests kept per target-share caller, to set its threshold from.
+    pub share_window: usize,
+    /// Scores a target-share caller's window needs before its threshold comes from it.
+    pub share_warmup: usize,
+}
+
+impl Default for RawRouting {
+    fn default() -> Self {
+        Self {
+            threshold: None,
+            weights_path: None,
+            target_strong_share: None,
+            share_window: 1_000,
+            share_warmup: 100,
+        }
+    }
+}
+
+/// One caller's policy (`[callers.NAME]`). Later policies (tokens, rate limits, budgets) join it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawCaller {
+    /// Share (0–1) of this caller's AUTO requests to send to the strong tier; unset:
+    /// `[callers.default]`'s, then `routing.target_strong_share`, then the fixed threshold.
+    pub target_strong_share: Option<f64>,
+}
+
+/// Retries, fallbacks and outlier ejection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawResilience {
+    /// Most upstream attempts per request, over all targets (1 = no retries).
+    pub max_attempts: u32,
+    /// First retry's backoff ceiling, in milliseconds; doubles per retry, with full jitter.
+    pub backoff_base_ms: u64,
+    /// Largest backoff, in milliseconds.
+    pub backoff_max_ms: u64,
+    /// Retries allowed per first attempt, averaged over time (0.5: retries add at most 50% load).
+    pub retry_budget_ratio: f64,
+    /// Retries always allowed per second, so a quiet router can still retry.
+    pub retry_budget_min_per_sec: f64,
+    /// Let a strong request be answered by the fast model when every strong target fails.
+    pub degrade_to_fast: bool,
+    /// Let a fast request be answered by the strong model when every fast target fails.
+    pub escalate_to_strong: bool,
+    /// Consecutive failures after which a target (model in a region) is ejected.
+    pub breaker_failures: u32,
+    /// How long an ejected target is skipped before one probe request may try it.
+    pub breaker_cooldown_ms: u64,
+    /// Most of a model's targets (its source regions), in percent rounded down, ejected at once.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for RawResilience {
+    fn default() -> Self {
+        Self {
+            max_attempts: 4,
+            backoff_base_ms: 25,
+            backoff_max_ms: 1_000,
+            retry_budget_ratio: 0.5,
+            retry_budget_min_per_sec: 10.0,
+            degrade_to_fast: true,
+            escalate_to_strong: true,
+            breaker_failures: 5,
+            breaker_cooldown_ms: 10_000,
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Log format: human-readable text or JSON lines.
+    pub log_format: LogFormat,
+    /// Log prompt text (off by default: prompts may hold personal data).
+    pub log_prompts: bool,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}

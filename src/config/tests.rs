@@ -1,0 +1,566 @@
+//! Loading and checking: the layers, every problem at once with its key and what set it, the
+//! catalog, the caps, the deprecated name.
+
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+use super::{raw::RawModel, *};
+use crate::{catalog::Tier, cost::Prices, operating::DEFAULT_CALLER, request::MAX_CALLER_LEN};
+
+fn env_from(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn load_str(toml_text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    load_with(toml_text, env, &Overrides::default())
+}
+
+fn load_with(
+    toml_text: &str,
+    env: &[(&str, &str)],
+    overrides: &Overrides,
+) -> Result<Config, ConfigError> {
+    let dir = std::env::temp_dir().join(format!("router-config-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).map_err(|source| ConfigError::Read {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let path = dir.join("router.toml");
+    std::fs::write(&path, toml_text).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let result = Config::load(Some(&path), env_from(env), overrides);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+#[test]
+fn defaults_are_valid_and_use_us_profiles() {
+    let config = Config::load(None, env_from(&[]), &Overrides::default()).expect("defaults valid");
+    assert_eq!(config.bedrock.geography, Geography::Us);
+    let catalog = &config.catalog;
+    assert_eq!(catalog.model(Tier::Strong).max_output_tokens, 8192);
+    assert_eq!(catalog.model(Tier::Fast).max_output_tokens, 4096);
+    assert_eq!(
+        &*catalog.model(Tier::Strong).invoke_id,
+        "us.anthropic.claude-3-5-sonnet-20241022-v2:0"
+    );
+    assert_eq!(
+        &*catalog.model(Tier::Fast).invoke_id,
+        "us.anthropic.claude-3-haiku-20240307-v1:0"
+    );
+    assert_eq!(
+        catalog.model(Tier::Fast).prices,
+        Prices {
+            input: 250,
+            output: 1_250
+        }
+    );
+    assert_eq!(
+        catalog.model(Tier::Strong).prices,
+        Prices {
+            input: 3_000,
+            output: 15_000
+        }
+    );
+    assert_eq!(config.bedrock.default_deadline, Duration::from_secs(120));
+    assert_eq!(
+        config.server.keepalive_interval,
+        Some(Duration::from_secs(60))
+    );
+    assert!(config.deprecations().is_empty());
+}
+
+#[test]
+fn the_geography_picks_the_profiles_unless_on_demand() {
+    let ids = |file: &str| {
+        let config = load_str(file, &[]).expect("valid");
+        let id = |tier| config.catalog.model(tier).invoke_id.to_string();
+        (config.bedrock.geography, id(Tier::Strong), id(Tier::Fast))
+    };
+    assert_eq!(
+        ids("[bedrock]\nregion = \"ap-northeast-1\"\n[models.fast]\non_demand = true\n"),
+        (
+            Geography::Apac,
+            "apac.anthropic.claude-3-5-sonnet-20241022-v2:0".to_owned(),
+            "anthropic.claude-3-haiku-20240307-v1:0".to_owned()
+        )
+    );
+    assert_eq!(
+        ids(
+            "[bedrock]\nregion = \"eu-central-1\"\n[models.strong]\nid = \"anthropic.claude-3-7-sonnet-20250219-v1:0\"\nprofile_geographies = [\"eu\", \"us\"]\ninput_usd_per_mtok = 3.0\noutput_usd_per_mtok = 15.0\nmax_output_tokens = 8192\n"
+        ),
+        (
+            Geography::Eu,
+            "eu.anthropic.claude-3-7-sonnet-20250219-v1:0".to_owned(),
+            "eu.anthropic.claude-3-haiku-20240307-v1:0".to_owned()
+        )
+    );
+}
+
+#[test]
+fn env_overrides_file() {
+    let config = load_str(
+        "[bedrock]\nregion = \"us-west-2\"\n",
+        &[
+            ("ROUTER__BEDROCK__ENDPOINT_URL", "http://127.0.0.1:8080"),
+            ("ROUTER__ROUTING__THRESHOLD", "0.4"),
+            ("ROUTER__SERVER__LISTEN", "127.0.0.1:7000"),
+            ("UNRELATED", "x"),
+        ],
+    )
+    .expect("valid");
+    assert_eq!(config.bedrock.region, "us-west-2");
+    assert_eq!(
+        config.bedrock.endpoint_url.as_deref(),
+        Some("http://127.0.0.1:8080")
+    );
+    assert_eq!(config.routing.threshold, Some(0.4));
+    assert_eq!(
+        config.server.listen,
+        SocketAddr::from(([127, 0, 0, 1], 7000))
+    );
+}
+
+#[test]
+fn eu_without_explicit_strong_model_is_a_clear_error() {
+    let err = load_str("[bedrock]\nregion = \"eu-central-1\"\n", &[]).expect_err("must fail");
+    let text = err.to_string();
+    assert!(text.contains("models.strong.profile_geographies"), "{text}");
+    assert!(text.contains("\"eu\""), "{text}");
+}
+
+#[test]
+fn a_file_overrides_one_field_of_a_default_model() {
+    let config = load_str("[models.fast]\ninput_usd_per_mtok = 0.3\n", &[]).expect("valid");
+    let fast = config.catalog.model(Tier::Fast);
+    assert_eq!(fast.prices.input, 300);
+    assert_eq!(&*fast.invoke_id, format!("us.{}", RawModel::haiku_3().id));
+    assert_eq!(fast.max_output_tokens, 4096);
+}
+
+#[test]
+fn fallback_regions_default_to_a_partner_in_the_geography() {
+    let regions = |file: &str| load_str(file, &[]).expect("valid").bedrock.regions();
+    assert_eq!(regions(""), ["us-east-1", "us-west-2"]);
+    assert_eq!(
+        regions("[bedrock]\nregion = \"us-west-2\"\n"),
+        ["us-west-2", "us-east-1"]
+    );
+    assert_eq!(
+        regions("[bedrock]\nregion = \"ap-southeast-1\"\n"),
+        ["ap-southeast-1", "ap-northeast-1"]
+    );
+    assert_eq!(regions("[bedrock]\nfallback_regions = []\n"), ["us-east-1"]);
+    assert_eq!(
+        regions("[bedrock]\nfallback_regions = [\"us-east-2\", \"us-west-2\"]\n"),
+        ["us-east-1", "us-east-2", "us-west-2"]
+    );
+}
+
+#[test]
+fn target_share_precedence_is_caller_then_default_then_routing() {
+    let config = load_str(
+        "[routing]\ntarget_strong_share = 0.5\n\
+         [callers.batch]\ntarget_strong_share = 0.1\n\
+         [callers.default]\ntarget_strong_share = 0.3\n\
+         [callers.billing]\n",
+        &[],
+    )
+    .expect("valid");
+    let routing = &config.routing;
+    assert_eq!(routing.target_strong_share("batch"), Some(0.1));
+    assert_eq!(routing.target_strong_share("billing"), Some(0.3));
+    assert_eq!(routing.target_strong_share("anyone"), Some(0.3));
+    let named: Vec<_> = routing.named_callers().collect();
+    assert_eq!(
+        named,
+        [
+            ("batch".to_owned(), Some(0.1)),
+            ("billing".to_owned(), Some(0.3))
+        ]
+    );
+    let config =
+        load_str("[routing]\ntarget_strong_share = 0.5\n[callers.x]\n", &[]).expect("valid");
+    assert_eq!(config.routing.target_strong_share("x"), Some(0.5));
+    assert_eq!(config.routing.target_strong_share("y"), Some(0.5));
+    let fixed = load_str("[callers.x]\n", &[]).expect("valid").routing;
+    assert_eq!(fixed.target_strong_share("x"), None);
+    assert_eq!(fixed.target_strong_share(DEFAULT_CALLER), None);
+}
+
+#[test]
+fn env_sets_a_callers_target_share() {
+    let config = load_str(
+        "[callers.batch]\ntarget_strong_share = 0.1\n",
+        &[
+            ("ROUTER__CALLERS__BATCH__TARGET_STRONG_SHARE", "0.25"),
+            ("ROUTER__CALLERS__ETL__TARGET_STRONG_SHARE", "0.4"),
+            ("ROUTER__ROUTING__SHARE_WINDOW", "500"),
+        ],
+    )
+    .expect("valid");
+    assert_eq!(config.routing.target_strong_share("batch"), Some(0.25));
+    assert_eq!(config.routing.target_strong_share("etl"), Some(0.4));
+    assert_eq!(config.routing.share.window, 500);
+    assert_eq!(config.routing.share.warmup, 100);
+}
+
+#[test]
+fn share_errors_name_the_key_and_the_range() {
+    let message =
+        |file: &str, env: &[(&str, &str)]| load_str(file, env).expect_err(file).to_string();
+    assert_eq!(
+        message("[callers.batch]\ntarget_strong_share = 1.5\n", &[]),
+        "config field `callers.batch.target_strong_share`: 1.5 is outside [0, 1]"
+    );
+    assert_eq!(
+        message("", &[("ROUTER__CALLERS__ETL__TARGET_STRONG_SHARE", "-0.1")]),
+        "config field `callers.etl.target_strong_share` (set by ROUTER__CALLERS__ETL__TARGET_STRONG_SHARE): -0.1 is outside [0, 1]"
+    );
+    assert_eq!(
+        message("[routing]\ntarget_strong_share = nan\n", &[]),
+        "config field `routing.target_strong_share`: NaN is outside [0, 1]"
+    );
+    let unknown = message("[callers.batch]\ntarget_share = 0.3\n", &[]);
+    assert!(
+        unknown.contains("unknown field `target_share`"),
+        "{unknown}"
+    );
+    let not_a_table = message("[callers]\nbatch = 0.3\n", &[]);
+    assert!(not_a_table.contains("callers"), "{not_a_table}");
+}
+
+#[test]
+fn invalid_fields_are_named() {
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case<'_>] = &[
+        ("[routing]\nthreshold = 1.5\n", &[], "routing.threshold"),
+        (
+            "[bedrock]\nregion = \"sa-east-1\"\n",
+            &[],
+            "bedrock.geography",
+        ),
+        (
+            "",
+            &[("ROUTER__BEDROCK__ENDPOINT_URL", "localhost:1")],
+            "bedrock.endpoint_url",
+        ),
+        (
+            "[models.fast]\ninput_usd_per_mtok = -1.0\nid = \"x\"\nprofile_geographies = [\"us\"]\n",
+            &[],
+            "models.fast.input_usd_per_mtok",
+        ),
+        ("[models.fast]\nid = \"\"\n", &[], "models.fast.id"),
+        ("[server]\nlisten = \"nope\"\n", &[], "server.listen"),
+        ("[bedrock]\nregoin = \"us-east-1\"\n", &[], "regoin"),
+        (
+            "[bedrock]\nfallback_regions = [\"eu-west-1\"]\n",
+            &[],
+            "bedrock.fallback_regions[0]",
+        ),
+        (
+            "[bedrock]\nfallback_regions = [\"us-east-1\"]\n",
+            &[],
+            "bedrock.fallback_regions[0]",
+        ),
+        (
+            "[resilience]\nmax_attempts = 0\n",
+            &[],
+            "resilience.max_attempts",
+        ),
+        (
+            "[resilience]\nretry_budget_ratio = -1.0\n",
+            &[],
+            "resilience.retry_budget_ratio",
+        ),
+        (
+            "[resilience]\nbackoff_base_ms = 5000\n",
+            &[],
+            "resilience.backoff_base_ms",
+        ),
+        (
+            "[resilience]\nmax_ejected_percent = 101\n",
+            &[],
+            "resilience.max_ejected_percent",
+        ),
+        (
+            "[server]\nmax_concurrency = 0\n",
+            &[],
+            "server.max_concurrency",
+        ),
+        (
+            "[server]\nmax_route_concurrency = 0\n",
+            &[],
+            "server.max_route_concurrency",
+        ),
+        (
+            "[server]\nidle_timeout_ms = 0\n",
+            &[],
+            "server.idle_timeout_ms",
+        ),
+        (
+            "[server]\nhttp2_window_bytes = 1024\n",
+            &[],
+            "server.http2_window_bytes",
+        ),
+        (
+            "[server]\nmax_inflight_request_bytes = 1024\n",
+            &[],
+            "server.max_inflight_request_bytes",
+        ),
+        ("[limits]\nmax_messages = 0\n", &[], "limits.max_messages"),
+        (
+            "[bedrock]\nstream_idle_timeout_ms = 0\n",
+            &[],
+            "bedrock.stream_idle_timeout_ms",
+        ),
+        (
+            "[bedrock]\ngeography = \"apac\"\n",
+            &[],
+            "bedrock.geography",
+        ),
+        (
+            "[routing]\nshare_window = 70000\n",
+            &[],
+            "routing.share_window",
+        ),
+        (
+            "[routing]\nshare_window = 50\n",
+            &[],
+            "routing.share_warmup",
+        ),
+        ("[routing]\nshare_warmup = 0\n", &[], "routing.share_warmup"),
+        (
+            "[callers.\"\"]\ntarget_strong_share = 0.5\n",
+            &[],
+            "callers.",
+        ),
+        (
+            "[callers.aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa]\n",
+            &[],
+            "callers.aaaa",
+        ),
+    ];
+    for (file, env, field) in cases {
+        let err = load_str(file, env).expect_err(file);
+        assert!(err.to_string().contains(field), "{file}: {err}");
+    }
+}
+
+fn problems(result: Result<Config, ConfigError>) -> Vec<Problem> {
+    match result {
+        Err(ConfigError::Invalid(problems)) => problems,
+        Err(other) => panic!("not a check error: {other}"),
+        Ok(_) => panic!("accepted"),
+    }
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_its_key_and_variable() {
+    let result = load_str(
+        "[server]\nmax_connections = 0\n[routing]\nthreshold = 1.5\n",
+        &[("ROUTER__CALLERS__BATCH__TARGET_STRONG_SHARE", "2")],
+    );
+    let text = result.as_ref().err().map(ToString::to_string);
+    let lines: Vec<String> = problems(result).iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "config field `server.max_connections`: must be at least 1",
+            "config field `routing.threshold`: 1.5 is outside [0, 1]",
+            "config field `callers.batch.target_strong_share` (set by ROUTER__CALLERS__BATCH__TARGET_STRONG_SHARE): 2 is outside [0, 1]",
+        ]
+    );
+    assert_eq!(
+        text.as_deref(),
+        Some(
+            "3 config fields are invalid:\n  config field `server.max_connections`: must be at least 1\n  config field `routing.threshold`: 1.5 is outside [0, 1]\n  config field `callers.batch.target_strong_share` (set by ROUTER__CALLERS__BATCH__TARGET_STRONG_SHARE): 2 is outside [0, 1]"
+        )
+    );
+}
+
+#[test]
+fn a_caller_named_by_a_variable_is_attributed_to_it() {
+    let name = "a".repeat(MAX_CALLER_LEN + 1);
+    let var = format!("ROUTER__CALLERS__{name}__TARGET_STRONG_SHARE");
+    let found = problems(load_str("", &[(&var, "0.5")]));
+    assert_eq!(
+        found,
+        [Problem {
+            key: format!("callers.{name}"),
+            message: format!("a caller name has 1 to {MAX_CALLER_LEN} characters"),
+            origin: Some(format!("set by {var}")),
+        }]
+    );
+}
+
+#[test]
+fn a_badly_typed_variable_is_named() {
+    let err = load_str("", &[("ROUTER__SERVER__MAX_CONNECTIONS", "lots")]).expect_err("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("set by ROUTER__SERVER__MAX_CONNECTIONS"),
+        "{text}"
+    );
+    let err = load_str("", &[("ROUTER__SERVER__MAX_CONECTIONS", "5")]).expect_err("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("set by ROUTER__SERVER__MAX_CONECTIONS") && text.contains("max_conections"),
+        "{text}"
+    );
+}
+
+#[test]
+fn flags_apply_over_the_environment_before_the_check() {
+    let flags = |threshold: f64| {
+        Overrides::default()
+            .flag("--threshold", "routing.threshold", Some(threshold))
+            .flag("--listen", "server.listen", None::<SocketAddr>)
+    };
+    let env = [("ROUTER__ROUTING__THRESHOLD", "0.2")];
+    let config = load_with("", &env, &flags(0.7)).expect("valid");
+    assert_eq!(config.routing.threshold, Some(0.7));
+    assert_eq!(
+        config.server.listen,
+        SocketAddr::from(([0, 0, 0, 0], 50051))
+    );
+    let err = load_with("", &env, &flags(1.5)).expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        "config field `routing.threshold` (set by --threshold): 1.5 is outside [0, 1]"
+    );
+}
+
+#[test]
+fn durations_are_capped_at_one_day() {
+    let mut raw = RawConfig::default();
+    let (server, bedrock, resilience) = (&mut raw.server, &mut raw.bedrock, &mut raw.resilience);
+    for ms in [
+        &mut server.header_read_timeout_ms,
+        &mut server.request_read_timeout_ms,
+        &mut server.idle_timeout_ms,
+        &mut server.keepalive_interval_ms,
+        &mut server.shutdown_delay_ms,
+        &mut server.drain_timeout_ms,
+        &mut bedrock.connect_timeout_ms,
+        &mut bedrock.default_deadline_ms,
+        &mut bedrock.stream_idle_timeout_ms,
+        &mut resilience.backoff_base_ms,
+        &mut resilience.backoff_max_ms,
+        &mut resilience.breaker_cooldown_ms,
+    ] {
+        *ms = u64::MAX;
+    }
+    let keys: Vec<String> = problems(Config::try_from(raw))
+        .into_iter()
+        .map(|p| {
+            assert_eq!(
+                p.message,
+                "18446744073709551615 is above 86400000 (one day), the longest allowed"
+            );
+            p.key
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "server.keepalive_interval_ms",
+            "server.header_read_timeout_ms",
+            "server.request_read_timeout_ms",
+            "server.idle_timeout_ms",
+            "server.shutdown_delay_ms",
+            "server.drain_timeout_ms",
+            "bedrock.connect_timeout_ms",
+            "bedrock.default_deadline_ms",
+            "bedrock.stream_idle_timeout_ms",
+            "resilience.backoff_base_ms",
+            "resilience.backoff_max_ms",
+            "resilience.breaker_cooldown_ms",
+        ]
+    );
+    let err = load_str(
+        "[bedrock]\ndefault_deadline_ms = 9223372036854775807\n",
+        &[],
+    )
+    .expect_err("refused");
+    assert!(
+        err.to_string().starts_with(
+            "config field `bedrock.default_deadline_ms`: 9223372036854775807 is above"
+        ),
+        "{err}"
+    );
+    let longest = load_str(
+        &format!("[bedrock]\ndefault_deadline_ms = {MAX_DURATION_MS}\n"),
+        &[],
+    )
+    .expect("one day is allowed");
+    let deadline = std::time::Instant::now() + longest.bedrock.default_deadline;
+    assert!(deadline > std::time::Instant::now());
+}
+
+#[test]
+fn the_old_name_of_the_default_deadline_still_works_with_a_warning() {
+    let config = load_str("[bedrock]\ncall_timeout_ms = 5000\n", &[]).expect("valid");
+    assert_eq!(config.bedrock.default_deadline, Duration::from_secs(5));
+    let [warning] = config.deprecations() else {
+        panic!("{:?}", config.deprecations());
+    };
+    assert!(
+        warning.contains("`bedrock.call_timeout_ms`")
+            && warning.contains("`bedrock.default_deadline_ms`")
+            && warning.contains("router.toml"),
+        "{warning}"
+    );
+
+    let config = load_str("", &[("ROUTER__BEDROCK__CALL_TIMEOUT_MS", "7000")]).expect("valid");
+    assert_eq!(config.bedrock.default_deadline, Duration::from_secs(7));
+    assert!(
+        config.deprecations()[0].contains("set by ROUTER__BEDROCK__CALL_TIMEOUT_MS"),
+        "{:?}",
+        config.deprecations()
+    );
+    let config = load_str("", &[("ROUTER__BEDROCK__DEFAULT_DEADLINE_MS", "9000")]).expect("valid");
+    assert_eq!(config.bedrock.default_deadline, Duration::from_secs(9));
+    assert!(config.deprecations().is_empty());
+
+    let text = load_str("[bedrock]\ncall_timeout_ms = 0\n", &[])
+        .expect_err("refused")
+        .to_string();
+    assert_eq!(
+        text,
+        "config field `bedrock.default_deadline_ms` (set as `bedrock.call_timeout_ms`): must be above 0"
+    );
+}
+
+#[test]
+fn both_names_of_the_default_deadline_are_an_error() {
+    let both = |file: &str, env: &[(&str, &str)]| {
+        problems(load_str(file, env))
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        both(
+            "[bedrock]\ncall_timeout_ms = 5000\ndefault_deadline_ms = 6000\n",
+            &[]
+        ),
+        [
+            "config field `bedrock.call_timeout_ms`: is the deprecated name of `bedrock.default_deadline_ms`, which is set too; keep only `bedrock.default_deadline_ms`"
+        ]
+    );
+    assert_eq!(
+        both(
+            "[bedrock]\ndefault_deadline_ms = 6000\n[server]\nmax_concurrency = 0\n",
+            &[("ROUTER__BEDROCK__CALL_TIMEOUT_MS", "5000")]
+        ),
+        [
+            "config field `bedrock.call_timeout_ms` (set by ROUTER__BEDROCK__CALL_TIMEOUT_MS): is the deprecated name of `bedrock.default_deadline_ms`, which is set too; keep only `bedrock.default_deadline_ms`",
+            "config field `server.max_concurrency`: must be at least 1",
+        ]
+    );
+}
