@@ -5,7 +5,7 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use prompt_router::classify::{Classifier, Part, Shape};
+use prompt_router_core::classify::{Classifier, Part, Shape};
 
 const PROSE: &str = "Our billing service retries failed card charges three times over two days. \
 Explain why some customers are charged twice, and propose a fix that keeps retries idempotent. ";

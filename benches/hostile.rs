@@ -429,11 +429,11 @@ fn main() {
     let sim = Proc::spawn(Command::new(BIN).args(["simulate", "--listen", "127.0.0.1:0"]));
     let endpoint = sim.wait_for_field("endpoint");
     let payloads = Payloads::new();
-    let mut raw = prompt_router::config::RawConfig::default();
+    let mut raw = prompt_router_core::config::RawConfig::default();
     if let Ok(bytes) = std::env::var("ROUTER__SERVER__MAX_INFLIGHT_REQUEST_BYTES") {
         raw.server.max_inflight_request_bytes = bytes.parse().unwrap();
     }
-    let config = prompt_router::config::Config::try_from(raw).unwrap();
+    let config = prompt_router_core::config::Config::try_from(raw).unwrap();
     let bound = prompt_router::server::memory_bound(&config.server) >> 20;
     println!("bound (prompt_router::server::memory_bound): {bound} MiB peak RSS");
     println!(

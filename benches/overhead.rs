@@ -15,13 +15,15 @@ use aws_sdk_bedrockruntime::{
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use prompt_router::{
+    pb::{self, prompt_router_client::PromptRouterClient},
+    server::{self, Options, convert::chat_request},
+    setup,
+};
+use prompt_router_core::{
     config::{Config, RawConfig},
     decide::Decider,
     operating::OperatingPoints,
-    pb::{self, prompt_router_client::PromptRouterClient},
     request::Limits,
-    server::{self, Options, convert::chat_request},
-    setup,
 };
 
 const PROMPT: &str = "Summarise the main trade-offs between optimistic and pessimistic locking \

@@ -10,23 +10,11 @@
 #![warn(missing_docs)]
 
 pub mod backend;
-pub mod calibrate;
-pub mod catalog;
-pub mod classify;
 pub mod cli;
-pub mod config;
-pub mod cost;
-pub mod decide;
-pub mod eval;
 pub mod load;
 pub mod logfmt;
-pub mod operating;
 pub mod pb;
-pub mod policy;
 pub mod protocol;
-pub mod request;
-pub mod resilience;
 pub mod server;
 pub mod setup;
 pub mod telemetry;
-pub mod train;

@@ -10,15 +10,17 @@ use std::{
 use anyhow::Context as _;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use prompt_router::{
-    catalog::Tier,
     cli::{self, calibrate::Target},
+    load,
+    server::{self, Options},
+    setup, telemetry,
+};
+use prompt_router_core::{
+    catalog::Tier,
     config::{Config, LogFormat, Overrides},
     cost::usd_per_mtok,
     decide::Decider,
     eval::CostAssumptions,
-    load,
-    server::{self, Options},
-    setup, telemetry,
     train::TrainOptions,
 };
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -96,7 +98,7 @@ struct ServeArgs {
     #[arg(long)]
     simulate: bool,
     /// Log format (overrides telemetry.log_format).
-    #[arg(long, value_enum, value_name = "FORMAT")]
+    #[arg(long, value_name = "text|json")]
     log_format: Option<LogFormat>,
 }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-use crate::{
+use prompt_router_core::{
     classify::{Classifier, Weights},
     config::Config,
     decide::Decider,
@@ -57,8 +57,10 @@ pub fn decider(config: &Config) -> anyhow::Result<Decider> {
 
 /// The decider of the defaults after `adjust`, for tests.
 #[cfg(test)]
-pub(crate) fn decider_with(adjust: impl FnOnce(&mut crate::config::RawConfig)) -> Decider {
-    let mut raw = crate::config::RawConfig::default();
+pub(crate) fn decider_with(
+    adjust: impl FnOnce(&mut prompt_router_core::config::RawConfig),
+) -> Decider {
+    let mut raw = prompt_router_core::config::RawConfig::default();
     adjust(&mut raw);
     decider(&Config::try_from(raw).expect("valid config")).expect("decider")
 }

@@ -20,7 +20,7 @@ use std::{
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::{config::LogFormat, cost::Nanodollars};
+use prompt_router_core::{config::LogFormat, cost::Nanodollars};
 
 /// `router_requests_total{tier, model, outcome, reason}`: handled requests, refused ones too.
 pub const REQUESTS_TOTAL: &str = "router_requests_total";

@@ -9,6 +9,24 @@ use std::process::Command;
 
 /// A crate, and the prefixes of package names it must not depend on, directly or not.
 const RULES: &[(&str, &[&str])] = &[
+    // The decision core is pure: no async runtime, no gRPC or generated types, no AWS SDK,
+    // no metrics, no HTTP stack, no logging.
+    (
+        "prompt-router-core",
+        &[
+            "tokio",
+            "tonic",
+            "prost",
+            "aws-",
+            "metrics",
+            "hyper",
+            "h2",
+            "tower",
+            "tracing",
+            "bedrock-sim",
+            "prompt-router",
+        ],
+    ),
     // The simulator stands for Bedrock: it knows Bedrock's wire, not the router, its gRPC
     // stack, its metrics or the SDK that is its client.
     (

@@ -15,10 +15,10 @@ use std::{
 
 use prompt_router::{
     cli::health,
-    config::{Config, Overrides},
     pb::prompt_router_server::PromptRouterServer,
     server::{self, Options, RouterService},
 };
+use prompt_router_core::config::{Config, Overrides};
 use serde::Deserialize as _;
 use serde_json::Value;
 use tonic::server::NamedService;

@@ -13,10 +13,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{ask, eventually, exposition::Scrape, http_get, start};
-use prompt_router::{
-    config::{Config, RawConfig},
-    server::{self, Options},
-};
+use prompt_router::server::{self, Options};
+use prompt_router_core::config::{Config, RawConfig};
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 //! long analysis, multi-turn chat, system prompts, non-English text). Every prompt was written
 //! for this test; none is taken from an evaluation set.
 
-use prompt_router::classify::{Classification, Classifier, Part, Shape};
+use prompt_router_core::classify::{Classification, Classifier, Part, Shape};
 
 /// One conversation: its pieces in order (the last one is the newest user turn).
 type Case = &'static [(Part, &'static str)];

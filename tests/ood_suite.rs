@@ -16,7 +16,7 @@
 //! half) must reach [`MIN_CROSS`] and [`MIN_CHAINS`]. Both minimums and the suite were fixed
 //! before the final fit; the suite was not tuned to pass (see README, "Classifier").
 
-use prompt_router::classify::{Classifier, Part, Shape};
+use prompt_router_core::classify::{Classifier, Part, Shape};
 use serde_json::Value;
 
 const SUITE: &str = include_str!("data/ood_suite.json");

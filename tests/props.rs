@@ -2,7 +2,7 @@
 //! finite score in [0, 1] that is exactly `logistic(bias + Σ contributions)`, the same every
 //! time.
 
-use prompt_router::classify::{Classifier, NUM_FEATURES, Part, Shape};
+use prompt_router_core::classify::{Classifier, NUM_FEATURES, Part, Shape};
 use proptest::prelude::*;
 
 fn part() -> impl Strategy<Value = Part> {

@@ -9,10 +9,10 @@
 //! the classifier is working towards (90% of each kind on its tier, ordering 0.95), which the
 //! README's "Classifier" section reports as not reached.
 
-use prompt_router::catalog::Tier;
 use prompt_router::cli::{Judgement, Request, is_header};
-use prompt_router::config::{Config, RawConfig};
-use prompt_router::train::is_held_out;
+use prompt_router_core::catalog::Tier;
+use prompt_router_core::config::{Config, RawConfig};
+use prompt_router_core::train::is_held_out;
 
 const CORPUS: &str = include_str!("data/realistic.jsonl");
 

@@ -11,15 +11,13 @@ mod common;
 use std::{path::PathBuf, process::Command};
 
 use common::{TestRouter, exposition::Scrape, http_get, process::BIN, start_checked, start_with};
-use prompt_router::{
+use prompt_router::{pb, server::convert::chat_request, setup};
+use prompt_router_core::{
     catalog::Tier,
     config::{Config, Overrides, RawConfig},
     operating::Point,
-    pb,
     policy::Basis,
     request::{ChatRequest, Limits},
-    server::convert::chat_request,
-    setup,
 };
 use serde_json::{Value, json};
 

@@ -10,11 +10,8 @@ mod common;
 
 use std::collections::HashSet;
 
-use prompt_router::{
-    pb,
-    request::{Block, ChatRequest, Limits, Role},
-    server::convert::chat_request,
-};
+use prompt_router::{pb, server::convert::chat_request};
+use prompt_router_core::request::{Block, ChatRequest, Limits, Role};
 use proptest::prelude::*;
 
 fn enum_value() -> impl Strategy<Value = i32> {

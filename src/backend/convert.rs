@@ -4,7 +4,7 @@ use aws_sdk_bedrockruntime::types as bt;
 use aws_smithy_types::{Blob, Document, Number, error::operation::BuildError};
 use serde_json::Value;
 
-use crate::request::{
+use prompt_router_core::request::{
     Block, ChatRequest, Image, ImageFormat, Role, ToolChoice, ToolResultBlock, Tools,
 };
 

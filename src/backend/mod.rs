@@ -23,7 +23,7 @@ pub use self::clock::{CallClock, CallTime};
 pub use self::convert::ConverseParts;
 pub use self::error::BackendError;
 use self::error::sort;
-use crate::{config::BedrockConfig, cost::Usage, request::ChatRequest};
+use prompt_router_core::{config::BedrockConfig, cost::Usage, request::ChatRequest};
 
 /// The Bedrock Runtime clients the router calls models with, one per source region.
 #[derive(Debug, Clone)]

@@ -12,10 +12,10 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use super::{Replay, routed_lines, row};
-use crate::calibrate;
-use crate::decide::Decider;
-use crate::eval::CostAssumptions;
-use crate::request::Limits;
+use prompt_router_core::calibrate;
+use prompt_router_core::decide::Decider;
+use prompt_router_core::eval::CostAssumptions;
+use prompt_router_core::request::Limits;
 
 /// What to calibrate for.
 #[derive(Debug, Clone, Copy, PartialEq)]

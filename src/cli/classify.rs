@@ -14,7 +14,7 @@ use std::io::{BufRead, Write};
 use serde::Serialize;
 
 use super::Request;
-use crate::{classify::Feature, decide::Decider, request::Limits};
+use prompt_router_core::{classify::Feature, decide::Decider, request::Limits};
 
 /// Counts of what `classify` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -145,9 +145,9 @@ mod tests {
             reasons: 1,
             features: false,
             plain_text: false,
-            limits: crate::request::Limits {
+            limits: prompt_router_core::request::Limits {
                 max_tools: 1,
-                ..crate::request::Limits::default()
+                ..prompt_router_core::request::Limits::default()
             },
         };
         let line = r#"{"messages":[{"role":"ROLE_USER","content":[{"text":"x"}]}],"toolConfig":{"tools":[{"name":"a","inputSchemaJson":"{\"type\":\"object\"}"},{"name":"b","inputSchemaJson":"{\"type\":\"object\"}"}]}}"#;
@@ -169,7 +169,7 @@ mod tests {
             reasons: 1,
             features: false,
             plain_text: true,
-            limits: crate::request::Limits::default(),
+            limits: prompt_router_core::request::Limits::default(),
         };
         let input = "hello there\n{\"prompt\": \"and hello again\"}\n";
         let s = super::run(&decider, opts, input.as_bytes(), &mut out).unwrap();
@@ -191,7 +191,7 @@ mod tests {
             reasons: 2,
             features: true,
             plain_text: false,
-            limits: crate::request::Limits::default(),
+            limits: prompt_router_core::request::Limits::default(),
         };
         let s = run(&decider, opts, input.as_bytes(), &mut out).unwrap();
         assert_eq!(
@@ -212,7 +212,7 @@ mod tests {
         assert_eq!(lines[0]["reasons"].as_array().unwrap().len(), 2);
         assert_eq!(
             lines[0]["features"].as_object().unwrap().len(),
-            crate::classify::NUM_FEATURES
+            prompt_router_core::classify::NUM_FEATURES
         );
         assert_eq!(lines[1]["line"], 2);
         assert_eq!(lines[2]["id"], 3);

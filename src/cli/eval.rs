@@ -1,6 +1,6 @@
 //! `eval`: metrics of the classifier on labelled JSON lines, beside a length-only router
 //! (score = estimated input tokens) and a random router (a fixed-seed run, seed
-//! [`RANDOM_SEED`]). See [`crate::eval`] for the definitions.
+//! [`RANDOM_SEED`]). See [`prompt_router_core::eval`] for the definitions.
 //!
 //! The classifier's operating point is its fixed threshold, or — when a caller has a target
 //! strong share (`--target-share`, or the config) — the decisions the target-share controller
@@ -17,11 +17,13 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use super::{Replay, routed_lines, row};
-use crate::calibrate;
-use crate::catalog::Tier;
-use crate::decide::Decider;
-use crate::eval::{self, Baseline, CostAssumptions, Operating, RANDOM_SEED, Row, Summary};
-use crate::request::Limits;
+use prompt_router_core::calibrate;
+use prompt_router_core::catalog::Tier;
+use prompt_router_core::decide::Decider;
+use prompt_router_core::eval::{
+    self, Baseline, CostAssumptions, Operating, RANDOM_SEED, Row, Summary,
+};
+use prompt_router_core::request::Limits;
 
 /// Options for `eval`.
 #[derive(Debug, Clone, Copy, PartialEq)]

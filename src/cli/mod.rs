@@ -23,16 +23,15 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::{
+use crate::{pb, server::convert::chat_request};
+use prompt_router_core::{
     catalog::Tier,
     classify::{Classification, Classifier},
     decide::{self, Decider},
     eval::{CostAssumptions, EvalError, Row, at_decisions},
     operating::Point,
-    pb,
     policy::{Basis, TierChoice},
     request::{ChatRequest, Limits},
-    server::convert::chat_request,
 };
 
 /// Whether `line` is a file header (`{"header": …}`, as `tests/data/realistic.jsonl` opens
@@ -345,7 +344,7 @@ pub fn single_prompt(text: String) -> pb::ConverseRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::{Feature, Weights};
+    use prompt_router_core::classify::{Feature, Weights};
 
     fn classifier() -> Classifier {
         Classifier::new(Weights::neutral()).unwrap()

@@ -19,10 +19,10 @@ use anyhow::{Context as _, bail};
 
 use super::eval::{compare, write_table};
 use super::scored_lines;
-use crate::classify::{Classifier, Feature, FileSummary, Metadata, Rescale, Weights};
-use crate::eval::{self, Baseline, CostAssumptions, Row};
-use crate::request::Limits;
-use crate::train::{
+use prompt_router_core::classify::{Classifier, Feature, FileSummary, Metadata, Rescale, Weights};
+use prompt_router_core::eval::{self, Baseline, CostAssumptions, Row};
+use prompt_router_core::request::Limits;
+use prompt_router_core::train::{
     self, Example, FittedScore, TrainOptions, choose_threshold, is_held_out, score_rows,
 };
 

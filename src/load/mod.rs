@@ -33,10 +33,10 @@ pub use self::{
     summary::{Mode, Pacing, Percentiles, Reply, Summary, Tally},
 };
 use crate::{
-    cost::Nanodollars,
     pb::{self, converse_stream_event::Event, prompt_router_client::PromptRouterClient},
     protocol::REQUEST_ID,
 };
+use prompt_router_core::cost::Nanodollars;
 
 /// A request that leaves more than this behind its slot counts as late.
 pub const LATE_AFTER: Duration = Duration::from_millis(10);

@@ -8,7 +8,8 @@ use hdrhistogram::{CreationError, Histogram};
 use serde::Serialize;
 use tonic::Code;
 
-use crate::{cost::Nanodollars, pb, protocol::code_label};
+use crate::{pb, protocol::code_label};
+use prompt_router_core::cost::Nanodollars;
 
 /// How one request ended, as the load generator saw it.
 #[derive(Debug, Clone)]

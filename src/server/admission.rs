@@ -49,11 +49,11 @@ use super::{
     weigh::{Schema, Weight},
 };
 use crate::{
-    config::ServerConfig,
     pb::{self, prompt_router_server::PromptRouterServer},
     protocol::{REQUEST_ID, code_label},
     telemetry::Telemetry,
 };
+use prompt_router_core::config::ServerConfig;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

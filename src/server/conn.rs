@@ -39,7 +39,7 @@ use tonic::body::Body;
 use tower_service::Service;
 
 use super::admission::Guarded;
-use crate::config::ServerConfig;
+use prompt_router_core::config::ServerConfig;
 
 /// The client connection preface of HTTP/2 (RFC 9113, 3.4).
 const PREFACE_LEN: usize = 24;

@@ -1,12 +1,12 @@
 //! The request at the edge: a `router.v1` [`pb::ConverseRequest`] into the router's own
 //! [`ChatRequest`], taking ownership of its contents (no copies of the text). This side knows
 //! the wire format (oneofs, enum numbers a client may send that we do not know); the rules a
-//! request must keep are the domain's, in [`crate::request`].
+//! request must keep are the domain's, in [`prompt_router_core::request`].
 
 use std::collections::HashSet;
 
-use crate::{
-    pb,
+use crate::pb;
+use prompt_router_core::{
     policy::RoutingMode,
     request::{
         Block, ChatRequest, Field, Image, ImageFormat, Inference, InvalidRequest, Limits, Role,

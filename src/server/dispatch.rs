@@ -1,6 +1,6 @@
 //! Getting an answer despite Bedrock: walks a request's chain of targets (regions, then the other
 //! tier), with jittered backoff, the router-wide retry budget and per-target outlier ejection,
-//! all inside the caller's deadline. The rules are in [`crate::resilience`]; this is where they
+//! all inside the caller's deadline. The rules are in [`prompt_router_core::resilience`]; this is where they
 //! meet the clock, the backend and the metrics.
 
 use std::{
@@ -17,10 +17,12 @@ use super::{
 };
 use crate::{
     backend::{BackendError, CallClock},
+    telemetry,
+};
+use prompt_router_core::{
     catalog::{Catalog, Model, Tier},
     config::ResilienceConfig,
     resilience::{Backoff, Ejection, Move, RetryBudget, Target, chain, tier_fallback_allowed},
-    telemetry,
 };
 
 /// Router-wide resilience state: every target's breaker (one lock, as the panic threshold

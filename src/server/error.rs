@@ -9,7 +9,8 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
-use crate::{backend::BackendError, policy::Unservable, request::InvalidRequest};
+use crate::backend::BackendError;
+use prompt_router_core::{policy::Unservable, request::InvalidRequest};
 
 /// Why a request failed, from the transport's first look at it to a stream's last event.
 #[derive(Debug)]
@@ -337,7 +338,7 @@ impl From<Error> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::Field;
+    use prompt_router_core::request::Field;
 
     fn upstream(error: BackendError) -> Status {
         Status::from(Error::Upstream {

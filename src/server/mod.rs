@@ -31,10 +31,10 @@ pub use self::service::{Router, RouterService};
 use self::{admission::Admission, dispatch::Resilience};
 use crate::{
     backend::{Auth, Bedrock},
-    config::Config,
     pb::prompt_router_server::PromptRouterServer,
     setup, telemetry,
 };
+use prompt_router_core::config::Config;
 
 /// Largest request message of the health and reflection services: theirs are a few bytes, and
 /// tonic's default (4 MiB) times the calls a client can open would be memory nothing accounts.
@@ -54,7 +54,7 @@ const CALL_BYTES: u64 = 64 << 10;
 /// do: the sum of what each bound lets them hold, plus a sixth for the allocator (README,
 /// "Memory and connections"). The `hostile` bench measures peaks against it and
 /// `tests/deploy.rs` keeps the Kubernetes memory limit above it.
-pub fn memory_bound(server: &crate::config::ServerConfig) -> u64 {
+pub fn memory_bound(server: &prompt_router_core::config::ServerConfig) -> u64 {
     let held = BASELINE_BYTES
         + server.max_inflight_request_bytes
         + server.max_connections as u64 * (u64::from(server.http2_window_bytes) + CONNECTION_BYTES)

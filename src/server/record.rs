@@ -19,12 +19,14 @@ use tracing::Span;
 
 use crate::{
     backend::CallClock,
+    protocol::code_label,
+    telemetry::{self, Telemetry},
+};
+use prompt_router_core::{
     catalog::Tier,
     cost::{Cost, Usage},
     policy::Basis,
-    protocol::code_label,
     resilience::Move,
-    telemetry::{self, Telemetry},
 };
 
 /// An upstream call under way: its labels and the clock the SDK's hooks move.

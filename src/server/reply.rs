@@ -7,13 +7,12 @@ use super::{
     dispatch::{Resilience, Walk},
     record::Record,
 };
-use crate::{
-    backend::OutputBlock,
+use crate::{backend::OutputBlock, pb};
+use prompt_router_core::{
     catalog::{Catalog, Tier},
     cost::{Cost, Usage},
     decide::RoutingDecision,
     operating::Point,
-    pb,
     policy::Basis,
     resilience::{Move, Target},
 };

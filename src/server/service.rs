@@ -23,13 +23,15 @@ use super::{
 };
 use crate::{
     backend::{self, BackendError, Bedrock, CallClock, Completion, ConverseParts},
+    pb::{self, prompt_router_server::PromptRouter},
+    telemetry::Telemetry,
+};
+use prompt_router_core::{
     catalog::{Model, Tier},
     cost::{Cost, Usage},
     decide::{Decider, RoutingDecision},
-    pb::{self, prompt_router_server::PromptRouter},
     request::{Block, ChatRequest, Limits},
     resilience::Target,
-    telemetry::Telemetry,
 };
 
 /// Everything a request needs, shared by all requests.

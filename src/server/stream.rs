@@ -24,9 +24,9 @@ use super::{
 };
 use crate::{
     backend::{EventStream, StreamEvent},
-    cost::Usage,
     pb::{self, converse_stream_event::Event},
 };
+use prompt_router_core::cost::Usage;
 
 /// Events buffered per stream between the upstream reader and the caller.
 const STREAM_BUFFER: usize = 32;

@@ -9,10 +9,10 @@ pub mod process;
 
 use bedrock_sim::SimHandle;
 use prompt_router::{
-    config::{Config, RawConfig},
     pb::{self, prompt_router_client::PromptRouterClient},
     server::{self, Options, Running},
 };
+use prompt_router_core::config::{Config, RawConfig};
 use tonic::transport::Channel;
 
 /// A router under test.

@@ -28,7 +28,7 @@ use crate::catalog::Tier;
 use weights::Dense;
 
 /// The committed default weights, produced by `train`.
-const DEFAULT_WEIGHTS: &str = include_str!("../../weights/default.json");
+const DEFAULT_WEIGHTS: &str = include_str!("../../../../weights/default.json");
 
 /// Which part of a conversation a text piece comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
