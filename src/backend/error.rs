@@ -1,4 +1,4 @@
-//! Every way a Bedrock call can fail, sorted once, here, into [`BackendError`].
+//! Every way a Bedrock call can fail, turned once, here, into [`BackendError`] (`From<SdkError>`).
 
 use aws_sdk_bedrockruntime::{
     error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
@@ -158,32 +158,33 @@ impl BackendError {
     }
 }
 
-/// Sorts any SDK error of the three Bedrock error shapes the router sees.
-pub fn sort<E: ServiceFailure, R: std::fmt::Debug>(err: SdkError<E, R>) -> BackendError {
-    let message = match &err {
-        SdkError::ServiceError(_) => String::new(),
-        other => DisplayErrorContext(other).to_string(),
-    };
-    match err {
-        SdkError::ServiceError(service) => service.into_err().sort(),
-        SdkError::TimeoutError(_) => BackendError::Timeout { message },
-        SdkError::DispatchFailure(failure) if failure.is_timeout() => {
-            BackendError::Timeout { message }
+/// Every SDK error of the three Bedrock error shapes the router sees, as one of ours: the one
+/// place an SDK failure gets its kind.
+impl<E: ServiceFailure, R: std::fmt::Debug> From<SdkError<E, R>> for BackendError {
+    fn from(err: SdkError<E, R>) -> Self {
+        let message = match &err {
+            SdkError::ServiceError(_) => String::new(),
+            other => DisplayErrorContext(other).to_string(),
+        };
+        match err {
+            SdkError::ServiceError(service) => service.into_err().into_backend_error(),
+            SdkError::TimeoutError(_) => Self::Timeout { message },
+            SdkError::DispatchFailure(failure) if failure.is_timeout() => Self::Timeout { message },
+            SdkError::DispatchFailure(_) => Self::Connection { message },
+            SdkError::ResponseError(_) => Self::BadResponse { message },
+            SdkError::ConstructionFailure(_) => Self::Build { message },
+            _ => Self::Unknown {
+                code: "none".to_owned(),
+                message,
+            },
         }
-        SdkError::DispatchFailure(_) => BackendError::Connection { message },
-        SdkError::ResponseError(_) => BackendError::BadResponse { message },
-        SdkError::ConstructionFailure(_) => BackendError::Build { message },
-        _ => BackendError::Unknown {
-            code: "none".to_owned(),
-            message,
-        },
     }
 }
 
-/// A modelled Bedrock error of one operation, sorted by its variant.
+/// A modelled Bedrock error of one operation, told apart by its variant.
 pub trait ServiceFailure: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static {
-    /// The sorted error.
-    fn sort(self) -> BackendError;
+    /// Ours for this error.
+    fn into_backend_error(self) -> BackendError;
 }
 
 fn message_of(err: &impl ProvideErrorMetadata) -> String {
@@ -201,9 +202,9 @@ fn unknown(err: &impl ProvideErrorMetadata) -> BackendError {
 /// ConverseStream share, plus any the operation adds. The SDK's enums are #[non_exhaustive], so
 /// each needs a catch-all arm; ours has none.
 macro_rules! operation_failure {
-    ($error:ident $(, $variant:ident => $sorted:ident)*) => {
+    ($error:ident $(, $variant:ident => $ours:ident)*) => {
         impl ServiceFailure for $error {
-            fn sort(self) -> BackendError {
+            fn into_backend_error(self) -> BackendError {
                 let message = message_of(&self);
                 match self {
                     Self::ThrottlingException(_) => BackendError::Throttled { message },
@@ -215,7 +216,7 @@ macro_rules! operation_failure {
                     Self::AccessDeniedException(_) => BackendError::AccessDenied { message },
                     Self::ResourceNotFoundException(_) => BackendError::NotFound { message },
                     Self::ModelErrorException(_) => BackendError::ModelError { message },
-                    $(Self::$variant(_) => BackendError::$sorted { message },)*
+                    $(Self::$variant(_) => BackendError::$ours { message },)*
                     other => unknown(&other),
                 }
             }
@@ -229,7 +230,7 @@ operation_failure!(ConverseStreamError, ModelStreamErrorException => ModelStream
 // Mid-stream exceptions arrive as typed variants whose `code()` is None, so the variant is the
 // only reliable signal here.
 impl ServiceFailure for ConverseStreamOutputError {
-    fn sort(self) -> BackendError {
+    fn into_backend_error(self) -> BackendError {
         let message = message_of(&self);
         match self {
             Self::ThrottlingException(_) => BackendError::Throttled { message },

@@ -22,7 +22,6 @@ use serde_json::Value;
 pub use self::clock::{CallClock, CallTime};
 pub use self::convert::ConverseParts;
 pub use self::error::BackendError;
-use self::error::sort;
 use prompt_router_core::{config::BedrockConfig, cost::Usage, request::ChatRequest};
 
 /// The Bedrock Runtime clients the router calls models with, one per source region.
@@ -212,7 +211,7 @@ impl Bedrock {
             .send()
             .await;
         clock.sdk_returned(false);
-        let output = sent.map_err(sort)?;
+        let output = sent.map_err(BackendError::from)?;
         let content = match output.output {
             Some(bt::ConverseOutput::Message(message)) => message
                 .content
@@ -251,7 +250,7 @@ impl Bedrock {
             .send()
             .await;
         clock.sdk_returned(sent.is_ok());
-        let output = sent.map_err(sort)?;
+        let output = sent.map_err(BackendError::from)?;
         Ok(EventStream {
             rx: output.stream,
             idle_timeout: self.stream_idle_timeout,
@@ -269,7 +268,7 @@ impl EventStream {
                 .map_err(|_| BackendError::Timeout {
                     message: format!("no stream event for {} ms", self.idle_timeout.as_millis()),
                 })?;
-            let Some(event) = received.map_err(sort)? else {
+            let Some(event) = received.map_err(BackendError::from)? else {
                 return Ok(None);
             };
             if let Some(event) = stream_event(event) {

@@ -21,7 +21,7 @@ use tokio::{
     sync::{Semaphore, watch},
 };
 
-use super::Router;
+use super::RouterState;
 use crate::telemetry;
 
 /// Connections open at once on the metrics port; more wait in the backlog.
@@ -30,7 +30,7 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// Serves `/metrics` on `listener` until `shutdown` flips to true.
 pub async fn serve(
     mut listener: TcpListener,
-    router: Arc<Router>,
+    router: Arc<RouterState>,
     header_read: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -67,7 +67,7 @@ pub async fn serve(
 /// Sets the operating-point gauges from the thresholds in force now: read at scrape time,
 /// they cost the request path nothing and are never stale. Labels are the configured callers
 /// and `default`, a set fixed at start.
-fn operating_points(router: &Router) {
+fn operating_points(router: &RouterState) {
     for point in router.decider.operating.callers() {
         gauge!(telemetry::THRESHOLD, "caller" => point.caller.to_owned())
             .set(point.in_force.threshold);
@@ -77,7 +77,7 @@ fn operating_points(router: &Router) {
     }
 }
 
-fn respond(req: &Request<Incoming>, router: &Router) -> Response<Full<Bytes>> {
+fn respond(req: &Request<Incoming>, router: &RouterState) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
             operating_points(router);

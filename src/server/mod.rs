@@ -27,7 +27,7 @@ use tokio::{
 use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 
-pub use self::service::{Router, RouterService};
+pub use self::service::{RouterService, RouterState};
 use self::{admission::Admission, dispatch::Resilience};
 use crate::{
     backend::{Auth, Bedrock},
@@ -97,7 +97,7 @@ pub struct Running {
 const CUT_OFF_GRACE: Duration = Duration::from_secs(1);
 
 /// Builds the shared router state from a checked config.
-pub async fn build_router(config: &Config, auth: Auth) -> anyhow::Result<Router> {
+pub async fn build_state(config: &Config, auth: Auth) -> anyhow::Result<RouterState> {
     let decider = setup::decider(config)?;
     let bedrock = Bedrock::connect(&config.bedrock, auth).await?;
     let telemetry = telemetry::install().context("installing the metrics recorder")?;
@@ -107,7 +107,7 @@ pub async fn build_router(config: &Config, auth: Auth) -> anyhow::Result<Router>
         &config.bedrock.regions(),
         &decider.catalog,
     );
-    Ok(Router {
+    Ok(RouterState {
         decider,
         bedrock,
         resilience,
@@ -140,7 +140,7 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
     } else {
         Auth::DefaultChain
     };
-    let router = Arc::new(build_router(&config, auth).await?);
+    let router = Arc::new(build_state(&config, auth).await?);
     let telemetry = router.telemetry;
     let concurrency = Arc::clone(&router.concurrency);
     let cut_off = router.cut_off.clone();

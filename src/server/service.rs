@@ -1,8 +1,8 @@
 //! The `router.v1.PromptRouter` service: admit → validate → classify → decide → call (with
 //! retries and fallbacks) → record → reply. The only layer that calls the backend and records
-//! metrics. Every RPC starts the same way ([`Router::begin`], [`Router::decide`]); Converse
-//! and ConverseStream then call the same way ([`Router::answer`]) and end a success the same
-//! way ([`Router::settle`]); the stream's relay is [`super::stream`], the replies
+//! metrics. Every RPC starts the same way ([`RouterState::begin`], [`RouterState::decide`]); Converse
+//! and ConverseStream then call the same way ([`RouterState::answer`]) and end a success the same
+//! way ([`RouterState::settle`]); the stream's relay is [`super::stream`], the replies
 //! [`super::reply`].
 
 use std::{sync::Arc, time::Duration};
@@ -36,7 +36,7 @@ use prompt_router_core::{
 
 /// Everything a request needs, shared by all requests.
 #[derive(Debug)]
-pub struct Router {
+pub struct RouterState {
     /// Classifier, policy and catalog.
     pub decider: Decider,
     /// The Bedrock clients.
@@ -62,12 +62,12 @@ pub struct Router {
 /// The gRPC service.
 #[derive(Debug, Clone)]
 pub struct RouterService {
-    router: Arc<Router>,
+    router: Arc<RouterState>,
 }
 
 impl RouterService {
     /// Wraps the shared router.
-    pub fn new(router: Arc<Router>) -> Self {
+    pub fn new(router: Arc<RouterState>) -> Self {
         Self { router }
     }
 }
@@ -87,7 +87,7 @@ struct Admitted {
     walk: Walk,
 }
 
-impl Router {
+impl RouterState {
     /// The start of every RPC: the slot and memory charge admission took, the context from
     /// the metadata, the message.
     fn begin(&self, rpc: &'static str, request: Request<pb::ConverseRequest>) -> Started {

@@ -20,7 +20,7 @@ use super::{
     error::{Deadline, Error},
     record::Record,
     reply::Answered,
-    service::Router,
+    service::RouterState,
 };
 use crate::{
     backend::{EventStream, StreamEvent},
@@ -38,7 +38,7 @@ pub type EventStreamResponse =
 /// A stream being served after the handler returned: everything the relay task owns.
 pub struct StreamJob {
     /// The shared router.
-    pub router: Arc<Router>,
+    pub router: Arc<RouterState>,
     /// The request's record, finished when the relay ends.
     pub record: Record,
     /// The request id.
