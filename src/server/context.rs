@@ -22,12 +22,12 @@ pub struct Context {
 }
 
 impl Context {
-    /// The context of an `rpc` call received now with `metadata`; `call_timeout` is the time
+    /// The context of an `rpc` call received now with `metadata`; `default_deadline` is the time
     /// allowed when the caller sets no deadline.
-    pub fn new(rpc: &'static str, metadata: &MetadataMap, call_timeout: Duration) -> Self {
+    pub fn new(rpc: &'static str, metadata: &MetadataMap, default_deadline: Duration) -> Self {
         let received = Instant::now();
         let request_id = request_id(metadata.get(REQUEST_ID).and_then(|v| v.to_str().ok()));
-        let budget = deadline::grpc_timeout(metadata).map_or(call_timeout, deadline::budget);
+        let budget = deadline::grpc_timeout(metadata).map_or(default_deadline, deadline::budget);
         let span = tracing::info_span!(
             "request",
             rpc,
@@ -45,7 +45,7 @@ impl Context {
             request_id,
             deadline: received
                 .checked_add(budget)
-                .unwrap_or_else(|| received + call_timeout),
+                .unwrap_or_else(|| received + default_deadline),
             span,
         }
     }

@@ -113,7 +113,7 @@ pub async fn build_state(config: &Config, auth: Auth) -> anyhow::Result<RouterSt
         resilience,
         concurrency: Arc::new(Semaphore::new(config.server.max_concurrency)),
         limits: config.limits,
-        call_timeout: config.bedrock.default_deadline,
+        default_deadline: config.bedrock.default_deadline,
         log_prompts: config.telemetry.log_prompts,
         cut_off: watch::channel(false).0,
         telemetry,

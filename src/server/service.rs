@@ -46,7 +46,7 @@ pub struct RouterState {
     /// Per-request size limits.
     pub limits: Limits,
     /// Upstream time allowed when the caller sets no deadline.
-    pub call_timeout: Duration,
+    pub default_deadline: Duration,
     /// Converse and ConverseStream requests handled at once; the admission layer refuses a
     /// request that finds none free.
     pub concurrency: Arc<Semaphore>,
@@ -92,7 +92,7 @@ impl RouterState {
     /// the metadata, the message.
     fn begin(&self, rpc: &'static str, request: Request<pb::ConverseRequest>) -> Started {
         let ticket = admission::claim(request.extensions());
-        let ctx = Context::new(rpc, request.metadata(), self.call_timeout);
+        let ctx = Context::new(rpc, request.metadata(), self.default_deadline);
         Started {
             ctx,
             ticket,
