@@ -11,6 +11,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod labels;
 pub mod load;
 pub mod logfmt;
 pub mod pb;

@@ -31,6 +31,7 @@ pub use self::service::{RouterService, RouterState};
 use self::{admission::Admission, dispatch::Resilience};
 use crate::{
     backend::{Auth, Bedrock},
+    labels::LabelSink,
     pb::prompt_router_server::PromptRouterServer,
     setup, telemetry,
 };
@@ -116,6 +117,7 @@ pub async fn build_state(config: &Config, auth: Auth) -> anyhow::Result<RouterSt
         default_deadline: config.bedrock.default_deadline,
         log_prompts: config.telemetry.log_prompts,
         cut_off: watch::channel(false).0,
+        labels: LabelSink::off(),
         telemetry,
     })
 }

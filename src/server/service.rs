@@ -23,6 +23,7 @@ use super::{
 };
 use crate::{
     backend::{self, BackendError, Bedrock, CallClock, Completion, ConverseParts},
+    labels::LabelSink,
     pb::{self, prompt_router_server::PromptRouter},
     telemetry::Telemetry,
 };
@@ -55,6 +56,8 @@ pub struct RouterState {
     /// Set when a shutdown's drain time is up: requests still running end at once with
     /// UNAVAILABLE, a failure on the router's side, instead of being dropped with the process.
     pub cut_off: watch::Sender<bool>,
+    /// Where duels and feedback hand their label rows.
+    pub labels: LabelSink,
     /// Metrics.
     pub telemetry: &'static Telemetry,
 }

@@ -19,6 +19,7 @@ pub mod decide;
 pub mod eval;
 pub mod operating;
 pub mod policy;
+pub mod quality;
 pub mod request;
 pub mod resilience;
 pub mod train;

@@ -156,6 +156,14 @@ fn finite(field: &str, value: f64) -> Result<f64, WeightsError> {
 }
 
 impl Weights {
+    /// The weights' version as replies, logs and label rows name it: `w-` and the CRC-32 of
+    /// the weights in their compact JSON form, so the same weights have the same version
+    /// whichever file or build they come from.
+    pub fn version_id(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        format!("w-{:08x}", crc32fast::hash(&json))
+    }
+
     /// Parses and validates a weights file.
     pub fn from_json(text: &str) -> Result<Self, WeightsError> {
         let w: Self = serde_json::from_str(text)?;

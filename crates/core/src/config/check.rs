@@ -4,9 +4,11 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use super::{
-    BedrockConfig, Config, MAX_DURATION_MS, Problem, ResilienceConfig, RoutingConfig, ServerConfig,
+    BedrockConfig, Config, MAX_DURATION_MS, Problem, QualityConfig, ResilienceConfig,
+    RoutingConfig, ServerConfig,
     raw::{
-        Geography, RawBedrock, RawConfig, RawModel, RawModels, RawResilience, RawRouting, RawServer,
+        Geography, RawBedrock, RawConfig, RawModel, RawModels, RawQuality, RawResilience,
+        RawRouting, RawServer,
     },
 };
 use crate::{
@@ -74,6 +76,7 @@ pub(super) fn config(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         .check(bedrock.as_ref().map(|b| b.geography), &mut found);
     let routing = raw.routing.check(raw.callers, &mut found);
     let resilience = raw.resilience.check(&mut found);
+    let quality = raw.quality.check(&mut found);
     check_limits(&raw.limits, &mut found);
     match (bedrock, catalog) {
         (Some(bedrock), Some(catalog)) if found.0.is_empty() => Ok(Config {
@@ -82,6 +85,7 @@ pub(super) fn config(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             catalog,
             routing,
             resilience,
+            quality,
             limits: raw.limits,
             telemetry: raw.telemetry,
             deprecations: Vec::new(),
@@ -308,6 +312,8 @@ impl RawRouting {
     ) -> RoutingConfig {
         found.unit_interval("routing.threshold", self.threshold);
         found.unit_interval("routing.target_strong_share", self.target_strong_share);
+        found.unit_interval("routing.target_quality", self.target_quality);
+        let weights_poll = found.duration("routing.weights_poll_ms", self.weights_poll_ms);
         let (window, warmup) = (self.share_window, self.share_warmup);
         if !(1..=MAX_WINDOW).contains(&window) {
             found.add(
@@ -350,6 +356,8 @@ impl RawRouting {
                 warmup,
                 horizon: HORIZON,
             },
+            target_quality: self.target_quality,
+            weights_poll: (!weights_poll.is_zero()).then_some(weights_poll),
             target_strong_share: self.target_strong_share,
             callers,
         }
@@ -399,6 +407,54 @@ impl RawResilience {
             breaker_cooldown: found
                 .duration("resilience.breaker_cooldown_ms", self.breaker_cooldown_ms),
             max_ejected_percent: self.max_ejected_percent,
+        }
+    }
+}
+
+impl RawQuality {
+    fn check(self, found: &mut Found) -> QualityConfig {
+        found.unit_interval("quality.duel_rate", Some(self.duel_rate));
+        found.unit_interval("quality.recovered_floor", self.recovered_floor);
+        if !self.usd_per_hour.is_finite() || self.usd_per_hour < 0.0 {
+            found.add(
+                "quality.usd_per_hour",
+                format!("{} must be 0 or more", self.usd_per_hour),
+            );
+        }
+        if let Some(model) = &self.judge_model
+            && model.trim().is_empty()
+        {
+            found.add("quality.judge_model", "must not be empty when set");
+        }
+        found.at_least_one("quality.duel_concurrency", self.duel_concurrency);
+        found.at_least_one("quality.feedback_capacity", self.feedback_capacity);
+        found.at_least_one("quality.window", self.window);
+        if !(1..=self.window).contains(&self.min_duels) {
+            found.add(
+                "quality.min_duels",
+                format!(
+                    "{} is outside [1, quality.window = {}]",
+                    self.min_duels, self.window
+                ),
+            );
+        }
+        let store = self.store.and_then(|s| {
+            s.parse()
+                .map_err(|message: String| found.add("quality.store", message))
+                .ok()
+        });
+        QualityConfig {
+            duel_rate: self.duel_rate,
+            judge_model: self.judge_model,
+            usd_per_hour: self.usd_per_hour,
+            duel_concurrency: self.duel_concurrency,
+            store,
+            store_prompts: self.store_prompts,
+            feedback_capacity: self.feedback_capacity,
+            feedback_ttl: found.positive_duration("quality.feedback_ttl_ms", self.feedback_ttl_ms),
+            window: self.window,
+            min_duels: self.min_duels,
+            recovered_floor: self.recovered_floor,
         }
     }
 }

@@ -45,6 +45,8 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// Retries, fallbacks and outlier ejection.
     pub resilience: ResilienceConfig,
+    /// Duels, feedback, labels and the online quality estimate (`quality.*`).
+    pub quality: QualityConfig,
     /// Per-request size limits.
     pub limits: Limits,
     /// Logs.
@@ -124,6 +126,10 @@ pub struct RoutingConfig {
     pub weights_path: Option<PathBuf>,
     /// The target-share windows' settings.
     pub share: Settings,
+    /// Share of the quality gap to recover (`routing.target_quality`); `None`: no target.
+    pub target_quality: Option<f64>,
+    /// How often the weights file is checked for a change; `None`: only on SIGHUP.
+    pub weights_poll: Option<Duration>,
     target_strong_share: Option<f64>,
     callers: BTreeMap<String, Option<f64>>,
 }
@@ -170,6 +176,79 @@ pub struct ResilienceConfig {
     pub breaker_cooldown: Duration,
     /// Most of a model's targets, in percent rounded down, ejected at once (0 to 100).
     pub max_ejected_percent: u32,
+}
+
+/// Duels, feedback, labels and the online quality estimate (`quality.*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QualityConfig {
+    /// Share of answered requests that get a duel (0: none).
+    pub duel_rate: f64,
+    /// The model id the judge calls, as invoked; `None`: the strong model's.
+    pub judge_model: Option<String>,
+    /// Most USD per hour duels may spend.
+    pub usd_per_hour: f64,
+    /// Duels running at once.
+    pub duel_concurrency: usize,
+    /// Where label rows go; `None`: not stored.
+    pub store: Option<StoreLocation>,
+    /// Store each label's prompt text.
+    pub store_prompts: bool,
+    /// Recent requests kept for feedback.
+    pub feedback_capacity: usize,
+    /// How long a request can be given feedback.
+    pub feedback_ttl: Duration,
+    /// Recent duels the estimate is computed from.
+    pub window: usize,
+    /// Duels before the estimate acts.
+    pub min_duels: usize,
+    /// The recovered share below which the quality alert fires.
+    pub recovered_floor: Option<f64>,
+}
+
+/// Where label rows are stored: `quality.store`, and `train --labels`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A directory of rotated JSON-lines files (`file:PATH`).
+    File(PathBuf),
+    /// A Redis server's stream (`redis://…` or `rediss://…`, kept as written).
+    Redis(String),
+}
+
+impl std::str::FromStr for StoreLocation {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("file:") {
+            if path.is_empty() {
+                return Err(
+                    "file: needs a directory path, e.g. file:/var/lib/prompt-router/labels"
+                        .to_owned(),
+                );
+            }
+            Ok(Self::File(PathBuf::from(path)))
+        } else if s.starts_with("redis://") || s.starts_with("rediss://") {
+            Ok(Self::Redis(s.to_owned()))
+        } else {
+            Err(format!(
+                "{s:?} is neither file:PATH nor a redis:// or rediss:// URL"
+            ))
+        }
+    }
+}
+
+impl fmt::Display for StoreLocation {
+    /// As written, but a Redis URL's password is hidden: this goes to logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "file:{}", path.display()),
+            Self::Redis(url) => match (url.find("://"), url.rfind('@')) {
+                (Some(scheme), Some(at)) if at > scheme => {
+                    write!(f, "{}://***{}", &url[..scheme], &url[at..])
+                }
+                _ => f.write_str(url),
+            },
+        }
+    }
 }
 
 impl Config {

@@ -25,6 +25,8 @@ pub struct RawConfig {
     pub callers: BTreeMap<String, RawCaller>,
     /// Retries, fallbacks and outlier ejection.
     pub resilience: RawResilience,
+    /// Duels, feedback, the labels they make and the online quality estimate.
+    pub quality: RawQuality,
     /// Per-request size limits.
     pub limits: Limits,
     /// Logs.
@@ -282,6 +284,14 @@ pub struct RawRouting {
     pub share_window: usize,
     /// Scores a target-share caller's window needs before its threshold comes from it.
     pub share_warmup: usize,
+    /// Share (0–1) of the quality gap between the tiers to recover: the operating point becomes
+    /// the lowest strong share whose recovery, estimated from recent duels with a confidence
+    /// margin, meets it; until there are `quality.min_duels` duels, the target share applies.
+    /// Unset: no quality target.
+    pub target_quality: Option<f64>,
+    /// How often the weights file is checked for a change and reloaded, in milliseconds
+    /// (SIGHUP reloads at once); 0: only on SIGHUP.
+    pub weights_poll_ms: u64,
 }
 
 impl Default for RawRouting {
@@ -292,6 +302,8 @@ impl Default for RawRouting {
             target_strong_share: None,
             share_window: 1_000,
             share_warmup: 100,
+            target_quality: None,
+            weights_poll_ms: 10_000,
         }
     }
 }
@@ -344,6 +356,56 @@ impl Default for RawResilience {
             breaker_failures: 5,
             breaker_cooldown_ms: 10_000,
             max_ejected_percent: 50,
+        }
+    }
+}
+
+/// Duels, feedback, the labels they make and the online quality estimate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawQuality {
+    /// Share (0–1) of answered requests that get a duel: off the caller's path, the other tier
+    /// answers the same request and the judge grades the two answers. 0: no duels.
+    pub duel_rate: f64,
+    /// The model id the judge calls, as invoked (e.g. an inference profile id); the strong
+    /// model's when unset.
+    pub judge_model: Option<String>,
+    /// Most USD per hour that duels (the other tier's answers and the judge's calls) may spend.
+    pub usd_per_hour: f64,
+    /// Duels running at once; a sampled request finding none free has no duel.
+    pub duel_concurrency: usize,
+    /// Where label rows go: `file:PATH` (a directory, rotated files; no server needed) or a
+    /// `redis://` URL (a stream shared by every replica). Unset: labels are not stored.
+    pub store: Option<String>,
+    /// Store each label's prompt text with it (off: only the feature vector is stored).
+    pub store_prompts: bool,
+    /// Recent requests kept for `Feedback` to join to, by request id.
+    pub feedback_capacity: usize,
+    /// How long a request can still be given feedback, in milliseconds.
+    pub feedback_ttl_ms: u64,
+    /// Recent duels the online estimate is computed from.
+    pub window: usize,
+    /// Duels the estimate needs before `routing.target_quality` and the floor act on it.
+    pub min_duels: usize,
+    /// The recovered share below which the quality alert fires (with `min_duels` duels);
+    /// unset: no floor.
+    pub recovered_floor: Option<f64>,
+}
+
+impl Default for RawQuality {
+    fn default() -> Self {
+        Self {
+            duel_rate: 0.0,
+            judge_model: None,
+            usd_per_hour: 1.0,
+            duel_concurrency: 4,
+            store: None,
+            store_prompts: false,
+            feedback_capacity: 100_000,
+            feedback_ttl_ms: 3_600_000,
+            window: 2_000,
+            min_duels: 200,
+            recovered_floor: None,
         }
     }
 }

@@ -564,3 +564,40 @@ fn both_names_of_the_default_deadline_are_an_error() {
         ]
     );
 }
+
+#[test]
+fn quality_settings_are_checked_with_their_keys() {
+    let message =
+        |file: &str, env: &[(&str, &str)]| load_str(file, env).expect_err(file).to_string();
+    assert_eq!(
+        message("[quality]\nduel_rate = 1.5\n", &[]),
+        "config field `quality.duel_rate`: 1.5 is outside [0, 1]"
+    );
+    assert_eq!(
+        message("[quality]\nstore = \"s3://bucket\"\n", &[]),
+        "config field `quality.store`: \"s3://bucket\" is neither file:PATH nor a redis:// or rediss:// URL"
+    );
+    assert_eq!(
+        message("[quality]\nwindow = 10\nmin_duels = 20\n", &[]),
+        "config field `quality.min_duels`: 20 is outside [1, quality.window = 10]"
+    );
+    assert_eq!(
+        message("", &[("ROUTER__ROUTING__TARGET_QUALITY", "2")]),
+        "config field `routing.target_quality` (set by ROUTER__ROUTING__TARGET_QUALITY): 2 is outside [0, 1]"
+    );
+    let config = load_str(
+        "[quality]\nduel_rate = 0.01\nstore = \"redis://user:secret@127.0.0.1:6379/0\"\n",
+        &[],
+    )
+    .unwrap();
+    let store = config.quality.store.expect("a store");
+    assert_eq!(
+        store,
+        StoreLocation::Redis("redis://user:secret@127.0.0.1:6379/0".to_owned())
+    );
+    assert_eq!(store.to_string(), "redis://***@127.0.0.1:6379/0");
+    let defaults = load_str("", &[]).unwrap();
+    assert_eq!(defaults.quality.duel_rate, 0.0);
+    assert_eq!(defaults.quality.store, None);
+    assert_eq!(defaults.routing.target_quality, None);
+}
