@@ -70,6 +70,7 @@ impl Decided {
                 basis: pb_basis(routed.choice.basis) as i32,
                 region: resilience.region(first).to_string(),
                 operating_point: pb_operating_point(routed.choice.point) as i32,
+                weights_version: routed.weights_version.to_string(),
             },
             basis: routed.choice.basis,
         }

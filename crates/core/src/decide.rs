@@ -2,6 +2,8 @@
 //! to the score, the caller's operating point and what the request needs. Shared by the
 //! service, the offline commands (which replay the operating point in file order) and benches.
 
+use std::sync::Arc;
+
 use crate::{
     catalog::{Catalog, Model},
     classify::{Classification, Classifier, Part, Shape},
@@ -31,6 +33,8 @@ pub struct RoutingDecision<'a> {
     pub choice: TierChoice,
     /// The chosen model.
     pub model: &'a Model,
+    /// The version of the weights that scored the request.
+    pub weights_version: Arc<str>,
     /// Whether the other tier may answer if every target of the chosen one fails: only for
     /// score-based choices (a forced or capability choice must hold) the other tier can serve.
     pub other_tier_ok: bool,
@@ -70,6 +74,7 @@ impl Decider {
         let choice = policy::decide(score, in_force, &needs, &self.catalog)?;
         Ok(RoutingDecision {
             model: self.catalog.model(choice.tier),
+            weights_version: Arc::clone(self.classifier.version()),
             other_tier_ok: choice.basis == Basis::Score
                 && can_serve(choice.tier.other(), &needs, &self.catalog),
             classification,

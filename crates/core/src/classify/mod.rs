@@ -22,6 +22,8 @@ pub use weights::{
     WeightsError,
 };
 
+use std::sync::Arc;
+
 use features::{Context, Regions, Scanner, Totals};
 
 use crate::catalog::Tier;
@@ -93,6 +95,7 @@ pub struct Classifier {
     scanner: Scanner,
     dense: Dense,
     threshold: f64,
+    version: Arc<str>,
 }
 
 impl Classifier {
@@ -103,6 +106,7 @@ impl Classifier {
             scanner: Scanner::new()?,
             dense,
             threshold: weights.threshold,
+            version: Arc::from(weights.version_id()),
         })
     }
 
@@ -120,6 +124,11 @@ impl Classifier {
     /// Default routing threshold from the weights.
     pub fn threshold(&self) -> f64 {
         self.threshold
+    }
+
+    /// The weights' version ([`Weights::version_id`]).
+    pub fn version(&self) -> &Arc<str> {
+        &self.version
     }
 
     /// Starts classifying one conversation.

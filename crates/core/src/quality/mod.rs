@@ -2,4 +2,5 @@
 //! the one format the label stores write and `train --labels` reads. PURE: the stores (files,
 //! Redis) and the duels' calls live in the service crate.
 
+pub mod estimate;
 pub mod label;
