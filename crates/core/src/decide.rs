@@ -41,6 +41,15 @@ pub struct RoutingDecision<'a> {
 }
 
 impl Decider {
+    /// A decider from its parts.
+    pub fn new(classifier: Classifier, operating: OperatingPoints, catalog: Catalog) -> Self {
+        Self {
+            classifier,
+            operating,
+            catalog,
+        }
+    }
+
     /// Scores the request with this decider's classifier.
     pub fn classify(&self, req: &ChatRequest) -> Classification {
         classify(&self.classifier, req)
