@@ -16,6 +16,7 @@ pub mod load;
 pub mod logfmt;
 pub mod pb;
 pub mod protocol;
+pub mod reload;
 pub mod server;
 pub mod setup;
 pub mod telemetry;

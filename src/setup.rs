@@ -48,11 +48,7 @@ pub fn decider(config: &Config) -> anyhow::Result<Decider> {
         routing.target_strong_share(DEFAULT_CALLER),
         routing.named_callers(),
     );
-    Ok(Decider {
-        classifier,
-        operating,
-        catalog: config.catalog.clone(),
-    })
+    Ok(Decider::new(classifier, operating, config.catalog.clone()))
 }
 
 /// The decider of the defaults after `adjust`, for tests.

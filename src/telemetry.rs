@@ -67,6 +67,16 @@ pub const THRESHOLD: &str = "router_threshold";
 /// `router_window_strong_share{caller}`: share of a target-share caller's window of
 /// score-decided requests that went strong.
 pub const WINDOW_STRONG_SHARE: &str = "router_window_strong_share";
+/// `router_labels_total{source, outcome}`: label rows by source (`duel`, `feedback`) and
+/// outcome (`stored`, `dropped`).
+pub const LABELS_TOTAL: &str = "router_labels_total";
+/// `router_label_store_up`: 1 while the label store takes writes, 0 while it fails.
+pub const LABEL_STORE_UP: &str = "router_label_store_up";
+/// `router_weights_reloads_total{outcome}`: weights reloads by outcome.
+pub const WEIGHTS_RELOADS_TOTAL: &str = "router_weights_reloads_total";
+/// `router_weights_version`: the CRC-32 of the weights in force, the number in their
+/// version `w-XXXXXXXX`.
+pub const WEIGHTS_VERSION: &str = "router_weights_version";
 
 /// Seconds-range buckets for whole requests and upstream calls. Model calls mostly take
 /// 0.5–10 s, so that range is dense: with a 2.5 → 5 s bucket, a simulated soak whose true p99
@@ -235,6 +245,22 @@ fn describe() {
     describe_gauge!(
         WINDOW_STRONG_SHARE,
         "Share of a target-share caller's recent score-decided requests (its window) that went strong."
+    );
+    describe_counter!(
+        LABELS_TOTAL,
+        "Label rows by source (duel, feedback) and outcome: stored (acknowledged by the store), dropped (buffer full, or left at shutdown)."
+    );
+    describe_gauge!(
+        LABEL_STORE_UP,
+        "1 while the label store (quality.store) takes writes, 0 while it fails."
+    );
+    describe_counter!(
+        WEIGHTS_RELOADS_TOTAL,
+        "Weights reloads (SIGHUP or routing.weights_poll) by outcome: accepted, unchanged, unreadable, invalid, worse."
+    );
+    describe_gauge!(
+        WEIGHTS_VERSION,
+        "CRC-32 of the weights in force, as a number: the weights version is w- and its 8 hex digits."
     );
 }
 

@@ -265,7 +265,7 @@ mod tests {
         assert_eq!(r.comparison.rows, 4);
         assert_eq!(
             r.comparison.classifier.threshold,
-            Some(decider.classifier.threshold())
+            Some(decider.classifier().threshold())
         );
         assert_eq!(r.replay, None);
         let text = String::from_utf8(out).unwrap();

@@ -31,9 +31,9 @@ pub use self::service::{RouterService, RouterState};
 use self::{admission::Admission, dispatch::Resilience};
 use crate::{
     backend::{Auth, Bedrock},
-    labels::LabelSink,
+    labels::{LabelSink, Store, writer::Writer},
     pb::prompt_router_server::PromptRouterServer,
-    setup, telemetry,
+    reload, setup, telemetry,
 };
 use prompt_router_core::config::Config;
 
@@ -91,14 +91,35 @@ pub struct Running {
     max_concurrency: usize,
     cut_off: watch::Sender<bool>,
     side_tasks: Vec<JoinHandle<()>>,
+    labels: LabelSink,
+    label_writer: Option<Writer>,
 }
 
 /// How long requests cut off at the end of the drain get to send their status before the
 /// server is stopped regardless.
 const CUT_OFF_GRACE: Duration = Duration::from_secs(1);
 
-/// Builds the shared router state from a checked config.
-pub async fn build_state(config: &Config, auth: Auth) -> anyhow::Result<RouterState> {
+/// Label rows offered and not yet taken by the writer: a burst of duels and feedback the
+/// writer takes in batches of [`crate::labels::writer::BATCH`].
+const LABEL_CHANNEL: usize = 1_024;
+
+/// The label sink and its writer for `quality.store` (off without one).
+fn labels(config: &Config) -> anyhow::Result<(LabelSink, Option<Writer>)> {
+    let Some(location) = &config.quality.store else {
+        return Ok((LabelSink::off(), None));
+    };
+    let store = Store::open(location)
+        .with_context(|| format!("opening the label store {location} (quality.store)"))?;
+    let (sink, rx) = LabelSink::channel(LABEL_CHANNEL);
+    Ok((sink, Some(Writer::spawn(store, location.to_string(), rx))))
+}
+
+/// Builds the shared router state from a checked config, with the label writer when
+/// `quality.store` is set.
+pub async fn build_state(
+    config: &Config,
+    auth: Auth,
+) -> anyhow::Result<(RouterState, Option<Writer>)> {
     let decider = setup::decider(config)?;
     let bedrock = Bedrock::connect(&config.bedrock, auth).await?;
     let telemetry = telemetry::install().context("installing the metrics recorder")?;
@@ -108,7 +129,8 @@ pub async fn build_state(config: &Config, auth: Auth) -> anyhow::Result<RouterSt
         &config.bedrock.regions(),
         &decider.catalog,
     );
-    Ok(RouterState {
+    let (labels, writer) = labels(config)?;
+    let state = RouterState {
         decider,
         bedrock,
         resilience,
@@ -117,9 +139,10 @@ pub async fn build_state(config: &Config, auth: Auth) -> anyhow::Result<RouterSt
         default_deadline: config.bedrock.default_deadline,
         log_prompts: config.telemetry.log_prompts,
         cut_off: watch::channel(false).0,
-        labels: LabelSink::off(),
+        labels,
         telemetry,
-    })
+    };
+    Ok((state, writer))
 }
 
 /// Binds the listeners and starts serving; returns once both ports accept connections.
@@ -142,7 +165,9 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
     } else {
         Auth::DefaultChain
     };
-    let router = Arc::new(build_state(&config, auth).await?);
+    let (router, label_writer) = build_state(&config, auth).await?;
+    let router = Arc::new(router);
+    let labels = router.labels.clone();
     let telemetry = router.telemetry;
     let concurrency = Arc::clone(&router.concurrency);
     let cut_off = router.cut_off.clone();
@@ -210,10 +235,20 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
     ));
     let metrics = tokio::spawn(metrics_http::serve(
         metrics_listener,
-        router,
+        Arc::clone(&router),
         config.server.header_read_timeout,
         side_shutdown.clone(),
     ));
+    let reloader = match &config.routing.weights_path {
+        Some(path) => Some(reload::Reloader::new(
+            path.clone(),
+            Arc::clone(&router),
+            setup::load_weights(Some(path))?,
+            config.quality.store.clone(),
+        )),
+        None => None,
+    };
+    let reloads = reload::spawn(reloader, config.routing.weights_poll, side_shutdown.clone())?;
     let mut upkeep_shutdown = side_shutdown;
     let upkeep = tokio::spawn(async move {
         let mut tick = tokio::time::interval(telemetry::UPKEEP_INTERVAL);
@@ -238,11 +273,18 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
         concurrency,
         max_concurrency: config.server.max_concurrency,
         cut_off,
-        side_tasks: vec![metrics, upkeep],
+        side_tasks: vec![metrics, upkeep, reloads],
+        labels,
+        label_writer,
     })
 }
 
 impl Running {
+    /// Where label rows go (off without `quality.store`): the handle duels and feedback use.
+    pub fn labels(&self) -> &LabelSink {
+        &self.labels
+    }
+
     /// Reports NOT_SERVING, keeps serving for `server.shutdown_delay_ms`, stops accepting, lets
     /// in-flight requests finish within `server.drain_timeout_ms`, ends those still running
     /// with UNAVAILABLE, then stops.
@@ -274,6 +316,10 @@ impl Running {
                     }
                 }
             }
+        }
+        // After the drain no request offers rows: the writer stores what it holds.
+        if let Some(writer) = self.label_writer {
+            writer.shutdown().await;
         }
         // Metrics stay up through the drain, so the last scrape sees every request's outcome.
         let _ = self.stop_side.send(true);

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use crate::{
     catalog::{Catalog, Model},
     classify::{Classification, Classifier, Part, Shape},
@@ -13,10 +15,12 @@ use crate::{
 };
 
 /// Classifier, operating points and catalog together.
+///
+/// The classifier can be replaced while requests are being decided ([`Decider::swap_classifier`],
+/// the weights reload): a decision loads it once, lock-free, and keeps that one to the end.
 #[derive(Debug)]
 pub struct Decider {
-    /// The complexity classifier.
-    pub classifier: Classifier,
+    classifier: ArcSwap<Classifier>,
     /// Each caller's threshold in force: fixed, or following a target strong share.
     pub operating: OperatingPoints,
     /// The two models.
@@ -44,21 +48,33 @@ impl Decider {
     /// A decider from its parts.
     pub fn new(classifier: Classifier, operating: OperatingPoints, catalog: Catalog) -> Self {
         Self {
-            classifier,
+            classifier: ArcSwap::from_pointee(classifier),
             operating,
             catalog,
         }
     }
 
+    /// The classifier in force.
+    pub fn classifier(&self) -> Arc<Classifier> {
+        self.classifier.load_full()
+    }
+
+    /// Puts `classifier` in force for the decisions that start from now on, and returns the
+    /// one it replaces (decisions already under way finish with that one).
+    pub fn swap_classifier(&self, classifier: Classifier) -> Arc<Classifier> {
+        self.classifier.swap(Arc::new(classifier))
+    }
+
     /// Scores the request with this decider's classifier.
     pub fn classify(&self, req: &ChatRequest) -> Classification {
-        classify(&self.classifier, req)
+        classify(&self.classifier.load(), req)
     }
 
     /// Classifies and decides; a score-based decision also enters the caller's operating point
     /// (so the order of calls matters, as the order of requests does online).
     pub fn decide(&self, req: &ChatRequest) -> Result<RoutingDecision<'_>, Unservable> {
-        let classification = self.classify(req);
+        let classifier = self.classifier.load();
+        let classification = classify(&classifier, req);
         let needs = Needs {
             mode: req.routing.mode,
             quality_bias: req.routing.quality_bias,
@@ -83,7 +99,7 @@ impl Decider {
         let choice = policy::decide(score, in_force, &needs, &self.catalog)?;
         Ok(RoutingDecision {
             model: self.catalog.model(choice.tier),
-            weights_version: Arc::clone(self.classifier.version()),
+            weights_version: Arc::clone(classifier.version()),
             other_tier_ok: choice.basis == Basis::Score
                 && can_serve(choice.tier.other(), &needs, &self.catalog),
             classification,
