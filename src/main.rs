@@ -11,13 +11,14 @@ use anyhow::Context as _;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use prompt_router::{
     cli::{self, calibrate::Target},
+    labels::{LabelStore as _, Store},
     load,
     server::{self, Options},
     setup, telemetry,
 };
 use prompt_router_core::{
     catalog::Tier,
-    config::{Config, LogFormat, Overrides},
+    config::{Config, LogFormat, Overrides, StoreLocation},
     cost::usd_per_mtok,
     decide::Decider,
     eval::CostAssumptions,
@@ -173,6 +174,7 @@ struct EvalArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("input").required(true).multiple(true).args(["files", "labels"])))]
 struct TrainArgs {
     #[command(flatten)]
     config: ConfigArgs,
@@ -204,9 +206,17 @@ struct TrainArgs {
     /// Output tokens assumed per answer in the cost figures.
     #[arg(long, default_value_t = 256.0)]
     output_tokens: f64,
+    /// A label store written by duels and feedback (`file:DIR` or `redis://…`, as
+    /// quality.store); repeat for several. 20% of its rows (crc32(request id) % 5 == 0) are
+    /// held out for the report.
+    #[arg(long, value_name = "STORE")]
+    labels: Vec<StoreLocation>,
+    /// Weights file whose weights the fit is pulled towards (the running weights); with
+    /// --labels the built-in weights by default, otherwise the documented priors (train::spec).
+    #[arg(long, value_name = "WEIGHTS.json", conflicts_with = "no_priors")]
+    prior: Option<PathBuf>,
     /// Labelled or judged JSON-lines files; 20% of each (crc32(id) % 5 == 0) is held out for
     /// the report.
-    #[arg(required = true)]
     files: Vec<PathBuf>,
 }
 
@@ -456,12 +466,27 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
         fit.target_pgr = target;
     }
     fit.priors = !args.no_priors;
+    let prior_name = match (&args.prior, args.labels.is_empty() || args.no_priors) {
+        (Some(path), _) => Some(path.display().to_string()),
+        (None, false) => Some("the built-in weights".to_owned()),
+        (None, true) => None,
+    };
+    if prior_name.is_some() {
+        let weights = setup::load_weights(args.prior.as_deref())?;
+        fit.prior_weights = Some(prompt_router_core::train::prior_of(&weights));
+    }
+    let labels = if args.labels.is_empty() {
+        Vec::new()
+    } else {
+        runtime()?.block_on(read_label_stores(&args.labels))?
+    };
     let options = cli::train::TrainCliOptions {
         train: fit,
         judged_weight: args.judged_weight,
         cross_validate: !args.no_cross_validation,
         prices: prices(&config, args.output_tokens),
         limits: config.limits,
+        prior_name,
     };
     let inputs = args
         .files
@@ -472,10 +497,32 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
     let partial = args.out.with_extension("json.partial");
     let file = std::fs::File::create(&partial)
         .with_context(|| format!("creating {}", partial.display()))?;
-    cli::train::run(inputs, &options, std::io::BufWriter::new(file), stdout())?;
+    cli::train::run(
+        inputs,
+        labels,
+        &options,
+        std::io::BufWriter::new(file),
+        stdout(),
+    )?;
     std::fs::rename(&partial, &args.out)
         .with_context(|| format!("writing {}", args.out.display()))?;
     Ok(())
+}
+
+/// Every row of each store, named as logs name it (a Redis password hidden).
+async fn read_label_stores(
+    stores: &[StoreLocation],
+) -> anyhow::Result<Vec<(String, prompt_router::labels::ReadRows)>> {
+    let mut out = Vec::new();
+    for location in stores {
+        let mut store = Store::open(location)?;
+        let rows = store
+            .read_all()
+            .await
+            .with_context(|| format!("reading the label store {location}"))?;
+        out.push((location.to_string(), rows));
+    }
+    Ok(out)
 }
 
 fn calibrate(args: &CalibrateArgs) -> anyhow::Result<()> {

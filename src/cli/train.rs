@@ -1,5 +1,10 @@
-//! `train FILE...`: fits the classifier on labelled JSON lines, reports held-out results per
-//! file and pooled, cross-validation by task family, and writes the weights file.
+//! `train FILE...` and `train --labels STORE`: fits the classifier on labelled JSON lines and
+//! on label rows collected by duels and feedback, reports held-out results per file (per
+//! store) and pooled, cross-validation by task family, and writes the weights file.
+//!
+//! Label rows become examples by [`LabelRow::example`]; a row routed by a classifier with
+//! other features cannot (its vector means something else) and is counted and skipped, as
+//! are torn last lines of the file store. A store's rows are one task family, the store.
 //!
 //! Split: a row is held out iff `crc32(id) % 5 == 0` ([`is_held_out`]); the weights are fitted
 //! on the other rows of every file pooled (a scored row counts once, a judged row
@@ -19,8 +24,10 @@ use anyhow::{Context as _, bail};
 
 use super::eval::{compare, write_table};
 use super::scored_lines;
+use crate::labels::ReadRows;
 use prompt_router_core::classify::{Classifier, Feature, FileSummary, Metadata, Rescale, Weights};
 use prompt_router_core::eval::{self, Baseline, CostAssumptions, Row};
+use prompt_router_core::quality::label::LabelRow;
 use prompt_router_core::request::Limits;
 use prompt_router_core::train::{
     self, Example, FittedScore, TrainOptions, choose_threshold, is_held_out, score_rows,
@@ -39,6 +46,8 @@ pub struct TrainCliOptions {
     pub prices: CostAssumptions,
     /// Request limits the lines are validated against, as the server's.
     pub limits: Limits,
+    /// What `train.prior_weights` came from, for the weights file's method text.
+    pub prior_name: Option<String>,
 }
 
 /// One training or held-out row and its task family.
@@ -92,6 +101,53 @@ fn read_file(
         }
     }
     Ok(f)
+}
+
+/// A store's rows as training and held-out examples, split by [`is_held_out`] on the request
+/// id; rows that are no examples are counted in the report.
+fn read_labels(mut report: impl Write, name: String, read: ReadRows) -> anyhow::Result<FileRows> {
+    let mut f = FileRows {
+        name,
+        rows: 0,
+        train: Vec::new(),
+        held_out: Vec::new(),
+    };
+    let mut refused: BTreeMap<String, usize> = BTreeMap::new();
+    for row in &read.rows {
+        match row.example() {
+            Ok(example) => {
+                f.rows += 1;
+                let labelled = Labelled {
+                    family: f.name.clone(),
+                    example,
+                };
+                if is_held_out(&row.request_id) {
+                    f.held_out.push(labelled);
+                } else {
+                    f.train.push(labelled);
+                }
+            }
+            Err(e) => *refused.entry(refusal(row, &e)).or_default() += 1,
+        }
+    }
+    writeln!(
+        report,
+        "labels {}: {} rows, {} training, {} held out; {} torn last lines skipped",
+        f.name,
+        f.rows,
+        f.train.len(),
+        f.held_out.len(),
+        read.torn
+    )?;
+    for (why, n) in &refused {
+        writeln!(report, "  {n} rows skipped: {why}")?;
+    }
+    Ok(f)
+}
+
+/// How a refused row is reported: by the weights version that routed it and the reason.
+fn refusal(row: &LabelRow, e: &prompt_router_core::quality::label::LabelError) -> String {
+    format!("{e} (weights {})", row.weights_version)
 }
 
 /// What the whole fitting procedure gives.
@@ -273,25 +329,29 @@ fn cross_validate(
     Ok(())
 }
 
-/// Trains on `inputs` (name, reader), writes the weights JSON to `weights_out` and a
-/// human-readable report to `report`.
+/// Trains on `inputs` (name, reader) and label stores' rows `labels` (name, rows), writes the
+/// weights JSON to `weights_out` and a human-readable report to `report`.
 pub fn run<R: BufRead>(
     inputs: Vec<(String, R)>,
+    labels: Vec<(String, ReadRows)>,
     opts: &TrainCliOptions,
     mut weights_out: impl Write,
     mut report: impl Write,
 ) -> anyhow::Result<Weights> {
-    if inputs.is_empty() {
-        bail!("train needs at least one labelled file");
+    if inputs.is_empty() && labels.is_empty() {
+        bail!("train needs at least one labelled file or label store");
     }
     if !(opts.judged_weight.is_finite() && opts.judged_weight > 0.0) {
         bail!("--judged-weight must be a positive number");
     }
     let extractor = Classifier::new(Weights::neutral())?;
-    let files = inputs
+    let mut files = inputs
         .into_iter()
         .map(|(name, r)| read_file(&extractor, opts, name, r))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    for (name, read) in labels {
+        files.push(read_labels(&mut report, name, read)?);
+    }
     let train_rows: Vec<Example> = files.iter().flat_map(|f| examples(&f.train)).collect();
     let Fit {
         fitted,
@@ -387,16 +447,17 @@ pub fn run<R: BufRead>(
              (1 + strong_score - weak_score) / 2 (a judged row: 1 hard, 0.5 easy, counted {} times), Newton's method; \
              L2 towards {centre}, {} for size and shape features and {} for cue families \
              (train::spec), {bounds}; length backbone share {}; rows with crc32(id) % 5 == 0 \
-             held out; then every weight and the bias stretched by one factor around {stretch}, the \
+             (a label row: its request id) held out; then every weight and the bias stretched by one factor around {stretch}, the \
              training 5th-95th percentile scores within [0.05, 0.95] (see `rescale`); threshold = {rule}",
             opts.judged_weight,
             opts.train.l2,
             opts.train.cue_l2,
             opts.train.length_share,
-            centre = if opts.train.priors {
-                "documented prior weights (train::spec)"
-            } else {
-                "0"
+            centre = match (opts.train.priors, &opts.prior_name) {
+                (false, _) => "0".to_owned(),
+                (true, None) => "documented prior weights (train::spec)".to_owned(),
+                (true, Some(name)) =>
+                    format!("the weights of {name}, unstretched (train::prior_of)"),
             },
             bounds = if opts.train.priors {
                 "prior signs as bounds"
@@ -456,11 +517,13 @@ mod tests {
             cross_validate: true,
             prices: CostAssumptions::default(),
             limits: Limits::default(),
+            prior_name: None,
         };
         let mut wout = Vec::new();
         let mut report = Vec::new();
         let w = run(
             vec![("toy.jsonl".to_owned(), data.as_bytes())],
+            Vec::new(),
             &opts,
             &mut wout,
             &mut report,
@@ -489,9 +552,11 @@ mod tests {
             cross_validate: true,
             prices: CostAssumptions::default(),
             limits: Limits::default(),
+            prior_name: None,
         };
         let err = run(
             vec![("x.jsonl".to_owned(), "{\"prompt\":\"a\"}\n".as_bytes())],
+            Vec::new(),
             &opts,
             Vec::new(),
             Vec::new(),

@@ -145,6 +145,11 @@ pub struct TrainOptions {
     /// no bounds (false: for a labelled sample of the traffic itself, where the data are the
     /// domain). Features the data do not vary keep their prior either way.
     pub priors: bool,
+    /// Prior weights to pull towards instead of [`spec`]'s, per standardised feature in
+    /// [`Feature::ALL`] order, in fitted (unstretched) logit: a running weights file's, from
+    /// [`prior_of`] (`train --prior`, and `train --labels`' default, the built-in weights).
+    /// The signs of [`spec`]'s priors stay the bounds.
+    pub prior_weights: Option<[f64; NUM_FEATURES]>,
 }
 
 impl Default for TrainOptions {
@@ -158,8 +163,30 @@ impl Default for TrainOptions {
             clip: DEFAULT_CLIP,
             target_pgr: 0.8,
             priors: true,
+            prior_weights: None,
         }
     }
+}
+
+/// The prior a weights file stands for ([`TrainOptions::prior_weights`]): each weight per unit
+/// of its feature (its own scale), unstretched ([`Weights::metadata`]'s rescale factor taken
+/// out), on [`spec`]'s scale. A feature the file does not name keeps [`spec`]'s prior.
+pub fn prior_of(weights: &Weights) -> [f64; NUM_FEATURES] {
+    let factor = weights
+        .metadata
+        .rescale
+        .map_or(1.0, |r| r.factor)
+        .abs()
+        .max(f64::MIN_POSITIVE);
+    let mut prior = Feature::ALL.map(|f| spec(f).prior * spec(f).scale);
+    for fw in &weights.features {
+        if let Some(f) = Feature::from_name(&fw.name)
+            && fw.scale > 0.0
+        {
+            prior[f.index()] = fw.weight / fw.scale / factor * spec(f).scale;
+        }
+    }
+    prior
 }
 
 /// Every feature's prior weight, centre and scale.
@@ -469,6 +496,10 @@ pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<FittedScore, Tra
     }
     let mean = Feature::ALL.map(|f| spec(f).centre);
     let scale = Feature::ALL.map(|f| spec(f).scale);
+    let prior_centre = |i: usize| {
+        opts.prior_weights
+            .map_or(prior_per_unit(i) * scale[i], |p| p[i])
+    };
     let mut prior = [false; NUM_FEATURES];
     let mut weight = [0.0; NUM_FEATURES];
     let mut fitted = Vec::with_capacity(NUM_FEATURES);
@@ -482,7 +513,7 @@ pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<FittedScore, Tra
             fitted.push(i);
         } else {
             prior[i] = true;
-            weight[i] = prior_per_unit(i) * scale[i];
+            weight[i] = prior_centre(i);
         }
     }
     // Penalty strength and centre per standardised weight: the prior per unit times the spread.
@@ -493,11 +524,7 @@ pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<FittedScore, Tra
             } else {
                 opts.l2
             };
-            let centre = if opts.priors {
-                prior_per_unit(i) * scale[i]
-            } else {
-                0.0
-            };
+            let centre = if opts.priors { prior_centre(i) } else { 0.0 };
             (l2, centre)
         })
         .collect();
@@ -853,6 +880,53 @@ mod tests {
             length_share: 0.0,
             ..TrainOptions::default()
         }
+    }
+
+    #[test]
+    fn a_weights_file_is_the_prior_it_was_fitted_around() {
+        // Built-in weights, refitted towards themselves on rows that say nothing (labels
+        // independent of every feature), come back as they were, up to the stretch.
+        let shipped = crate::classify::Classifier::default_weights().unwrap();
+        let prior = prior_of(&shipped);
+        let r = Feature::Reasoning.index();
+        assert!(prior[r] > 0.0);
+        let rows: Vec<Example> = (0..400)
+            .map(|i| {
+                let mut e = example(i, (i % 7) as f64, 1.0, 0.5);
+                e.features[r] = ((i / 2) % 2) as f64;
+                e
+            })
+            .collect();
+        let opts = TrainOptions {
+            prior_weights: Some(prior),
+            length_share: 0.0,
+            ..TrainOptions::default()
+        };
+        let m = fit(&rows, &opts).unwrap();
+        assert!(
+            (m.weight[r] - prior[r]).abs() < 0.05 * prior[r].abs(),
+            "{} vs {}",
+            m.weight[r],
+            prior[r]
+        );
+        let from_spec = fit(
+            &rows,
+            &TrainOptions {
+                length_share: 0.0,
+                ..TrainOptions::default()
+            },
+        )
+        .unwrap();
+        let spec_r = spec(Feature::Reasoning).prior;
+        assert!(
+            (from_spec.weight[r] - spec_r).abs() < 0.05 * spec_r,
+            "{}",
+            from_spec.weight[r]
+        );
+        assert!(
+            (prior[r] - spec_r).abs() > 0.1 * spec_r,
+            "the shipped weight must differ from spec's for this test to say anything"
+        );
     }
 
     #[test]
