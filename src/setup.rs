@@ -28,9 +28,17 @@ pub fn load_weights(path: Option<&Path>) -> anyhow::Result<Weights> {
 
 /// Builds classifier and operating points from a checked config, with its catalog.
 pub fn decider(config: &Config) -> anyhow::Result<Decider> {
+    decider_from(
+        config,
+        load_weights(config.routing.weights_path.as_deref())?,
+    )
+}
+
+/// [`decider`] with `weights` read already (the server keeps them for the reload check).
+pub fn decider_from(config: &Config, weights: Weights) -> anyhow::Result<Decider> {
     let routing = &config.routing;
-    let classifier = Classifier::new(load_weights(routing.weights_path.as_deref())?)
-        .context("building the classifier (routing.weights_path)")?;
+    let classifier =
+        Classifier::new(weights).context("building the classifier (routing.weights_path)")?;
     let threshold = match routing.threshold {
         Some(threshold) => threshold,
         None => {

@@ -35,7 +35,7 @@ use crate::{
     pb::prompt_router_server::PromptRouterServer,
     reload, setup, telemetry,
 };
-use prompt_router_core::config::Config;
+use prompt_router_core::{classify::Weights, config::Config};
 
 /// Largest request message of the health and reflection services: theirs are a few bytes, and
 /// tonic's default (4 MiB) times the calls a client can open would be memory nothing accounts.
@@ -115,12 +115,13 @@ fn labels(config: &Config) -> anyhow::Result<(LabelSink, Option<Writer>)> {
 }
 
 /// Builds the shared router state from a checked config, with the label writer when
-/// `quality.store` is set.
+/// `quality.store` is set and the weights the classifier was built from.
 pub async fn build_state(
     config: &Config,
     auth: Auth,
-) -> anyhow::Result<(RouterState, Option<Writer>)> {
-    let decider = setup::decider(config)?;
+) -> anyhow::Result<(RouterState, Option<Writer>, Weights)> {
+    let weights = setup::load_weights(config.routing.weights_path.as_deref())?;
+    let decider = setup::decider_from(config, weights.clone())?;
     let bedrock = Bedrock::connect(&config.bedrock, auth).await?;
     let telemetry = telemetry::install().context("installing the metrics recorder")?;
     telemetry.register_models(decider.catalog.models().map(|m| &m.invoke_id));
@@ -142,7 +143,7 @@ pub async fn build_state(
         labels,
         telemetry,
     };
-    Ok((state, writer))
+    Ok((state, writer, weights))
 }
 
 /// Binds the listeners and starts serving; returns once both ports accept connections.
@@ -165,7 +166,7 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
     } else {
         Auth::DefaultChain
     };
-    let (router, label_writer) = build_state(&config, auth).await?;
+    let (router, label_writer, weights) = build_state(&config, auth).await?;
     let router = Arc::new(router);
     let labels = router.labels.clone();
     let telemetry = router.telemetry;
@@ -243,7 +244,7 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
         Some(path) => Some(reload::Reloader::new(
             path.clone(),
             Arc::clone(&router),
-            setup::load_weights(Some(path))?,
+            weights,
             config.quality.store.clone(),
         )),
         None => None,
