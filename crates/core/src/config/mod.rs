@@ -210,7 +210,7 @@ pub struct QualityConfig {
 pub enum StoreLocation {
     /// A directory of rotated JSON-lines files (`file:PATH`).
     File(PathBuf),
-    /// A Redis server's stream (`redis://…` or `rediss://…`, kept as written).
+    /// A Redis server's stream (`redis://…`, kept as written).
     Redis(String),
 }
 
@@ -226,12 +226,12 @@ impl std::str::FromStr for StoreLocation {
                 );
             }
             Ok(Self::File(PathBuf::from(path)))
-        } else if s.starts_with("redis://") || s.starts_with("rediss://") {
+        } else if s.starts_with("redis://") {
             Ok(Self::Redis(s.to_owned()))
+        } else if s.starts_with("rediss://") {
+            Err("rediss:// (Redis over TLS) is not built into this router's Redis client; use redis:// on a private network or a TLS sidecar".to_owned())
         } else {
-            Err(format!(
-                "{s:?} is neither file:PATH nor a redis:// or rediss:// URL"
-            ))
+            Err(format!("{s:?} is neither file:PATH nor a redis:// URL"))
         }
     }
 }

@@ -575,8 +575,10 @@ fn quality_settings_are_checked_with_their_keys() {
     );
     assert_eq!(
         message("[quality]\nstore = \"s3://bucket\"\n", &[]),
-        "config field `quality.store`: \"s3://bucket\" is neither file:PATH nor a redis:// or rediss:// URL"
+        "config field `quality.store`: \"s3://bucket\" is neither file:PATH nor a redis:// URL"
     );
+    let tls = message("[quality]\nstore = \"rediss://h:6380\"\n", &[]);
+    assert!(tls.contains("not built into"), "{tls}");
     assert_eq!(
         message("[quality]\nwindow = 10\nmin_duels = 20\n", &[]),
         "config field `quality.min_duels`: 20 is outside [1, quality.window = 10]"
