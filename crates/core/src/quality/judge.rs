@@ -9,9 +9,10 @@
 //! The judge's user message holds `<request>…</request>`, `<answer_a>…</answer_a>` and
 //! `<answer_b>…</answer_b>` in that order (the simulator's judge reads the same layout). Those
 //! tags written inside a request or an answer are neutralised (`<` becomes `&lt;`), so an
-//! answer cannot close its block and forge another one. Each block is bounded
-//! ([`MAX_REQUEST_CHARS`], [`MAX_ANSWER_CHARS`]): longer material keeps its start and end and
-//! loses its middle, marked, so a judge call's size (and so its worst-case cost) has a bound.
+//! answer cannot close its block and forge another one. Each block is bounded in bytes
+//! ([`MAX_REQUEST_BYTES`], [`MAX_ANSWER_BYTES`]): longer material keeps its start and end and
+//! loses its middle, marked, so a judge call's size has a bound ([`MAX_MESSAGE_BYTES`]), and
+//! with it (a token is at least a byte) the judge's worst-case cost.
 
 use crate::request::{Block, ChatRequest, ImageFormat, Role, ToolResultBlock};
 
@@ -30,10 +31,14 @@ If neither answer is better on these criteria, it is a tie.\n\
 Give at most three short sentences of reasoning, then end with exactly one line: \
 VERDICT: A, VERDICT: B or VERDICT: TIE.";
 
-/// Most characters of the rendered request shown to the judge.
-pub const MAX_REQUEST_CHARS: usize = 12_000;
-/// Most characters of each answer shown to the judge.
-pub const MAX_ANSWER_CHARS: usize = 8_000;
+/// Most bytes of the rendered request shown to the judge.
+pub const MAX_REQUEST_BYTES: usize = 12_000;
+/// Most bytes of each answer shown to the judge.
+pub const MAX_ANSWER_BYTES: usize = 8_000;
+/// Room for the tags, the cut markers and the closing question.
+const FRAME_BYTES: usize = 512;
+/// Most bytes of a judge's user message ([`message`]), system text excluded.
+pub const MAX_MESSAGE_BYTES: usize = MAX_REQUEST_BYTES + 2 * MAX_ANSWER_BYTES + FRAME_BYTES;
 /// The judge's `maxTokens`: enough for three sentences and the verdict line, and small, since
 /// it is the judge's worst-case output the duel's spend reservation pays for.
 pub const JUDGE_MAX_TOKENS: u32 = 256;
@@ -116,9 +121,9 @@ pub fn parse(reply: &str) -> Option<Verdict> {
 /// The judge's user message: the rendered request and the two answers, each in its block,
 /// neutralised and bounded.
 pub fn message(request: &str, answer_a: &str, answer_b: &str) -> String {
-    let request = bounded(&neutralise(request), MAX_REQUEST_CHARS);
-    let a = bounded(&neutralise(answer_a), MAX_ANSWER_CHARS);
-    let b = bounded(&neutralise(answer_b), MAX_ANSWER_CHARS);
+    let request = bounded(&neutralise(request), MAX_REQUEST_BYTES);
+    let a = bounded(&neutralise(answer_a), MAX_ANSWER_BYTES);
+    let b = bounded(&neutralise(answer_b), MAX_ANSWER_BYTES);
     format!(
         "<request>\n{request}\n</request>\n\n<answer_a>\n{a}\n</answer_a>\n\n<answer_b>\n{b}\n</answer_b>\n\nWhich answer is better? End with the VERDICT line."
     )
@@ -193,17 +198,16 @@ fn neutralise(text: &str) -> String {
     out
 }
 
-/// `text` if it has at most `max` characters; else its first and last parts around a marker
-/// saying how much was left out.
+/// `text` if it has at most `max` bytes; else its first and last parts (cut on character
+/// boundaries) around a marker saying how many bytes were left out.
 fn bounded(text: &str, max: usize) -> String {
-    let chars = text.chars().count();
-    if chars <= max {
+    if text.len() <= max {
         return text.to_owned();
     }
-    let head: String = text.chars().take(max / 2).collect();
-    let tail: String = text.chars().skip(chars - max / 2).collect();
-    let cut = chars - head.chars().count() - tail.chars().count();
-    format!("{head}\n[… {cut} characters cut …]\n{tail}")
+    let head = &text[..text.floor_char_boundary(max / 2)];
+    let tail = &text[text.ceil_char_boundary(text.len() - max / 2)..];
+    let cut = text.len() - head.len() - tail.len();
+    format!("{head}\n[… {cut} bytes cut …]\n{tail}")
 }
 
 #[cfg(test)]
@@ -296,20 +300,23 @@ mod tests {
 
     #[test]
     fn long_material_keeps_its_ends_and_says_it_was_cut() {
-        let long = format!("START{}END", "x".repeat(3 * MAX_ANSWER_CHARS));
+        let long = format!("START{}END", "x".repeat(3 * MAX_ANSWER_BYTES));
         let msg = message("q", &long, "short");
         let a = &msg[msg.find("<answer_a>").unwrap()..msg.find("</answer_a>").unwrap()];
         assert!(a.contains("START") && a.contains("END"), "{a}");
-        assert!(a.contains("characters cut"), "{a}");
-        assert!(a.chars().count() < MAX_ANSWER_CHARS + 100);
         let cut = format!(
-            "{} characters cut",
-            3 * MAX_ANSWER_CHARS + 8 - MAX_ANSWER_CHARS
+            "[… {} bytes cut …]",
+            3 * MAX_ANSWER_BYTES + 8 - MAX_ANSWER_BYTES
         );
         assert!(a.contains(&cut), "{a}");
-        // Multi-byte text is cut on character boundaries.
-        let wide = "é".repeat(MAX_REQUEST_CHARS + 1);
-        assert!(message(&wide, "a", "b").contains("1 characters cut"));
+        // Multi-byte text is cut on character boundaries, and the whole stays in its bound.
+        let wide = "é".repeat(MAX_REQUEST_BYTES);
+        let msg = message(&wide, &wide, &"<answer_b>".repeat(MAX_ANSWER_BYTES));
+        assert!(
+            msg.contains(&format!("[… {} bytes cut …]", MAX_REQUEST_BYTES)),
+            "cut"
+        );
+        assert!(msg.len() <= MAX_MESSAGE_BYTES, "{}", msg.len());
     }
 
     #[test]
