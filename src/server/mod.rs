@@ -33,6 +33,7 @@ use crate::{
     backend::{Auth, Bedrock},
     labels::LabelSink,
     pb::prompt_router_server::PromptRouterServer,
+    quality::Duels,
     setup, telemetry,
 };
 use prompt_router_core::config::Config;
@@ -90,6 +91,7 @@ pub struct Running {
     concurrency: Arc<Semaphore>,
     max_concurrency: usize,
     cut_off: watch::Sender<bool>,
+    duels: Arc<Duels>,
     side_tasks: Vec<JoinHandle<()>>,
 }
 
@@ -108,22 +110,42 @@ pub async fn build_state(config: &Config, auth: Auth) -> anyhow::Result<RouterSt
         &config.bedrock.regions(),
         &decider.catalog,
     );
+    let concurrency = Arc::new(Semaphore::new(config.server.max_concurrency));
+    let duels = Arc::new(Duels::new(
+        &config.quality,
+        &decider.catalog,
+        bedrock.clone(),
+        config.bedrock.default_deadline,
+        Arc::clone(&concurrency),
+        config.server.max_concurrency,
+        telemetry,
+    ));
     Ok(RouterState {
         decider,
         bedrock,
         resilience,
-        concurrency: Arc::new(Semaphore::new(config.server.max_concurrency)),
+        concurrency,
         limits: config.limits,
         default_deadline: config.bedrock.default_deadline,
         log_prompts: config.telemetry.log_prompts,
         cut_off: watch::channel(false).0,
         labels: LabelSink::off(),
+        duels,
         telemetry,
     })
 }
 
 /// Binds the listeners and starts serving; returns once both ports accept connections.
-pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Running> {
+pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> {
+    start_with_labels(config, options, LabelSink::off()).await
+}
+
+/// [`start`], the label rows of duels and feedback handed to `labels` (tests, embedding).
+pub async fn start_with_labels(
+    mut config: Config,
+    options: Options,
+    labels: LabelSink,
+) -> anyhow::Result<Running> {
     let simulator = if options.simulate {
         let handle = bedrock_sim::start(
             SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -142,8 +164,11 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
     } else {
         Auth::DefaultChain
     };
-    let router = Arc::new(build_state(&config, auth).await?);
+    let mut state = build_state(&config, auth).await?;
+    state.labels = labels;
+    let router = Arc::new(state);
     let telemetry = router.telemetry;
+    let duels = Arc::clone(&router.duels);
     let concurrency = Arc::clone(&router.concurrency);
     let cut_off = router.cut_off.clone();
 
@@ -238,15 +263,17 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
         concurrency,
         max_concurrency: config.server.max_concurrency,
         cut_off,
+        duels,
         side_tasks: vec![metrics, upkeep],
     })
 }
 
 impl Running {
-    /// Reports NOT_SERVING, keeps serving for `server.shutdown_delay_ms`, stops accepting, lets
-    /// in-flight requests finish within `server.drain_timeout_ms`, ends those still running
-    /// with UNAVAILABLE, then stops.
+    /// Stops the duels (none starts, running ones are cancelled), reports NOT_SERVING, keeps
+    /// serving for `server.shutdown_delay_ms`, stops accepting, lets in-flight requests finish
+    /// within `server.drain_timeout_ms`, ends those still running with UNAVAILABLE, then stops.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.duels.stop();
         self.health
             .set_not_serving::<PromptRouterServer<RouterService>>()
             .await;
