@@ -289,12 +289,22 @@ impl Duels {
                 worst,
             } = claimed;
             let mut stop = duels.stop.subscribe();
-            let run = duels.run(&job, fast_or_strong);
-            let (ended, cost) = tokio::select! {
-                ran = run => ran,
-                _ = stop.wait_for(|stop| *stop) => (Ended::Cancelled, worst),
+            let mut cost = Nanodollars(0);
+            let ended = {
+                let run = duels.run(&job, fast_or_strong, &mut cost);
+                tokio::select! {
+                    ended = run => ended,
+                    _ = stop.wait_for(|stop| *stop) => Ended::Cancelled,
+                }
             };
-            lock(&duels.spend).settle(reservation, cost);
+            // A cancelled call may have been billed for what it wrote: the cap keeps the
+            // worst case; the counter shows only what is known.
+            let settled = if ended == Ended::Cancelled {
+                worst
+            } else {
+                cost
+            };
+            lock(&duels.spend).settle(reservation, settled);
             duels.telemetry.add_duel_cost(cost);
             drop(slot);
             ended.count();
@@ -331,10 +341,7 @@ impl Duels {
     /// `maxTokens`, a token counted as at least a byte.
     fn worst_case(&self, job: &Job) -> Nanodollars {
         let other = self.catalog.model(job.answered.other());
-        let other_out = job
-            .sampled
-            .max_tokens
-            .map_or(other.max_output_tokens, |m| m.min(other.max_output_tokens));
+        let other_out = self.other_max_tokens(job);
         let other_in = job.sampled.request.len() as u64 + FRAMING_TOKENS;
         let judge_in = (judge::SYSTEM.len() + judge::MAX_MESSAGE_BYTES) as u64 + FRAMING_TOKENS;
         let call = |input: u64, output: u32, prices: Prices| {
@@ -355,23 +362,16 @@ impl Duels {
     }
 
     /// The duel's calls: the other tier, then the judge in both orders (the second only if the
-    /// first parsed). Returns how it ended and what it cost.
-    async fn run(&self, job: &Job, caller_answer: String) -> (Ended, Nanodollars) {
+    /// first parsed); what they cost is added to `cost` as each returns.
+    async fn run(&self, job: &Job, caller_answer: String, cost: &mut Nanodollars) -> Ended {
         let other = self.catalog.model(job.answered.other());
         let mut parts = job.parts.clone();
-        let max_tokens = job
-            .sampled
-            .max_tokens
-            .map_or(other.max_output_tokens, |m| m.min(other.max_output_tokens));
-        parts.cap_max_tokens(max_tokens);
-        let mut cost = Nanodollars(0);
-        let Some((completion, spent)) = self.call(&other.invoke_id, other.prices, parts).await
-        else {
-            return (Ended::Failed, cost);
+        parts.cap_max_tokens(self.other_max_tokens(job));
+        let Some(completion) = self.call(&other.invoke_id, other.prices, parts, cost).await else {
+            return Ended::Failed;
         };
-        cost.0 += spent.0;
         let Some(other_answer) = text_of(&completion.content) else {
-            return (Ended::Failed, cost);
+            return Ended::Failed;
         };
         let (fast, strong) = match job.answered {
             Tier::Fast => (caller_answer, other_answer),
@@ -381,33 +381,36 @@ impl Duels {
         for (order, verdict) in Order::BOTH.into_iter().zip(&mut verdicts) {
             let message = order.message(&job.sampled.request, &fast, &strong);
             let Some(parts) = judge_parts(message) else {
-                return (Ended::Failed, cost);
+                return Ended::Failed;
             };
-            let Some((reply, spent)) = self
-                .call(&self.judge_model, self.judge_prices, parts)
+            let Some(reply) = self
+                .call(&self.judge_model, self.judge_prices, parts, cost)
                 .await
             else {
-                return (Ended::Failed, cost);
+                return Ended::Failed;
             };
-            cost.0 += spent.0;
             *verdict = text_of(&reply.content).as_deref().and_then(judge::parse);
             if verdict.is_none() {
-                return (Ended::Unparsed, cost);
+                return Ended::Unparsed;
             }
         }
-        match judge::combine(verdicts[0], verdicts[1]) {
-            Some(outcome) => (Ended::Judged(outcome), cost),
-            None => (Ended::Unparsed, cost),
-        }
+        judge::combine(verdicts[0], verdicts[1]).map_or(Ended::Unparsed, Ended::Judged)
     }
 
-    /// One attempt on the primary region within the deadline; its answer and cost.
+    /// The other tier's `maxTokens`: the request's, within the model's limit.
+    fn other_max_tokens(&self, job: &Job) -> u32 {
+        let limit = self.catalog.model(job.answered.other()).max_output_tokens;
+        job.sampled.max_tokens.map_or(limit, |m| m.min(limit))
+    }
+
+    /// One attempt on the primary region within the deadline; its cost is added to `cost`.
     async fn call(
         &self,
         model: &str,
         prices: Prices,
         parts: backend::ConverseParts,
-    ) -> Option<(backend::Completion, Nanodollars)> {
+        cost: &mut Nanodollars,
+    ) -> Option<backend::Completion> {
         let clock = CallClock::default();
         let called = tokio::time::timeout(
             self.deadline,
@@ -416,8 +419,8 @@ impl Duels {
         .await;
         match called {
             Ok(Ok(completion)) => {
-                let cost = price(completion.usage, prices);
-                Some((completion, cost))
+                cost.0 = cost.0.saturating_add(price(completion.usage, prices).0);
+                Some(completion)
             }
             Ok(Err(error)) => {
                 tracing::debug!(model, kind = error.kind(), "duel call failed");
@@ -504,9 +507,8 @@ fn judge_parts(message: String) -> Option<backend::ConverseParts> {
 /// The gauges of the online estimate of `duels`.
 fn publish(duels: &[Duel], recovery: Option<Recovery>) {
     gauge!(telemetry::QUALITY_DUELS).set(duels.len() as f64);
-    let (ratio, low, high) = recovery.map_or((f64::NAN, f64::NAN, f64::NAN), |r| {
-        (r.ratio, r.low, r.high)
-    });
+    let (ratio, low, high) =
+        recovery.map_or((f64::NAN, f64::NAN, f64::NAN), |r| (r.ratio, r.low, r.high));
     gauge!(telemetry::QUALITY_RECOVERED).set(ratio);
     gauge!(telemetry::QUALITY_RECOVERED_LOW).set(low);
     gauge!(telemetry::QUALITY_RECOVERED_HIGH).set(high);
