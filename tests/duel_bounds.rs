@@ -45,9 +45,9 @@ fn limited(text: &str, max_tokens: u32) -> pb::ConverseRequest {
 
 #[tokio::test]
 async fn duels_keep_to_their_cap_and_stop_when_loaded_or_draining() {
-    // 1. The spend cap: 160 requests from 8 callers at once, duels allowed 32 at once, and a
+    // 1. The spend cap: 240 requests from 8 callers at once, duels allowed 32 at once, and a
     // cap that the duels' real cost would pass several times over.
-    let cap = 0.40;
+    let cap = 0.25;
     let router = start_with(|raw| {
         raw.quality.duel_rate = 1.0;
         raw.quality.duel_concurrency = 32;
@@ -60,7 +60,7 @@ async fn duels_keep_to_their_cap_and_stop_when_loaded_or_draining() {
     for c in 0..8 {
         let mut client = router.client.clone();
         callers.push(tokio::spawn(async move {
-            for i in 0..20 {
+            for i in 0..30 {
                 let text = format!("Question {i} from caller {c}: explain how a hash map resizes.");
                 client.converse(limited(&text, 100)).await.unwrap();
             }
