@@ -69,12 +69,38 @@ async fn duels_run_off_the_callers_path_and_are_counted_and_labelled() {
         assert_eq!(seen(&a), seen(&b), "{prompt}");
         tiers.insert(b.request_id.clone(), b.decision.unwrap().model_id);
     }
-    // Not eligible: a forced request and a stream.
+    // Not eligible: a forced request, a tool-using one, one with an image, and a stream.
     dueling
         .client
         .converse(common::ask_forced("Forced", pb::RoutingMode::ForceFast))
         .await
         .unwrap();
+    let tools = pb::ToolConfig {
+        tools: vec![pb::Tool {
+            name: "get_weather".into(),
+            description: "Current weather for a city".into(),
+            input_schema_json: r#"{"type":"object","properties":{"city":{"type":"string"}}}"#
+                .into(),
+        }],
+        tool_choice: None,
+    };
+    dueling
+        .client
+        .converse(pb::ConverseRequest {
+            tool_config: Some(tools),
+            ..ask("Is it warm in Paris today?")
+        })
+        .await
+        .unwrap();
+    let image = pb::ContentBlock {
+        block: Some(pb::content_block::Block::Image(pb::Image {
+            format: pb::ImageFormat::Png as i32,
+            data: common::PNG_1X1.to_vec(),
+        })),
+    };
+    let mut with_image = ask("What colour is this pixel?");
+    with_image.messages[0].content.push(image);
+    dueling.client.converse(with_image).await.unwrap();
     let (events, status) = dueling.stream(ask("A streamed question")).await;
     assert!(status.is_none() && !events.is_empty());
 
@@ -127,8 +153,8 @@ async fn duels_run_off_the_callers_path_and_are_counted_and_labelled() {
         .collect();
     assert_eq!(judge_calls.len(), 2 * PROMPTS.len());
     assert!(judge_calls.iter().all(|r| r.model_id == SONNET_US));
-    // Callers 6 + forced 1 + stream 1, duels 6 × 3.
-    assert_eq!(received.len(), PROMPTS.len() + 2 + 3 * PROMPTS.len());
+    // Callers 6 + forced, tools, image, stream 4, duels 6 × 3.
+    assert_eq!(received.len(), PROMPTS.len() + 4 + 3 * PROMPTS.len());
 
     let mut got = Vec::new();
     while let Ok(row) = rows.try_recv() {
