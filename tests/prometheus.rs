@@ -452,10 +452,15 @@ async fn dashboard_and_rules_evaluate_on_a_real_prometheus() {
     );
     assert!(verdicts.len() >= 40, "{} expressions", verdicts.len());
 
-    // The traffic's error ratio (throttled requests) is above the alerts' 5%: both alerts must
-    // have left the inactive state, which shows the rules run on live data.
+    // The traffic's error ratio (throttled requests) is above the alerts' 5%, and no estimate
+    // reaches a floor of 1: these alerts must have left the inactive state, which shows the
+    // rules run on live data.
     let states = prometheus.alert_states().await;
-    for alert in ["RouterErrorRatioHigh", "RouterBedrockThrottling"] {
+    for alert in [
+        "RouterErrorRatioHigh",
+        "RouterBedrockThrottling",
+        "RouterQualityBelowFloor",
+    ] {
         assert!(
             matches!(
                 states.get(alert).map(String::as_str),
