@@ -330,7 +330,8 @@ fn duel_overhead(c: &mut Criterion) {
     });
     group.finish();
 
-    let mut times: [Vec<f64>; 2] = Default::default();
+    // Per router: the client's round trips, and the router's own time as its replies report it.
+    let mut times: [[Vec<f64>; 2]; 2] = Default::default();
     for block in 0..40 {
         let (client, out) = if block % 2 == 0 {
             (&mut off_client, &mut times[0])
@@ -339,14 +340,20 @@ fn duel_overhead(c: &mut Criterion) {
         };
         for _ in 0..200 {
             let sent = std::time::Instant::now();
-            rt.block_on(client.converse(request())).unwrap();
-            out.push(sent.elapsed().as_secs_f64() * 1e6);
+            let reply = rt
+                .block_on(client.converse(request()))
+                .unwrap()
+                .into_inner();
+            out[0].push(sent.elapsed().as_secs_f64() * 1e6);
+            out[1].push(reply.latency.unwrap().router_us);
         }
     }
-    let [off_us, on_us] = times.map(|mut values| {
-        values.sort_by(f64::total_cmp);
-        let at = |q: f64| values[((values.len() - 1) as f64 * q) as usize];
-        (at(0.5), at(0.99))
+    let [off_us, on_us] = times.map(|series| {
+        series.map(|mut values| {
+            values.sort_by(f64::total_cmp);
+            let at = |q: f64| values[((values.len() - 1) as f64 * q) as usize];
+            (at(0.5), at(0.99))
+        })
     });
     let duels: Vec<String> = prompt_router::telemetry::install()
         .unwrap()
@@ -356,12 +363,17 @@ fn duel_overhead(c: &mut Criterion) {
         .map(|l| l.trim_start_matches("router_duels_total").to_owned())
         .collect();
     println!(
-        "converse_round_trip_duels: caller round trip over 4,000 requests each: duel_rate 0 p50 \
-         {:.1} µs p99 {:.1} µs; duel_rate 1.0 p50 {:.1} µs p99 {:.1} µs; duels {}",
-        off_us.0,
-        off_us.1,
-        on_us.0,
-        on_us.1,
+        "converse_round_trip_duels: over 4,000 requests each, p50/p99: round trip duel_rate 0 \
+         {:.1}/{:.1} µs, duel_rate 1.0 {:.1}/{:.1} µs; routerUs duel_rate 0 {:.1}/{:.1} µs, \
+         duel_rate 1.0 {:.1}/{:.1} µs; duels {}",
+        off_us[0].0,
+        off_us[0].1,
+        on_us[0].0,
+        on_us[0].1,
+        off_us[1].0,
+        off_us[1].1,
+        on_us[1].0,
+        on_us[1].1,
         duels.join(" ")
     );
     rt.block_on(on.shutdown()).unwrap();

@@ -12,8 +12,8 @@
 //!
 //! Bounds, none of which a caller can notice:
 //! - the caller's reply never waits: the duel is spawned after the reply is built, and only the
-//!   sampling (one random number, the eligibility checks, rendering the request for the judge)
-//!   happens on the caller's path;
+//!   sampling (one random number, the eligibility checks, rendering the request for the judge,
+//!   cut to its bound without copying the rest) happens on the caller's path;
 //! - `quality.duel_concurrency` duels at once; a sampled request finding none free has none
 //!   (`skipped_busy`);
 //! - no retries: each of a duel's calls is one attempt on the primary region within
@@ -123,6 +123,7 @@ impl Ended {
 #[derive(Debug)]
 pub struct Sampled {
     request: String,
+    request_bytes: usize,
     score: f64,
     features: [f64; NUM_FEATURES],
     input_tokens: f64,
@@ -256,8 +257,10 @@ impl Duels {
             return None;
         }
         let classification = &routed.classification;
+        let (request, request_bytes) = judge::render_request(chat);
         Some(Sampled {
-            request: judge::render_request(chat),
+            request,
+            request_bytes,
             score: classification.score(),
             features: *classification.values(),
             input_tokens: classification.input_tokens(),
@@ -318,7 +321,8 @@ impl Duels {
         if *self.stop.borrow() {
             return Err(Ended::SkippedDraining);
         }
-        let free = self.callers.available_permits() as f64;
+        // The answered request still holds its slot, about to give it back.
+        let free = (self.callers.available_permits() + 1) as f64;
         if free < FREE_SLOTS_TO_DUEL * self.max_concurrency as f64 {
             return Err(Ended::SkippedLoaded);
         }
@@ -342,7 +346,7 @@ impl Duels {
     fn worst_case(&self, job: &Job) -> Nanodollars {
         let other = self.catalog.model(job.answered.other());
         let other_out = self.other_max_tokens(job);
-        let other_in = job.sampled.request.len() as u64 + FRAMING_TOKENS;
+        let other_in = job.sampled.request_bytes as u64 + FRAMING_TOKENS;
         let judge_in = (judge::SYSTEM.len() + judge::MAX_MESSAGE_BYTES) as u64 + FRAMING_TOKENS;
         let call = |input: u64, output: u32, prices: Prices| {
             price(

@@ -14,6 +14,8 @@
 //! loses its middle, marked, so a judge call's size has a bound ([`MAX_MESSAGE_BYTES`]), and
 //! with it (a token is at least a byte) the judge's worst-case cost.
 
+use std::borrow::Cow;
+
 use crate::request::{Block, ChatRequest, ImageFormat, Role, ToolResultBlock};
 
 use super::label::DuelOutcome;
@@ -129,50 +131,80 @@ pub fn message(request: &str, answer_a: &str, answer_b: &str) -> String {
     )
 }
 
-/// The request as the judge reads it: system texts, then every turn with its role; images and
-/// tool blocks as short placeholders (the judge sees text only). Unbounded here: [`message`]
-/// bounds it.
-pub fn render_request(req: &ChatRequest) -> String {
-    let mut out = String::new();
+/// The request as the judge reads it, and how many bytes it has in full: system texts, then
+/// every turn with its role; images and tool blocks as short placeholders (the judge sees text
+/// only). Cut to [`MAX_REQUEST_BYTES`] as [`message`] would cut it, without copying the text it
+/// leaves out, so a huge request costs its caller nothing to sample.
+pub fn render_request(req: &ChatRequest) -> (String, usize) {
+    let mut pieces: Vec<Cow<'_, str>> = Vec::new();
     for system in &req.system {
-        out.push_str("[system]\n");
-        out.push_str(system);
-        out.push_str("\n\n");
+        pieces.extend(["[system]\n".into(), system.as_str().into(), "\n\n".into()]);
     }
     for turn in &req.messages {
-        out.push_str(match turn.role {
-            Role::User => "[user]\n",
-            Role::Assistant => "[assistant]\n",
+        pieces.push(match turn.role {
+            Role::User => "[user]\n".into(),
+            Role::Assistant => "[assistant]\n".into(),
         });
         for block in &turn.content {
-            match block {
-                Block::Text(text) => out.push_str(text),
-                Block::Image(image) => {
-                    out.push_str(&image_placeholder(image.format, image.data.len()))
-                }
-                Block::ToolUse(call) => {
-                    out.push_str(&format!("[tool call {}: {}]", call.name, call.id));
-                }
+            pieces.push(match block {
+                Block::Text(text) => text.as_str().into(),
+                Block::Image(image) => image_placeholder(image.format, image.data.len()).into(),
+                Block::ToolUse(call) => format!("[tool call {}: {}]", call.name, call.id).into(),
                 Block::ToolResult(result) => {
-                    let texts: usize = result
+                    let texts = result
                         .content
                         .iter()
                         .filter(|c| matches!(c, ToolResultBlock::Text(_)))
                         .count();
-                    out.push_str(&format!(
+                    format!(
                         "[tool result for {}: {} blocks, {texts} of text{}]",
                         result.tool_use_id,
                         result.content.len(),
                         if result.is_error { ", an error" } else { "" }
-                    ));
+                    )
+                    .into()
                 }
-            }
-            out.push('\n');
+            });
+            pieces.push("\n".into());
         }
-        out.push('\n');
+        pieces.push("\n".into());
     }
-    out.truncate(out.trim_end().len());
-    out
+    while pieces.last().is_some_and(|p| p.trim().is_empty()) {
+        pieces.pop();
+    }
+    let total: usize = pieces.iter().map(|p| p.len()).sum();
+    if total <= MAX_REQUEST_BYTES {
+        return (pieces.concat(), total);
+    }
+    let half = MAX_REQUEST_BYTES / 2;
+    let mut head = String::with_capacity(half);
+    for piece in &pieces {
+        let room = half - head.len();
+        if piece.len() > room {
+            head.push_str(&piece[..piece.floor_char_boundary(room)]);
+            break;
+        }
+        head.push_str(piece);
+    }
+    let mut tail: Vec<&str> = Vec::new();
+    let mut kept = 0;
+    for piece in pieces.iter().rev() {
+        let room = half - kept;
+        if piece.len() > room {
+            let part = &piece[piece.ceil_char_boundary(piece.len() - room)..];
+            kept += part.len();
+            tail.push(part);
+            break;
+        }
+        kept += piece.len();
+        tail.push(piece);
+    }
+    tail.reverse();
+    let cut = total - head.len() - kept;
+    (
+        format!("{head}\n[… {cut} bytes cut …]\n{}", tail.concat()),
+        total,
+    )
 }
 
 fn image_placeholder(format: ImageFormat, bytes: usize) -> String {
@@ -198,8 +230,8 @@ fn neutralise(text: &str) -> String {
     out
 }
 
-/// `text` if it has at most `max` bytes; else its first and last parts (cut on character
-/// boundaries) around a marker saying how many bytes were left out.
+/// `text` if it has at most `max` bytes; else its first and last `max / 2` bytes (cut on
+/// character boundaries) around a marker saying how many bytes were left out.
 fn bounded(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_owned();
@@ -320,6 +352,32 @@ mod tests {
     }
 
     #[test]
+    fn a_long_request_is_cut_as_the_message_would_cut_it() {
+        let routing = Routing::new(RoutingMode::Auto, 0.0, String::new()).unwrap();
+        let turn = |text: String| Turn {
+            role: Role::User,
+            content: vec![Block::Text(text)],
+        };
+        let long = format!("START{}END", "é".repeat(20_000));
+        let req = ChatRequest::new(
+            vec![turn(long.clone())],
+            vec!["sys".to_owned()],
+            Inference::default(),
+            None,
+            routing,
+        )
+        .unwrap();
+        let (text, bytes) = render_request(&req);
+        let full = format!("[system]\nsys\n\n[user]\n{long}");
+        assert_eq!(bytes, full.len());
+        assert_eq!(text, bounded(&full, MAX_REQUEST_BYTES));
+        assert!(
+            text.starts_with("[system]\nsys") && text.ends_with("END"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn the_request_renders_its_text_and_placeholders_for_the_rest() {
         let turns = vec![
             Turn {
@@ -364,7 +422,8 @@ mod tests {
             routing,
         )
         .unwrap();
-        let text = render_request(&req);
+        let (text, bytes) = render_request(&req);
+        assert_eq!(bytes, text.len());
         assert!(text.starts_with("[system]\nBe brief.\n\n[user]\nWhat is in this picture?\n[image: png, 70 bytes, not shown]"), "{text}");
         assert!(text.contains("[assistant]\n[tool call look: t1]"), "{text}");
         assert!(
