@@ -128,6 +128,31 @@ async fn duels_keep_to_their_cap_and_stop_when_loaded_or_draining() {
     .await;
     router.running.shutdown().await.unwrap();
 
+    // A router of one slot, idle but for the answered request, duels: the request's own slot
+    // is about to be free.
+    let router = start_with(|raw| {
+        raw.quality.duel_rate = 1.0;
+        raw.server.max_concurrency = 1;
+    })
+    .await;
+    let url = router.metrics_url();
+    let before = scrape(&url).await;
+    router
+        .client
+        .clone()
+        .converse(ask("What is 4 + 4?"))
+        .await
+        .unwrap();
+    eventually("the one-slot router's duel ended", || async {
+        ended(&scrape(&url).await) > ended(&before)
+    })
+    .await;
+    assert_eq!(
+        duels(&scrape(&url).await, "skipped_loaded"),
+        duels(&before, "skipped_loaded")
+    );
+    router.running.shutdown().await.unwrap();
+
     // 3. Draining: every request goes fast, and the duel's strong call stalls; a shutdown
     // cancels it, and a request answered during the shutdown delay has no duel.
     let router = start_with(|raw| {
