@@ -22,7 +22,7 @@
 //! - `quality.usd_per_hour` ([`spend`]): the duel's worst case is reserved before it starts and
 //!   settled to its real cost after; a duel that does not fit has none (`skipped_budget`);
 //! - load: a duel starts only while at least half of the caller slots (`server.max_concurrency`)
-//!   are free (`skipped_loaded`);
+//!   are free, the answered request's own counted as free (`skipped_loaded`);
 //! - drain: from the start of a shutdown no duel starts (`skipped_draining`) and running ones are
 //!   cancelled (`cancelled`; their reservation is kept as spent, since what they cost is unknown).
 
