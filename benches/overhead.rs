@@ -3,7 +3,8 @@
 //! latency): the differences are what the router and the SDK add, to set beside the split the
 //! router reports (printed after the round trips: medians of `routerUs`, `sdkUs`, `upstreamMs`).
 //! Also the pure decision (validate + classify + policy) on its own, at the fixed threshold and
-//! through a warm target-share controller, and the controller alone.
+//! through a warm target-share controller, and the controller alone; and the caller's round
+//! trip with duels on against off.
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
 use std::{hint::black_box, net::SocketAddr, time::Duration};
@@ -56,7 +57,13 @@ fn round_trip(c: &mut Criterion) {
     raw.server.metrics_listen = "127.0.0.1:0".parse().unwrap();
     let config = Config::try_from(raw).unwrap();
     let running = rt
-        .block_on(server::start(config, Options { simulate: true }))
+        .block_on(server::start(
+            config,
+            Options {
+                simulate: true,
+                ..Options::default()
+            },
+        ))
         .unwrap();
     let endpoint = running.simulator.as_ref().unwrap().endpoint_url();
     let mut router = rt
@@ -284,5 +291,103 @@ fn controller(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decision, controller, round_trip);
+/// Caller latency with duels on (`quality.duel_rate = 1.0`) against off: two routers, each
+/// with its own simulator, the same request; criterion's estimate, then p50/p99 of the
+/// client-side round trip over 4,000 requests each, taken in alternating blocks of 200 so
+/// drift on a shared machine falls on both alike. The cap is set out of reach so the duels
+/// really run (as many as `quality.duel_concurrency` allows); the duels' outcomes are printed.
+fn duel_overhead(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let start = |duel_rate: f64| {
+        let mut raw = RawConfig::default();
+        raw.server.listen = "127.0.0.1:0".parse().unwrap();
+        raw.server.metrics_listen = "127.0.0.1:0".parse().unwrap();
+        raw.quality.duel_rate = duel_rate;
+        raw.quality.usd_per_hour = 1e6;
+        let running = rt
+            .block_on(server::start(
+                Config::try_from(raw).unwrap(),
+                Options {
+                    simulate: true,
+                    ..Options::default()
+                },
+            ))
+            .unwrap();
+        let client = rt
+            .block_on(PromptRouterClient::connect(format!(
+                "http://{}",
+                running.grpc_addr
+            )))
+            .unwrap();
+        (running, client)
+    };
+    let (off, mut off_client) = start(0.0);
+    let (on, mut on_client) = start(1.0);
+
+    let mut group = c.benchmark_group("converse_round_trip_duels");
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(200);
+    group.measurement_time(Duration::from_secs(10));
+    group.bench_function("duel_rate_0", |b| {
+        b.iter(|| rt.block_on(off_client.converse(request())).unwrap());
+    });
+    group.bench_function("duel_rate_1", |b| {
+        b.iter(|| rt.block_on(on_client.converse(request())).unwrap());
+    });
+    group.finish();
+
+    // Per router: the client's round trips, and the router's own time as its replies report it.
+    let mut times: [[Vec<f64>; 2]; 2] = Default::default();
+    for block in 0..40 {
+        let (client, out) = if block % 2 == 0 {
+            (&mut off_client, &mut times[0])
+        } else {
+            (&mut on_client, &mut times[1])
+        };
+        for _ in 0..200 {
+            let sent = std::time::Instant::now();
+            let reply = rt
+                .block_on(client.converse(request()))
+                .unwrap()
+                .into_inner();
+            out[0].push(sent.elapsed().as_secs_f64() * 1e6);
+            out[1].push(reply.latency.unwrap().router_us);
+        }
+    }
+    let [off_us, on_us] = times.map(|series| {
+        series.map(|mut values| {
+            values.sort_by(f64::total_cmp);
+            let at = |q: f64| values[((values.len() - 1) as f64 * q) as usize];
+            (at(0.5), at(0.99))
+        })
+    });
+    let duels: Vec<String> = prompt_router::telemetry::install()
+        .unwrap()
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("router_duels_total{"))
+        .map(|l| l.trim_start_matches("router_duels_total").to_owned())
+        .collect();
+    println!(
+        "converse_round_trip_duels: over 4,000 requests each, p50/p99: round trip duel_rate 0 \
+         {:.1}/{:.1} µs, duel_rate 1.0 {:.1}/{:.1} µs; routerUs duel_rate 0 {:.1}/{:.1} µs, \
+         duel_rate 1.0 {:.1}/{:.1} µs; duels {}",
+        off_us[0].0,
+        off_us[0].1,
+        on_us[0].0,
+        on_us[0].1,
+        off_us[1].0,
+        off_us[1].1,
+        on_us[1].0,
+        on_us[1].1,
+        duels.join(" ")
+    );
+    rt.block_on(on.shutdown()).unwrap();
+    rt.block_on(off.shutdown()).unwrap();
+}
+
+criterion_group!(benches, decision, controller, round_trip, duel_overhead);
 criterion_main!(benches);

@@ -4,8 +4,8 @@
 //!
 //! `classify`, `policy`, `operating`, `cost`, `decide`, `request`, `resilience`, `train`, `eval` and
 //! `calibrate` are pure (none of them imports the generated `pb` code: the server converts at
-//! the edge); `backend` is the only code that talks to Bedrock; `server` is the only code that
-//! records metrics and builds gRPC statuses.
+//! the edge); `backend` is the only code that talks to Bedrock; `server` and `quality` (the duels) are the
+//! only code that records metrics, and `server` the only code that builds gRPC statuses.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -16,6 +16,7 @@ pub mod load;
 pub mod logfmt;
 pub mod pb;
 pub mod protocol;
+pub mod quality;
 pub mod reload;
 pub mod server;
 pub mod setup;

@@ -332,6 +332,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config,
         Options {
             simulate: args.simulate,
+            labels: None,
         },
     )
     .await?;

@@ -78,6 +78,29 @@ pub const WEIGHTS_RELOADS_TOTAL: &str = "router_weights_reloads_total";
 /// version `w-XXXXXXXX`.
 pub const WEIGHTS_VERSION: &str = "router_weights_version";
 
+/// `router_duels_total{outcome}`: duels by how they ended (a verdict, `unparsed`, `failed`,
+/// `cancelled`) or why none started (`skipped_busy`, `skipped_budget`, `skipped_loaded`,
+/// `skipped_draining`).
+pub const DUELS_TOTAL: &str = "router_duels_total";
+/// `router_duel_cost_usd_total`: what duels cost (the other tier's answers and the judge's).
+pub const DUEL_COST_USD_TOTAL: &str = "router_duel_cost_usd_total";
+/// `router_quality_recovered_ratio`: the online estimate of the share of the quality gap
+/// recovered at the default caller's threshold, from the window of recent duels.
+pub const QUALITY_RECOVERED: &str = "router_quality_recovered_ratio";
+/// `router_quality_recovered_ratio_low`: the estimate's 95% interval, lower end.
+pub const QUALITY_RECOVERED_LOW: &str = "router_quality_recovered_ratio_low";
+/// `router_quality_recovered_ratio_high`: the estimate's 95% interval, upper end.
+pub const QUALITY_RECOVERED_HIGH: &str = "router_quality_recovered_ratio_high";
+/// `router_quality_duels`: duels in the estimate's window (its sample count).
+pub const QUALITY_DUELS: &str = "router_quality_duels";
+/// `router_quality_verdicts{outcome}`: the window's duels by verdict (strong_better, tie,
+/// fast_better): the fast tier's losses, ties and wins against the strong one.
+pub const QUALITY_VERDICTS: &str = "router_quality_verdicts";
+/// `router_quality_recovered_floor`: `quality.recovered_floor`, when set.
+pub const QUALITY_RECOVERED_FLOOR: &str = "router_quality_recovered_floor";
+/// `router_quality_min_duels`: `quality.min_duels`, the samples the floor's alert needs.
+pub const QUALITY_MIN_DUELS: &str = "router_quality_min_duels";
+
 /// Seconds-range buckets for whole requests and upstream calls. Model calls mostly take
 /// 0.5–10 s, so that range is dense: with a 2.5 → 5 s bucket, a simulated soak whose true p99
 /// was 2.8 s showed a p99 of 4.9 s.
@@ -122,6 +145,7 @@ pub struct Telemetry {
 struct Money {
     cost_by_model: BTreeMap<Arc<str>, Nanodollars>,
     baseline: Nanodollars,
+    duels: Nanodollars,
 }
 
 static TELEMETRY: OnceLock<Telemetry> = OnceLock::new();
@@ -262,6 +286,38 @@ fn describe() {
         WEIGHTS_VERSION,
         "CRC-32 of the weights in force, as a number: the weights version is w- and its 8 hex digits."
     );
+    describe_counter!(
+        DUELS_TOTAL,
+        "Duels by how they ended (strong_better, tie, fast_better, unparsed, failed, cancelled) or why none started (skipped_busy, skipped_budget, skipped_loaded, skipped_draining)."
+    );
+    describe_gauge!(
+        QUALITY_RECOVERED,
+        "Online estimate of the share of the quality gap between the tiers recovered at the default caller's threshold, from the recent duels; NaN while no gap is seen."
+    );
+    describe_gauge!(
+        QUALITY_RECOVERED_LOW,
+        "Lower end of the recovered share's 95% interval."
+    );
+    describe_gauge!(
+        QUALITY_RECOVERED_HIGH,
+        "Upper end of the recovered share's 95% interval."
+    );
+    describe_gauge!(
+        QUALITY_DUELS,
+        "Duels in the window the quality estimate is computed from."
+    );
+    describe_gauge!(
+        QUALITY_VERDICTS,
+        "The estimate window's duels by verdict: strong_better (a fast loss), tie, fast_better (a fast win)."
+    );
+    describe_gauge!(
+        QUALITY_RECOVERED_FLOOR,
+        "quality.recovered_floor: the recovered share below which the quality alert fires."
+    );
+    describe_gauge!(
+        QUALITY_MIN_DUELS,
+        "quality.min_duels: duels the estimate needs before the floor's alert may fire."
+    );
 }
 
 impl Telemetry {
@@ -286,6 +342,12 @@ impl Telemetry {
         money.baseline.0 += baseline.0;
     }
 
+    /// Adds one duel's cost.
+    pub fn add_duel_cost(&self, cost: Nanodollars) {
+        let mut money = self.money.lock().unwrap_or_else(PoisonError::into_inner);
+        money.duels.0 += cost.0;
+    }
+
     /// The Prometheus text exposition of every router metric.
     pub fn render(&self) -> String {
         let mut out = self.handle.render();
@@ -308,6 +370,11 @@ impl Telemetry {
             out,
             "# HELP {BASELINE_COST_USD_TOTAL} What the same tokens would have cost on the strong model, in US dollars.\n# TYPE {BASELINE_COST_USD_TOTAL} counter\n{BASELINE_COST_USD_TOTAL} {}",
             money.baseline
+        );
+        let _ = writeln!(
+            out,
+            "# HELP {DUEL_COST_USD_TOTAL} Cost of duels (the other tier's answers and the judge's calls) at the catalog's prices, in US dollars.\n# TYPE {DUEL_COST_USD_TOTAL} counter\n{DUEL_COST_USD_TOTAL} {}",
+            money.duels
         );
         out
     }

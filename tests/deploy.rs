@@ -417,9 +417,15 @@ async fn the_configmap_config_serves_what_the_probes_ask() {
     let mut config = base.config();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.server.metrics_listen = "127.0.0.1:0".parse().unwrap();
-    let running = server::start(config, Options { simulate: true })
-        .await
-        .expect("router starts");
+    let running = server::start(
+        config,
+        Options {
+            simulate: true,
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("router starts");
     let addr = running.grpc_addr.to_string();
     let readiness = str_at(base.container(), "/readinessProbe/grpc/service").to_owned();
     for service in ["", readiness.as_str()] {
@@ -546,6 +552,35 @@ fn dashboard_and_provisioning_are_well_formed() {
     ids.dedup();
     assert_eq!(ids.len(), count, "panel ids are unique");
     assert!(exprs >= 20, "{exprs} queries");
+    // The quality row: the recovered share with its interval beside the savings, in one panel.
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(
+        panels
+            .iter()
+            .any(|p| p["type"] == "row" && p["title"] == "Quality kept vs money saved")
+    );
+    let kept = panels
+        .iter()
+        .find(|p| p["title"] == "Quality kept vs money saved" && p["type"] == "timeseries")
+        .expect("the quality kept vs money saved panel");
+    let kept_exprs: Vec<&str> = kept["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| str_at(t, "/expr"))
+        .collect();
+    for series in [
+        "router_quality_recovered_ratio)",
+        "router_quality_recovered_ratio_low",
+        "router_quality_recovered_ratio_high",
+        "router_quality_recovered_floor",
+        "router_baseline_cost_usd_total",
+    ] {
+        assert!(
+            kept_exprs.iter().any(|e| e.contains(series)),
+            "{series}: {kept_exprs:?}"
+        );
+    }
 
     let provisioning = root().join("deploy/grafana/provisioning");
     let providers = yaml(&provisioning.join("dashboards/prompt-router.yml"));

@@ -1,7 +1,8 @@
 //! A real Prometheus scrapes a router under load, with deploy/prometheus/rules.yml loaded, and
 //! every PromQL expression we ship is evaluated through its HTTP API: each dashboard query and
 //! recording rule must parse and return a finite value; each alert must parse and every series
-//! it reads must exist. `promtool` checks the rule file and a real scrape.
+//! it reads must exist. `promtool` checks the rule file and a real scrape, and runs the alerts'
+//! unit tests (deploy/prometheus/rules_test.yml).
 //!
 //! Needs Debian's `prometheus` package (`prometheus` and `promtool` on PATH); .ci/run installs
 //! it. Without them this test fails, it does not skip.
@@ -333,8 +334,21 @@ async fn dashboard_and_rules_evaluate_on_a_real_prometheus() {
         &["check", "rules", rules_file.to_str().unwrap()],
         None,
     );
+    let rules_test = root().join("deploy/prometheus/rules_test.yml");
+    run_tool(
+        &promtool,
+        &["test", "rules", rules_test.to_str().unwrap()],
+        None,
+    );
 
-    let router = common::start().await;
+    // Duels on, and a floor no estimate reaches, so the quality panels have data and the
+    // quality alert runs on it.
+    let router = common::start_with(|raw| {
+        raw.quality.duel_rate = 0.5;
+        raw.quality.recovered_floor = Some(1.0);
+        raw.quality.min_duels = 1;
+    })
+    .await;
     router.sim().set_latency(LatencyConfig {
         ttft_ms: 20,
         per_token_ms: 0,
@@ -438,10 +452,15 @@ async fn dashboard_and_rules_evaluate_on_a_real_prometheus() {
     );
     assert!(verdicts.len() >= 40, "{} expressions", verdicts.len());
 
-    // The traffic's error ratio (throttled requests) is above the alerts' 5%: both alerts must
-    // have left the inactive state, which shows the rules run on live data.
+    // The traffic's error ratio (throttled requests) is above the alerts' 5%, and no estimate
+    // reaches a floor of 1: these alerts must have left the inactive state, which shows the
+    // rules run on live data.
     let states = prometheus.alert_states().await;
-    for alert in ["RouterErrorRatioHigh", "RouterBedrockThrottling"] {
+    for alert in [
+        "RouterErrorRatioHigh",
+        "RouterBedrockThrottling",
+        "RouterQualityBelowFloor",
+    ] {
         assert!(
             matches!(
                 states.get(alert).map(String::as_str),

@@ -23,6 +23,29 @@ pub struct ConverseParts {
     pub additional: Option<Document>,
 }
 
+impl ConverseParts {
+    /// Caps `maxTokens` at `limit` (sets it when unset) and returns the value now in force: the
+    /// most the call can write, which a duel's spend reservation counts on.
+    pub fn cap_max_tokens(&mut self, limit: u32) -> u32 {
+        let inference = self.inference.take();
+        let current = inference
+            .as_ref()
+            .and_then(|i| i.max_tokens)
+            .map(|t| u32::try_from(t).unwrap_or(0));
+        let capped = current.map_or(limit, |c| c.min(limit));
+        let builder = bt::InferenceConfiguration::builder().max_tokens(clamp_i32(capped));
+        self.inference = Some(match inference {
+            Some(i) => builder
+                .set_temperature(i.temperature)
+                .set_top_p(i.top_p)
+                .set_stop_sequences(i.stop_sequences)
+                .build(),
+            None => builder.build(),
+        });
+        capped
+    }
+}
+
 /// Builds the SDK's request shapes from a validated request, moving its text and image bytes
 /// rather than copying them.
 pub fn converse_parts(req: ChatRequest) -> Result<ConverseParts, BuildError> {
@@ -233,6 +256,31 @@ mod tests {
                     .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })
+    }
+
+    #[test]
+    fn capping_max_tokens_keeps_the_rest_of_the_inference_config() {
+        let mut parts = ConverseParts {
+            messages: Vec::new(),
+            system: Vec::new(),
+            inference: None,
+            tools: None,
+            additional: None,
+        };
+        assert_eq!(parts.cap_max_tokens(4_096), 4_096);
+        assert_eq!(parts.cap_max_tokens(8_192), 4_096);
+        parts.inference = Some(
+            bt::InferenceConfiguration::builder()
+                .max_tokens(100)
+                .temperature(0.5)
+                .stop_sequences("END")
+                .build(),
+        );
+        assert_eq!(parts.cap_max_tokens(50), 50);
+        let inference = parts.inference.unwrap();
+        assert_eq!(inference.max_tokens, Some(50));
+        assert_eq!(inference.temperature, Some(0.5));
+        assert_eq!(inference.stop_sequences, Some(vec!["END".to_owned()]));
     }
 
     proptest! {

@@ -33,6 +33,7 @@ use crate::{
     backend::{Auth, Bedrock},
     labels::{LabelSink, Store, writer::Writer},
     pb::prompt_router_server::PromptRouterServer,
+    quality::Duels,
     reload, setup, telemetry,
 };
 use prompt_router_core::{classify::Weights, config::Config};
@@ -66,10 +67,12 @@ pub fn memory_bound(server: &prompt_router_core::config::ServerConfig) -> u64 {
 }
 
 /// How to start the router, beyond its config.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Start the Bedrock simulator in-process and call it instead of AWS.
     pub simulate: bool,
+    /// Hand label rows to this sink instead of `quality.store`'s (tests, embedding).
+    pub labels: Option<LabelSink>,
 }
 
 /// A running router.
@@ -90,6 +93,7 @@ pub struct Running {
     concurrency: Arc<Semaphore>,
     max_concurrency: usize,
     cut_off: watch::Sender<bool>,
+    duels: Arc<Duels>,
     side_tasks: Vec<JoinHandle<()>>,
     labels: LabelSink,
     label_writer: Option<Writer>,
@@ -104,7 +108,7 @@ const CUT_OFF_GRACE: Duration = Duration::from_secs(1);
 const LABEL_CHANNEL: usize = 1_024;
 
 /// The label sink and its writer for `quality.store` (off without one).
-fn labels(config: &Config) -> anyhow::Result<(LabelSink, Option<Writer>)> {
+fn configured_labels(config: &Config) -> anyhow::Result<(LabelSink, Option<Writer>)> {
     let Some(location) = &config.quality.store else {
         return Ok((LabelSink::off(), None));
     };
@@ -115,10 +119,12 @@ fn labels(config: &Config) -> anyhow::Result<(LabelSink, Option<Writer>)> {
 }
 
 /// Builds the shared router state from a checked config, with the label writer when
-/// `quality.store` is set and the weights the classifier was built from.
+/// `quality.store` is set (and no sink of the embedding program's own is given) and the weights
+/// the classifier was built from.
 pub async fn build_state(
     config: &Config,
     auth: Auth,
+    labels: Option<LabelSink>,
 ) -> anyhow::Result<(RouterState, Option<Writer>, Weights)> {
     let weights = setup::load_weights(config.routing.weights_path.as_deref())?;
     let decider = setup::decider_from(config, weights.clone())?;
@@ -130,17 +136,31 @@ pub async fn build_state(
         &config.bedrock.regions(),
         &decider.catalog,
     );
-    let (labels, writer) = labels(config)?;
+    let (labels, writer) = match labels {
+        Some(sink) => (sink, None),
+        None => configured_labels(config)?,
+    };
+    let concurrency = Arc::new(Semaphore::new(config.server.max_concurrency));
+    let duels = Arc::new(Duels::new(
+        &config.quality,
+        &decider.catalog,
+        bedrock.clone(),
+        config.bedrock.default_deadline,
+        Arc::clone(&concurrency),
+        config.server.max_concurrency,
+        telemetry,
+    ));
     let state = RouterState {
         decider,
         bedrock,
         resilience,
-        concurrency: Arc::new(Semaphore::new(config.server.max_concurrency)),
+        concurrency,
         limits: config.limits,
         default_deadline: config.bedrock.default_deadline,
         log_prompts: config.telemetry.log_prompts,
         cut_off: watch::channel(false).0,
         labels,
+        duels,
         telemetry,
     };
     Ok((state, writer, weights))
@@ -166,10 +186,11 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
     } else {
         Auth::DefaultChain
     };
-    let (router, label_writer, weights) = build_state(&config, auth).await?;
+    let (router, label_writer, weights) = build_state(&config, auth, options.labels).await?;
     let router = Arc::new(router);
     let labels = router.labels.clone();
     let telemetry = router.telemetry;
+    let duels = Arc::clone(&router.duels);
     let concurrency = Arc::clone(&router.concurrency);
     let cut_off = router.cut_off.clone();
 
@@ -274,6 +295,7 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
         concurrency,
         max_concurrency: config.server.max_concurrency,
         cut_off,
+        duels,
         side_tasks: vec![metrics, upkeep, reloads],
         labels,
         label_writer,
@@ -286,10 +308,11 @@ impl Running {
         &self.labels
     }
 
-    /// Reports NOT_SERVING, keeps serving for `server.shutdown_delay_ms`, stops accepting, lets
-    /// in-flight requests finish within `server.drain_timeout_ms`, ends those still running
-    /// with UNAVAILABLE, then stops.
+    /// Stops the duels (none starts, running ones are cancelled), reports NOT_SERVING, keeps
+    /// serving for `server.shutdown_delay_ms`, stops accepting, lets in-flight requests finish
+    /// within `server.drain_timeout_ms`, ends those still running with UNAVAILABLE, then stops.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.duels.stop();
         self.health
             .set_not_serving::<PromptRouterServer<RouterService>>()
             .await;

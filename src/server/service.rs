@@ -25,12 +25,14 @@ use crate::{
     backend::{self, BackendError, Bedrock, CallClock, Completion, ConverseParts},
     labels::LabelSink,
     pb::{self, prompt_router_server::PromptRouter},
+    quality::{Duels, Job, Sampled},
     telemetry::Telemetry,
 };
 use prompt_router_core::{
     catalog::{Model, Tier},
     cost::{Cost, Usage},
     decide::{Decider, RoutingDecision},
+    operating::DEFAULT_CALLER,
     request::{Block, ChatRequest, Limits},
     resilience::Target,
 };
@@ -58,6 +60,8 @@ pub struct RouterState {
     pub cut_off: watch::Sender<bool>,
     /// Where duels and feedback hand their label rows.
     pub labels: LabelSink,
+    /// The duel runner.
+    pub duels: Arc<Duels>,
     /// Metrics.
     pub telemetry: &'static Telemetry,
 }
@@ -82,13 +86,17 @@ struct Started {
     request: pb::ConverseRequest,
 }
 
-/// A decided request ready for its calls: its parts for Bedrock, its decision and its walk
-/// along the targets.
+/// A decided request ready for its calls: its parts for Bedrock, its decision, its walk
+/// along the targets, and what its duel needs if it was sampled for one.
 struct Admitted {
     parts: ConverseParts,
     decided: Decided,
     walk: Walk,
+    duel: Option<Sampled>,
 }
+
+/// A sampled request's duel material, once it has been answered: its sampling and its parts.
+type DuelParts = Option<(Sampled, ConverseParts)>;
 
 impl RouterState {
     /// The start of every RPC: the slot and memory charge admission took, the context from
@@ -123,12 +131,13 @@ impl RouterState {
     }
 
     /// Decides a request that will call a model, noting the decision in the record, and
-    /// builds what its calls send.
+    /// builds what its calls send; samples it for a duel if `duel` (Converse) allows.
     fn admit(
         &self,
         ctx: &Context,
         request: pb::ConverseRequest,
         record: &mut Record,
+        duel: bool,
     ) -> Result<Admitted, Error> {
         let (chat, routed, took) = self.decide(ctx, request)?;
         if self.log_prompts {
@@ -144,6 +153,11 @@ impl RouterState {
         let walk = self
             .resilience
             .walk(routed.choice.tier, routed.other_tier_ok);
+        let duel = if duel {
+            self.duels.sample(&chat, &routed)
+        } else {
+            None
+        };
         // Built once, moving the request's text and images; each attempt sends a clone.
         let parts = backend::prepare(chat).map_err(|error| Error::Upstream {
             error,
@@ -154,18 +168,21 @@ impl RouterState {
             parts,
             decided,
             walk,
+            duel,
         })
     }
 
     /// Admits a request and calls `call` along its targets until one answers; notes in the
-    /// record who did. The answering call stays open in the record.
+    /// record who did. The answering call stays open in the record. With `duel`, a request
+    /// sampled for a duel comes back with its duel's material.
     async fn answer<'s, T, F, Fut>(
         &'s self,
         ctx: &'s Context,
         request: pb::ConverseRequest,
         record: &mut Record,
+        duel: bool,
         call: F,
-    ) -> Result<(T, Answered), Error>
+    ) -> Result<(T, Answered, DuelParts), Error>
     where
         F: Fn(Target, &'s Model, ConverseParts, CallClock) -> Fut,
         Fut: Future<Output = Result<T, BackendError>>,
@@ -174,7 +191,8 @@ impl RouterState {
             parts,
             decided,
             mut walk,
-        } = self.admit(ctx, request, record)?;
+            duel,
+        } = self.admit(ctx, request, record, duel)?;
         let dispatcher = Dispatcher {
             resilience: &self.resilience,
             catalog: &self.decider.catalog,
@@ -188,7 +206,7 @@ impl RouterState {
             .await?;
         let answered = decided.answered(&self.decider.catalog, &self.resilience, &walk, target);
         record.routed(answered.tier, answered.basis, &answered.model);
-        Ok((value, answered))
+        Ok((value, answered, duel.map(|sampled| (sampled, parts))))
     }
 
     /// The end of a success, Converse's and a stream's: the answering call ends, the cost is
@@ -238,11 +256,12 @@ impl RouterState {
         request: pb::ConverseRequest,
         record: &mut Record,
     ) -> Result<pb::ConverseResponse, Error> {
-        let (completion, answered) = self
+        let (completion, answered, duel) = self
             .answer(
                 ctx,
                 request,
                 record,
+                true,
                 |target, model, parts, clock| async move {
                     self.bedrock
                         .converse(target.region, &model.invoke_id, parts, &clock)
@@ -262,6 +281,18 @@ impl RouterState {
             &ctx.request_id,
             answered.fallback,
         );
+        if let Some((sampled, parts)) = duel {
+            self.duels.start(Job {
+                sampled,
+                parts,
+                answered: answered.tier,
+                basis: answered.basis,
+                answer: content.clone(),
+                request_id: ctx.request_id.clone(),
+                labels: self.labels.clone(),
+                threshold: self.decider.operating.in_force(DEFAULT_CALLER).threshold,
+            });
+        }
         Ok(summary.converse(content, stop_reason, answered.decision))
     }
 }
@@ -334,6 +365,7 @@ impl PromptRouter for RouterService {
                 &ctx,
                 request,
                 &mut record,
+                false,
                 |target, model, parts, clock| async move {
                     let mut upstream = router
                         .bedrock
@@ -344,7 +376,7 @@ impl PromptRouter for RouterService {
                 },
             )
             .instrument(ctx.span.clone());
-        let ((upstream, first), answered) = match router.until_cut_off(opened).await {
+        let ((upstream, first), answered, _) = match router.until_cut_off(opened).await {
             Ok(opened) => opened,
             Err(err) => {
                 let status = ctx.status(err);

@@ -86,9 +86,15 @@ pub async fn start_with(adjust: impl FnOnce(&mut RawConfig)) -> TestRouter {
 pub async fn start_checked(mut config: Config) -> TestRouter {
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.server.metrics_listen = "127.0.0.1:0".parse().unwrap();
-    let running = server::start(config, Options { simulate: true })
-        .await
-        .expect("router starts");
+    let running = server::start(
+        config,
+        Options {
+            simulate: true,
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("router starts");
     let client = PromptRouterClient::connect(format!("http://{}", running.grpc_addr))
         .await
         .expect("client connects");

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::wire::{SimBody, json_response};
-use super::{FaultConfig, LatencyConfig, State, lock};
+use super::{FaultConfig, JudgeConfig, LatencyConfig, State, lock};
 
 const MAX_ADMIN_BODY: usize = 1 << 20;
 
@@ -33,7 +33,7 @@ async fn parse<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Respons
 }
 
 /// Serves `GET /_sim/requests`, `GET /_sim/stats`, `GET|POST /_sim/faults`,
-/// `GET|POST /_sim/latency` and `POST /_sim/reset`.
+/// `GET|POST /_sim/latency`, `GET|POST /_sim/judge` and `POST /_sim/reset`.
 pub(crate) async fn handle(state: &State, req: Request<Incoming>) -> Response<SimBody> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -43,6 +43,14 @@ pub(crate) async fn handle(state: &State, req: Request<Incoming>) -> Response<Si
         (Method::GET, "/_sim/stats") => ok(&state.recorder.stats()),
         (Method::GET, "/_sim/faults") => ok(&*lock(&state.faults)),
         (Method::GET, "/_sim/latency") => ok(&*lock(&state.latency)),
+        (Method::GET, "/_sim/judge") => ok(&*lock(&state.judge)),
+        (Method::POST, "/_sim/judge") => match parse::<JudgeConfig>(req).await {
+            Ok(judge) => match state.set_judge(judge) {
+                Ok(()) => ok(&judge),
+                Err(e) => bad_request(e),
+            },
+            Err(resp) => resp,
+        },
         (Method::POST, "/_sim/faults") => match parse::<FaultConfig>(req).await {
             Ok(faults) => match state.set_faults(faults) {
                 Ok(()) => ok(&*lock(&state.faults)),

@@ -77,6 +77,7 @@ pub(crate) struct Directive {
     pub ttft_ms: Option<u64>,
     pub per_token_ms: Option<u64>,
     pub tokens: Option<u32>,
+    pub difficulty: Option<f64>,
 }
 
 /// Per-request overrides and the fault chosen for it.
@@ -103,26 +104,32 @@ impl MatchCtx<'_> {
     }
 }
 
-const KEYS: &str = "fail, after, drop, stall, times, region, model, ttft, tpt, tokens";
+const KEYS: &str = "fail, after, drop, stall, times, region, model, ttft, tpt, tokens, difficulty";
 
-/// Text searched for directives: system prompts and the text of the last user message, so
-/// that directives in earlier turns of a conversation do not fire again.
-pub(crate) fn directive_texts(req: &ConverseRequest) -> Vec<&str> {
-    let mut out: Vec<&str> = req
+/// Text searched for directives: system prompts, and the text of the last user message (or
+/// `user_text` in its place, for a judge request) so that directives in earlier turns of a
+/// conversation do not fire again. Returns (system texts, user texts).
+pub(crate) fn directive_texts<'a>(
+    req: &'a ConverseRequest,
+    user_text: Option<&'a str>,
+) -> (Vec<&'a str>, Vec<&'a str>) {
+    let system = req
         .system
         .iter()
         .filter_map(|b| b.text.as_deref())
         .collect();
-    if let Some(last_user) = req
-        .messages
-        .iter()
-        .flatten()
-        .rev()
-        .find(|m| m.role == "user")
-    {
-        out.extend(last_user.content.iter().filter_map(|b| b.text.as_deref()));
-    }
-    out
+    let user = match user_text {
+        Some(text) => vec![text],
+        None => req
+            .messages
+            .iter()
+            .flatten()
+            .rev()
+            .find(|m| m.role == "user")
+            .map(|m| m.content.iter().filter_map(|b| b.text.as_deref()).collect())
+            .unwrap_or_default(),
+    };
+    (system, user)
 }
 
 /// Parses every `[sim:…]` directive in `text`; any malformed one is an error naming it.
@@ -150,6 +157,14 @@ fn num<T: std::str::FromStr>(key: &str, value: Option<&str>) -> Result<T, String
     let v = value.ok_or_else(|| format!("'{key}' needs a value"))?;
     v.parse()
         .map_err(|_| format!("'{key}={v}' is not a non-negative integer"))
+}
+
+fn unit_interval(key: &str, value: Option<&str>) -> Result<f64, String> {
+    let v = value.ok_or_else(|| format!("'{key}' needs a value"))?;
+    v.parse::<f64>()
+        .ok()
+        .filter(|x| (0.0..=1.0).contains(x))
+        .ok_or_else(|| format!("'{key}={v}' is not a number within 0..=1"))
 }
 
 fn parse_one(body: &str, source: &str) -> Result<Directive, String> {
@@ -191,6 +206,7 @@ fn parse_one(body: &str, source: &str) -> Result<Directive, String> {
             "ttft" => d.ttft_ms = Some(num(key, value)?),
             "tpt" => d.per_token_ms = Some(num(key, value)?),
             "tokens" => d.tokens = Some(num(key, value)?),
+            "difficulty" => d.difficulty = Some(unit_interval(key, value)?),
             _ => return Err(format!("unknown key '{item}' (known: {KEYS})")),
         }
     }

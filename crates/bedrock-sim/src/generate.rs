@@ -8,6 +8,7 @@
 use serde_json::{Map, Value};
 
 use super::request::{ContentBlock, ConverseRequest, ImageBlock, ToolResultContent, ToolSpec};
+use super::world;
 use base64::Engine as _;
 
 /// Why generation ended, as Bedrock's `stopReason` names it.
@@ -83,6 +84,10 @@ pub(crate) struct AnswerParams<'a> {
     pub model_id: &'a str,
     pub max_tokens: u32,
     pub body_tokens_override: Option<u32>,
+    /// The grade a text answer carries (see `world`).
+    pub right: bool,
+    /// In judge mode, the reply body that replaces the answer (and any tool call).
+    pub judge_reply: Option<String>,
 }
 
 const VOCAB: &[&str] = &[
@@ -277,11 +282,25 @@ pub(crate) fn natural_body_tokens(d: PromptDigest) -> u32 {
     base + d.input_tokens.min(16_000) / 8
 }
 
-/// The full natural answer: `[MODEL_ID]` then `body_tokens` tokens of sentences.
-pub(crate) fn natural_text(model_id: &str, seed: u64, body_tokens: u32) -> String {
+/// The full natural answer: `[MODEL_ID]`, then `body_tokens` tokens: the grade sentence
+/// (`world::RIGHT_MARK` or `WRONG_MARK`) and sentences of vocabulary words.
+pub(crate) fn natural_text(model_id: &str, right: bool, seed: u64, body_tokens: u32) -> String {
+    let mark = if right {
+        world::RIGHT_MARK
+    } else {
+        world::WRONG_MARK
+    };
+    let header = format!("[{model_id}]");
+    let graded = format!("{header} {mark}");
+    let mark_spans = token_spans(&graded);
+    let header_tokens = count_tokens(&header) as usize;
+    let body = usize::try_from(body_tokens).unwrap_or(usize::MAX);
+    if header_tokens + body <= mark_spans.len() {
+        return mark_spans[..header_tokens + body].concat();
+    }
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut text = format!("[{model_id}]");
-    let mut count = 0;
+    let mut text = graded;
+    let mut count = count_tokens(mark);
     while count < body_tokens {
         let words = 5 + rng.u32(..8);
         for w in 0..words {
@@ -352,6 +371,10 @@ pub(crate) fn answer(
         .as_ref()
         .and_then(|c| c.stop_sequences.clone())
         .unwrap_or_default();
+    if let Some(reply) = &p.judge_reply {
+        let (text, stop) = shape_text(&format!("[{}] {reply}", p.model_id), &stops, p.max_tokens);
+        return finish(vec![OutBlock::Text { text }], stop, d);
+    }
     let text_answer = || {
         // Texts are prefix-consistent in their length, so text past max_tokens (plus room for a
         // stop sequence) never matters; the clamp keeps a huge `tokens=N` directive cheap.
@@ -359,7 +382,7 @@ pub(crate) fn answer(
             .body_tokens_override
             .unwrap_or_else(|| natural_body_tokens(d))
             .min(p.max_tokens.saturating_add(64));
-        let natural = natural_text(p.model_id, d.hash, body);
+        let natural = natural_text(p.model_id, p.right, d.hash, body);
         let (text, stop) = shape_text(&natural, &stops, p.max_tokens);
         finish(vec![OutBlock::Text { text }], stop, d)
     };
@@ -477,7 +500,7 @@ mod tests {
 
     #[test]
     fn prefixes_count_as_their_span_count() {
-        let text = natural_text("anthropic.claude-3-haiku-20240307-v1:0", 42, 300);
+        let text = natural_text("anthropic.claude-3-haiku-20240307-v1:0", true, 42, 300);
         let spans = token_spans(&text);
         for n in [0, 1, 5, 19, 20, 21, 100, spans.len()] {
             assert_eq!(count_tokens(&spans[..n].concat()) as usize, n);
@@ -488,19 +511,27 @@ mod tests {
     #[test]
     fn natural_text_has_header_and_requested_length() {
         let model = "us.anthropic.claude-3-haiku-20240307-v1:0";
-        let text = natural_text(model, 7, 50);
+        let text = natural_text(model, false, 7, 50);
         assert!(text.starts_with(&format!("[{model}] ")));
         assert_eq!(
             count_tokens(&text),
             count_tokens(&format!("[{model}]")) + 50
         );
-        assert_eq!(text, natural_text(model, 7, 50));
+        assert_eq!(text, natural_text(model, false, 7, 50));
+        assert_eq!(crate::world::grade(&text), Some(false));
+        let right = natural_text(model, true, 7, 50);
+        assert_eq!(crate::world::grade(&right), Some(true));
+        assert_eq!(count_tokens(&right), count_tokens(&text));
+        for n in 0..4 {
+            let cut = natural_text(model, true, 7, n);
+            assert_eq!(count_tokens(&cut), count_tokens(&format!("[{model}]")) + n);
+        }
     }
 
     #[test]
     fn longer_texts_extend_shorter_ones() {
-        let short = natural_text("m", 3, 50);
-        assert!(natural_text("m", 3, 80).starts_with(&short));
+        let short = natural_text("m", true, 3, 50);
+        assert!(natural_text("m", true, 3, 80).starts_with(&short));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use super::generate::{self, Answer, AnswerParams};
 use super::record::{Operation, Outcome, Received, Recorder, RequestGuard};
 use super::request::ConverseRequest;
 use super::wire::{self, BodyAbort, ChannelBody, DropConnection, SimBody, WireError};
-use super::{State, admin, lock, validate};
+use super::{State, admin, judge, lock, validate, world};
 
 /// Entry point for every HTTP request on the simulator's port.
 pub(crate) async fn handle(
@@ -150,9 +150,25 @@ fn prepare(ctx: &Ctx<'_>, guard: &RequestGuard, body: &Bytes) -> Result<(Answer,
             "Input is too long for requested model.",
         ));
     }
+    let last_text = req.last_user_text();
+    let judged = judge::parse(&last_text);
+    let (system, user) = faults::directive_texts(&req, judged.as_ref().map(|j| j.outside.as_str()));
     let mut directives = Vec::new();
-    for text in faults::directive_texts(&req) {
+    for text in system {
+        let parsed = faults::parse_directives(text).map_err(WireError::validation)?;
+        if let Some(d) = parsed.iter().find(|d| d.difficulty.is_some()) {
+            return Err(WireError::validation(format!(
+                "Invalid simulator directive {}: difficulty belongs in the last user message.",
+                d.source
+            )));
+        }
+        directives.extend(parsed);
+    }
+    for text in user {
         directives.extend(faults::parse_directives(text).map_err(WireError::validation)?);
+    }
+    if judged.is_none() {
+        world::difficulty_directive(&last_text).map_err(WireError::validation)?;
     }
     let match_ctx = MatchCtx {
         region: ctx.region,
@@ -170,6 +186,8 @@ fn prepare(ctx: &Ctx<'_>, guard: &RequestGuard, body: &Bytes) -> Result<(Answer,
         model_id: ctx.model_id,
         max_tokens: checked.max_tokens,
         body_tokens_override: plan.tokens,
+        right: cfg.world.right(&resolved.spec.id, &last_text),
+        judge_reply: judged.map(|j| judge::reply(&lock(&ctx.state.judge), &j, digest.hash)),
     };
     Ok((
         generate::answer(&req, digest, &params, &checked.tool_mode),

@@ -15,6 +15,12 @@
 //! (`stop_sequence`), then `maxTokens` cuts it (`max_tokens`); otherwise `end_turn`. Without
 //! `maxTokens` the model's output limit applies.
 //!
+//! Grades: every text answer is right or wrong for its prompt, as [`world`] decides from the
+//! model's skill and the prompt's hidden difficulty (`[sim:difficulty=D]`, or a hash of the last
+//! user message's text). The body's first sentence says which: `Right.` or `Wrong.` (3 tokens
+//! either way, counted in the body's length; [`world::grade`] reads it back), so
+//! `"[<model id>] Right. The data …"`. A tool call (and its `auto` preface) carries no grade.
+//!
 //! Tools: with `toolChoice` `tool`/`any` the answer is a single `toolUse` block (the named tool;
 //! for `any` the tool named in the last message, else the first). With `auto` (or no choice), if
 //! the last message's text contains a tool's name and carries no `toolResult`, the answer is a
@@ -41,16 +47,50 @@
 //! - `times=N` — apply only to the first N matching attempts of this same prompt.
 //! - `region=R`, `model=M` — apply only when signed for region R / invoked as M or its base id.
 //! - `ttft=MS`, `tpt=MS` — latency override (time to first token, per token); `tokens=N` — the
-//!   answer body is N tokens long instead of its natural length.
+//!   answer body is N tokens long instead of its natural length (the grade sentence included;
+//!   no effect on a judge reply).
+//! - `difficulty=D` — the prompt's hidden difficulty, a number in 0..=1; it changes nothing
+//!   but the answers' grades. It ignores `times`/`region`/`model`, belongs in the last user
+//!   message (in a system text it is a ValidationException) and may be given once.
 //!
 //! Several directives may appear; they are tried in order and the first that applies with a
 //! fault wins. A malformed or unknown directive is a `ValidationException` naming it.
+//!
+//! # Judging
+//! A Converse or ConverseStream request (to any model) is a judge request when the text of its
+//! last user message (text blocks joined with `\n`) contains, in this order,
+//! `<request>…</request>`, `<answer_a>…</answer_a>` and `<answer_b>…</answer_b>`. The blocks are
+//! found from the end (the last `<answer_b>…</answer_b>`, the last `<answer_a>…</answer_a>`
+//! before it, then the first `<request>` and the last `</request>` before `<answer_a>`), so a
+//! judged request that itself mentions the tags still parses. The system text (the caller's
+//! instructions) is not read, beyond directives.
+//!
+//! The reply is `"[<model id>] "`, one reasoning sentence, then a final line
+//! `VERDICT: A`, `VERDICT: B` or `VERDICT: TIE` from the answers' grades ([`world::verdict`]):
+//! the right answer wins; both right or both wrong tie; an answer without a grade counts as
+//! wrong. Exactly:
+//! - `Answer A is right and answer B is wrong.\nVERDICT: A` (and the mirror for B);
+//! - `Both answers are right.\nVERDICT: TIE` / `Both answers are wrong.\nVERDICT: TIE`;
+//! - with position bias, on a tie: `Both answers are right; the first one reads better.\nVERDICT: A`;
+//! - unparsed: `Both answers have merits and I cannot choose between them.` (no VERDICT line).
+//!
+//! The reply is at most 24 tokens after the header; tools are ignored; stop sequences and
+//! `maxTokens` cut it like any answer (a cut reply may lose its verdict); usage and latency are
+//! as for any answer. Directives are read only from system texts and the text outside the three
+//! blocks: those in the judged request or answers do not apply to the judge call.
+//!
+//! Knobs ([`JudgeConfig`], in [`SimConfig::judge`] and `GET|POST /_sim/judge`, e.g.
+//! `{"positionBias":0.3,"unparsedRate":0.1}`): `positionBias` — probability that a tie is
+//! judged `A`; `unparsedRate` — probability that the reply has no VERDICT line. Both draws are
+//! deterministic per request (from the hash of everything the judge sees), so a retry gets the
+//! same reply and the two orders of one pair draw independently.
 //!
 //! # Admin endpoints (same port, no auth)
 //! `GET /_sim/requests` ([`Received`] list), `GET /_sim/stats` ([`SimStats`]),
 //! `GET|POST /_sim/faults` ([`FaultConfig`] JSON, e.g.
 //! `{"rules":[{"fault":{"http":"ThrottlingException"},"rate":0.5,"region":"us-east-1"}]}`),
 //! `GET|POST /_sim/latency` ([`LatencyConfig`], `{"ttftMs":50,"perTokenMs":5}`),
+//! `GET|POST /_sim/judge` ([`JudgeConfig`], see `# Judging`),
 //! `POST /_sim/reset` (clears the log, counters and `times` attempt counts).
 //!
 //! # Where it differs from Bedrock
@@ -72,10 +112,12 @@ mod events;
 mod faults;
 mod generate;
 mod handler;
+mod judge;
 mod record;
 mod request;
 mod validate;
 mod wire;
+pub mod world;
 
 use std::collections::HashMap;
 use std::io;
@@ -92,6 +134,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 pub use faults::{Fault, FaultConfig, FaultRule};
 pub use generate::count_tokens;
+pub use judge::JudgeConfig;
 pub use record::{Operation, Outcome, Received, SimStats};
 pub use wire::BedrockError;
 
@@ -141,6 +184,10 @@ pub struct SimConfig {
     pub max_recorded: usize,
     /// Like Bedrock, accept `us.`/`eu.`/`apac.` profiles only from `us-*`/`eu-*`/`ap-*` regions.
     pub enforce_profile_geography: bool,
+    /// Model skills behind the answers' grades (see [`world`]).
+    pub world: world::World,
+    /// Initial judge behaviour (see `# Judging`).
+    pub judge: JudgeConfig,
 }
 
 impl Default for SimConfig {
@@ -169,6 +216,8 @@ impl Default for SimConfig {
             max_body_bytes: 20 * 1024 * 1024,
             max_recorded: 1_000,
             enforce_profile_geography: true,
+            world: world::World::default(),
+            judge: JudgeConfig::default(),
         }
     }
 }
@@ -210,6 +259,7 @@ struct State {
     cfg: SimConfig,
     latency: Mutex<LatencyConfig>,
     faults: Mutex<FaultConfig>,
+    judge: Mutex<JudgeConfig>,
     rng: Mutex<fastrand::Rng>,
     attempts: Mutex<HashMap<(u64, usize), u32>>,
     recorder: Arc<record::Recorder>,
@@ -220,6 +270,17 @@ impl State {
         faults.validate()?;
         tracing::info!(rules = faults.rules.len(), "bedrock sim faults set");
         *lock(&self.faults) = faults;
+        Ok(())
+    }
+
+    fn set_judge(&self, judge: JudgeConfig) -> Result<(), String> {
+        judge.validate()?;
+        tracing::info!(
+            position_bias = judge.position_bias,
+            unparsed_rate = judge.unparsed_rate,
+            "bedrock sim judge set"
+        );
+        *lock(&self.judge) = judge;
         Ok(())
     }
 
@@ -263,12 +324,15 @@ impl std::fmt::Debug for SimHandle {
 pub async fn start(listen: SocketAddr, cfg: SimConfig) -> io::Result<SimHandle> {
     cfg.faults
         .validate()
+        .and_then(|()| cfg.world.validate())
+        .and_then(|()| cfg.judge.validate())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let state = Arc::new(State {
         latency: Mutex::new(cfg.latency),
         faults: Mutex::new(cfg.faults.clone()),
+        judge: Mutex::new(cfg.judge),
         rng: Mutex::new(fastrand::Rng::with_seed(cfg.seed)),
         attempts: Mutex::new(HashMap::new()),
         recorder: Arc::new(record::Recorder::new(cfg.max_recorded)),
@@ -324,6 +388,16 @@ impl SimHandle {
     /// Replaces the fault rules (see [`FaultConfig::validate`]).
     pub fn set_faults(&self, faults: FaultConfig) -> Result<(), String> {
         self.state.set_faults(faults)
+    }
+
+    /// Current judge behaviour.
+    pub fn judge(&self) -> JudgeConfig {
+        *lock(&self.state.judge)
+    }
+
+    /// Changes judge behaviour for requests that arrive from now on (see [`JudgeConfig::validate`]).
+    pub fn set_judge(&self, judge: JudgeConfig) -> Result<(), String> {
+        self.state.set_judge(judge)
     }
 
     /// Clears the request log, counters and directive attempt counts.

@@ -3,6 +3,25 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+impl ConverseRequest {
+    /// The last user message's text blocks joined with `\n`: the text `world` grades.
+    pub(crate) fn last_user_text(&self) -> String {
+        self.messages
+            .iter()
+            .flatten()
+            .rev()
+            .find(|m| m.role == "user")
+            .map(|m| {
+                m.content
+                    .iter()
+                    .filter_map(|b| b.text.as_deref())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// The body both operations share.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]

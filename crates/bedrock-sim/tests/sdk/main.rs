@@ -6,6 +6,7 @@
 
 mod converse;
 mod faults;
+mod judge;
 // The router's tests' HTTP client, whose other users read more of a reply than this binary does.
 #[allow(dead_code)]
 #[path = "../../../../tests/common/http_client.rs"]

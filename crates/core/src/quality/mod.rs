@@ -3,4 +3,5 @@
 //! Redis) and the duels' calls live in the service crate.
 
 pub mod estimate;
+pub mod judge;
 pub mod label;
