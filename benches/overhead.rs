@@ -56,7 +56,13 @@ fn round_trip(c: &mut Criterion) {
     raw.server.metrics_listen = "127.0.0.1:0".parse().unwrap();
     let config = Config::try_from(raw).unwrap();
     let running = rt
-        .block_on(server::start(config, Options { simulate: true }))
+        .block_on(server::start(
+            config,
+            Options {
+                simulate: true,
+                ..Options::default()
+            },
+        ))
         .unwrap();
     let endpoint = running.simulator.as_ref().unwrap().endpoint_url();
     let mut router = rt

@@ -322,6 +322,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config,
         Options {
             simulate: args.simulate,
+            ..Options::default()
         },
     )
     .await?;

@@ -67,6 +67,9 @@ pub const THRESHOLD: &str = "router_threshold";
 /// `router_window_strong_share{caller}`: share of a target-share caller's window of
 /// score-decided requests that went strong.
 pub const WINDOW_STRONG_SHARE: &str = "router_window_strong_share";
+/// `router_feedback_total{outcome}`: Feedback calls, by what became of them (`stored`,
+/// `dropped`, `invalid`, `not_found`, `already_given`, `no_store`).
+pub const FEEDBACK_TOTAL: &str = "router_feedback_total";
 
 /// Seconds-range buckets for whole requests and upstream calls. Model calls mostly take
 /// 0.5–10 s, so that range is dense: with a 2.5 → 5 s bucket, a simulated soak whose true p99
@@ -235,6 +238,10 @@ fn describe() {
     describe_gauge!(
         WINDOW_STRONG_SHARE,
         "Share of a target-share caller's recent score-decided requests (its window) that went strong."
+    );
+    describe_counter!(
+        FEEDBACK_TOTAL,
+        "Feedback calls by outcome: stored (handed to the label store), dropped (its writer was behind), invalid, not_found, already_given, no_store."
     );
 }
 

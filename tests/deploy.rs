@@ -382,7 +382,7 @@ fn the_memory_limit_sits_above_the_routers_bound() {
         .and_then(|mi| mi.parse::<u64>().ok())
         .map(|mi| mi << 20)
         .unwrap_or_else(|| panic!("a limit in Mi, not {limit:?}"));
-    let bound = server::memory_bound(&config.server);
+    let bound = server::memory_bound(&config);
     println!(
         "memory limit {} MiB, the router's bound {} MiB",
         limit >> 20,
@@ -417,9 +417,15 @@ async fn the_configmap_config_serves_what_the_probes_ask() {
     let mut config = base.config();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.server.metrics_listen = "127.0.0.1:0".parse().unwrap();
-    let running = server::start(config, Options { simulate: true })
-        .await
-        .expect("router starts");
+    let running = server::start(
+        config,
+        Options {
+            simulate: true,
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("router starts");
     let addr = running.grpc_addr.to_string();
     let readiness = str_at(base.container(), "/readinessProbe/grpc/service").to_owned();
     for service in ["", readiness.as_str()] {

@@ -34,7 +34,13 @@ async fn requests_cut_off_by_the_drain_timeout_count_as_unavailable() {
         raw.server.drain_timeout_ms = 300;
         let config = Config::try_from(raw).unwrap();
         let mut running = runtime
-            .block_on(server::start(config, Options { simulate: true }))
+            .block_on(server::start(
+                config,
+                Options {
+                    simulate: true,
+                    ..Options::default()
+                },
+            ))
             .unwrap();
         let bedrock = running.simulator.take().unwrap();
         ready.send(running.grpc_addr).unwrap();

@@ -9,6 +9,7 @@ pub mod convert;
 mod deadline;
 mod dispatch;
 pub mod error;
+mod feedback;
 mod metrics_http;
 mod record;
 mod reply;
@@ -28,7 +29,7 @@ use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 
 pub use self::service::{RouterService, RouterState};
-use self::{admission::Admission, dispatch::Resilience};
+use self::{admission::Admission, dispatch::Resilience, feedback::Recent};
 use crate::{
     backend::{Auth, Bedrock},
     labels::LabelSink,
@@ -51,12 +52,14 @@ const CONNECTION_BYTES: u64 = 24 << 10;
 /// connection, the answer (measured: 53 KiB with 512 held open).
 const CALL_BYTES: u64 = 64 << 10;
 
-/// The most resident memory the router takes with `server`'s settings, whatever its clients
+/// The most resident memory the router takes with `config`'s settings, whatever its clients
 /// do: the sum of what each bound lets them hold, plus a sixth for the allocator (README,
 /// "Memory and connections"). The `hostile` bench measures peaks against it and
 /// `tests/deploy.rs` keeps the Kubernetes memory limit above it.
-pub fn memory_bound(server: &prompt_router_core::config::ServerConfig) -> u64 {
+pub fn memory_bound(config: &Config) -> u64 {
+    let server = &config.server;
     let held = BASELINE_BYTES
+        + feedback::memory_bound(&config.quality)
         + server.max_inflight_request_bytes
         + server.max_connections as u64 * (u64::from(server.http2_window_bytes) + CONNECTION_BYTES)
         + server.max_concurrency as u64 * CALL_BYTES
@@ -66,10 +69,12 @@ pub fn memory_bound(server: &prompt_router_core::config::ServerConfig) -> u64 {
 }
 
 /// How to start the router, beyond its config.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Start the Bedrock simulator in-process and call it instead of AWS.
     pub simulate: bool,
+    /// Hand label rows to this sink instead of `quality.store`'s (tests, embedding).
+    pub labels: Option<LabelSink>,
 }
 
 /// A running router.
@@ -118,6 +123,11 @@ pub async fn build_state(config: &Config, auth: Auth) -> anyhow::Result<RouterSt
         log_prompts: config.telemetry.log_prompts,
         cut_off: watch::channel(false).0,
         labels: LabelSink::off(),
+        recent: Recent::new(
+            config.quality.feedback_capacity,
+            config.quality.feedback_ttl,
+            config.quality.store_prompts,
+        ),
         telemetry,
     })
 }
@@ -142,7 +152,11 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
     } else {
         Auth::DefaultChain
     };
-    let router = Arc::new(build_state(&config, auth).await?);
+    let mut state = build_state(&config, auth).await?;
+    if let Some(labels) = options.labels {
+        state.labels = labels;
+    }
+    let router = Arc::new(state);
     let telemetry = router.telemetry;
     let concurrency = Arc::clone(&router.concurrency);
     let cut_off = router.cut_off.clone();

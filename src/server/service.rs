@@ -17,6 +17,7 @@ use super::{
     convert,
     dispatch::{Dispatcher, Resilience, Walk},
     error::Error,
+    feedback::{Recent, Routed},
     record::Record,
     reply::{Answered, Decided, Summary},
     stream::{EventStreamResponse, StreamJob},
@@ -58,6 +59,8 @@ pub struct RouterState {
     pub cut_off: watch::Sender<bool>,
     /// Where duels and feedback hand their label rows.
     pub labels: LabelSink,
+    /// The recent answered requests, for feedback to join to (kept only with a label store).
+    pub recent: Recent,
     /// Metrics.
     pub telemetry: &'static Telemetry,
 }
@@ -76,10 +79,10 @@ impl RouterService {
 }
 
 /// A call as every RPC starts it: its context, its slot and memory charge, its message.
-struct Started {
+struct Started<M> {
     ctx: Context,
     ticket: Option<Ticket>,
-    request: pb::ConverseRequest,
+    request: M,
 }
 
 /// A decided request ready for its calls: its parts for Bedrock, its decision and its walk
@@ -88,12 +91,13 @@ struct Admitted {
     parts: ConverseParts,
     decided: Decided,
     walk: Walk,
+    feedback: Option<Routed>,
 }
 
 impl RouterState {
     /// The start of every RPC: the slot and memory charge admission took, the context from
     /// the metadata, the message.
-    fn begin(&self, rpc: &'static str, request: Request<pb::ConverseRequest>) -> Started {
+    fn begin<M>(&self, rpc: &'static str, request: Request<M>) -> Started<M> {
         let ticket = admission::claim(request.extensions());
         let ctx = Context::new(rpc, request.metadata(), self.default_deadline);
         Started {
@@ -144,6 +148,7 @@ impl RouterState {
         let walk = self
             .resilience
             .walk(routed.choice.tier, routed.other_tier_ok);
+        let feedback = self.for_feedback(&chat, &routed);
         // Built once, moving the request's text and images; each attempt sends a clone.
         let parts = backend::prepare(chat).map_err(|error| Error::Upstream {
             error,
@@ -154,18 +159,20 @@ impl RouterState {
             parts,
             decided,
             walk,
+            feedback,
         })
     }
 
     /// Admits a request and calls `call` along its targets until one answers; notes in the
-    /// record who did. The answering call stays open in the record.
+    /// record who did, and returns what feedback on the request will need. The answering call
+    /// stays open in the record.
     async fn answer<'s, T, F, Fut>(
         &'s self,
         ctx: &'s Context,
         request: pb::ConverseRequest,
         record: &mut Record,
         call: F,
-    ) -> Result<(T, Answered), Error>
+    ) -> Result<(T, Answered, Option<Routed>), Error>
     where
         F: Fn(Target, &'s Model, ConverseParts, CallClock) -> Fut,
         Fut: Future<Output = Result<T, BackendError>>,
@@ -174,6 +181,7 @@ impl RouterState {
             parts,
             decided,
             mut walk,
+            feedback,
         } = self.admit(ctx, request, record)?;
         let dispatcher = Dispatcher {
             resilience: &self.resilience,
@@ -188,11 +196,12 @@ impl RouterState {
             .await?;
         let answered = decided.answered(&self.decider.catalog, &self.resilience, &walk, target);
         record.routed(answered.tier, answered.basis, &answered.model);
-        Ok((value, answered))
+        Ok((value, answered, feedback))
     }
 
     /// The end of a success, Converse's and a stream's: the answering call ends, the cost is
-    /// counted, and the reply's summary is read off the record.
+    /// counted, the request is kept for feedback, and the reply's summary is read off the
+    /// record.
     pub(super) fn settle(
         &self,
         record: &mut Record,
@@ -200,8 +209,13 @@ impl RouterState {
         usage: Usage,
         request_id: &str,
         fallback: Option<pb::Fallback>,
+        feedback: Option<Routed>,
     ) -> Summary {
         record.end_call(None);
+        if let Some(routed) = feedback {
+            self.recent
+                .remember(request_id, routed, tier, std::time::Instant::now());
+        }
         let cost = Cost::of(
             usage,
             self.decider.catalog.model(tier).prices,
@@ -238,7 +252,7 @@ impl RouterState {
         request: pb::ConverseRequest,
         record: &mut Record,
     ) -> Result<pb::ConverseResponse, Error> {
-        let (completion, answered) = self
+        let (completion, answered, feedback) = self
             .answer(
                 ctx,
                 request,
@@ -261,6 +275,7 @@ impl RouterState {
             usage,
             &ctx.request_id,
             answered.fallback,
+            feedback,
         );
         Ok(summary.converse(content, stop_reason, answered.decision))
     }
@@ -344,7 +359,7 @@ impl PromptRouter for RouterService {
                 },
             )
             .instrument(ctx.span.clone());
-        let ((upstream, first), answered) = match router.until_cut_off(opened).await {
+        let ((upstream, first), answered, feedback) = match router.until_cut_off(opened).await {
             Ok(opened) => opened,
             Err(err) => {
                 let status = ctx.status(err);
@@ -357,6 +372,7 @@ impl PromptRouter for RouterService {
             record,
             request_id: ctx.request_id.clone(),
             deadline: ctx.deadline,
+            feedback,
             _ticket: ticket,
         };
         let stream = job.spawn(upstream, first, answered, ctx.span.clone());
@@ -378,6 +394,22 @@ impl PromptRouter for RouterService {
             .map(|(_, routed, _)| pb::RouteResponse {
                 decision: Some(Decided::new(&routed, &self.router.resilience).decision),
             })
+            .map_err(|e| ctx.status(e));
+        ctx.respond(result)
+    }
+
+    async fn feedback(
+        &self,
+        request: Request<pb::FeedbackRequest>,
+    ) -> Result<Response<pb::FeedbackResponse>, Status> {
+        let Started {
+            ctx,
+            ticket: _ticket,
+            request,
+        } = self.router.begin("Feedback", request);
+        let result = self
+            .router
+            .feedback(&ctx, request)
             .map_err(|e| ctx.status(e));
         ctx.respond(result)
     }
