@@ -15,6 +15,7 @@ mod record;
 mod reply;
 mod service;
 mod stream;
+mod target;
 mod weigh;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -29,6 +30,7 @@ use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 
 pub use self::service::{RouterService, RouterState};
+pub use self::target::{Change, QualityTarget};
 use self::{admission::Admission, dispatch::Resilience, feedback::Recent};
 use crate::{
     backend::{Auth, Bedrock},
@@ -123,6 +125,10 @@ pub async fn build_state(config: &Config, auth: Auth) -> anyhow::Result<RouterSt
         log_prompts: config.telemetry.log_prompts,
         cut_off: watch::channel(false).0,
         labels: LabelSink::off(),
+        quality_target: config.routing.target_quality.map(|target| QualityTarget {
+            target,
+            min_duels: config.quality.min_duels,
+        }),
         recent: Recent::new(
             config.quality.feedback_capacity,
             config.quality.feedback_ttl,

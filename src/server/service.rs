@@ -21,6 +21,7 @@ use super::{
     record::Record,
     reply::{Answered, Decided, Summary},
     stream::{EventStreamResponse, StreamJob},
+    target::QualityTarget,
 };
 use crate::{
     backend::{self, BackendError, Bedrock, CallClock, Completion, ConverseParts},
@@ -61,6 +62,8 @@ pub struct RouterState {
     pub labels: LabelSink,
     /// The recent answered requests, for feedback to join to (kept only with a label store).
     pub recent: Recent,
+    /// `routing.target_quality`, for [`RouterState::retarget`].
+    pub quality_target: Option<QualityTarget>,
     /// Metrics.
     pub telemetry: &'static Telemetry,
 }

@@ -4,3 +4,4 @@
 
 pub mod estimate;
 pub mod label;
+pub mod target;
