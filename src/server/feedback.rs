@@ -52,11 +52,11 @@ pub const MAX_REASON_BYTES: usize = 1024;
 pub const MAX_PROMPT_BYTES: usize = 2048;
 /// Longest request id the router gives or keeps (as [`super::context::request_id`] does).
 const MAX_ID_BYTES: usize = 128;
-/// An entry's memory without its prompt, rounded up from its worst case (about 900 bytes):
-/// the id once (at most 128 bytes and the `Arc`'s header), the features and numbers (250
-/// bytes), the caller (at most 64 characters, 256 bytes), its map slot at the map's lowest
-/// load and its ring slot at the ring's (twice their size each).
-const ENTRY_BYTES: u64 = 1024;
+/// An entry's memory without its prompt, rounded up from its worst case
+/// (`tests::an_entry_fits_its_bound` adds it up): the id (at most 128 bytes and the `Arc`'s
+/// header), the caller (at most 64 characters, 256 bytes), its map slot at the map's lowest
+/// load (7/16, just after it doubles) and its ring slot at the ring's (1/2).
+const ENTRY_BYTES: u64 = 1280;
 
 /// The most memory the recent requests take with `quality`'s settings: none without a label
 /// store, else `quality.feedback_capacity` full entries.
@@ -253,14 +253,9 @@ impl Recent {
         }
     }
 
-    /// Requests kept now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().map.len()
-    }
-
-    /// Whether none is kept.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -498,7 +493,19 @@ mod tests {
     fn ids_beyond_the_bound_are_not_kept() {
         let recent = Recent::new(10, Duration::from_secs(60), false);
         recent.remember(&"x".repeat(129), routed("a"), Tier::Fast, Instant::now());
-        assert!(recent.is_empty());
+        assert_eq!(recent.len(), 0);
+    }
+
+    #[test]
+    fn an_entry_fits_its_bound() {
+        use std::mem::size_of;
+        let map_slot = size_of::<(Arc<str>, Entry)>() + 1;
+        let ring_slot = size_of::<(u64, Instant, Arc<str>)>();
+        let id = 2 * size_of::<usize>() + MAX_ID_BYTES;
+        let caller = 4 * prompt_router_core::request::MAX_CALLER_LEN;
+        let worst = map_slot * 16 / 7 + ring_slot * 2 + id + caller;
+        println!("an entry takes at most {worst} bytes besides its prompt");
+        assert!(worst as u64 <= ENTRY_BYTES, "{worst}");
     }
 
     #[test]
