@@ -434,7 +434,7 @@ fn main() {
         raw.server.max_inflight_request_bytes = bytes.parse().unwrap();
     }
     let config = prompt_router_core::config::Config::try_from(raw).unwrap();
-    let bound = prompt_router::server::memory_bound(&config.server) >> 20;
+    let bound = prompt_router::server::memory_bound(&config) >> 20;
     println!("bound (prompt_router::server::memory_bound): {bound} MiB peak RSS");
     println!(
         "router environment from deploy/Dockerfile: {:?}",

@@ -332,7 +332,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config,
         Options {
             simulate: args.simulate,
-            labels: None,
+            ..Options::default()
         },
     )
     .await?;

@@ -100,6 +100,15 @@ pub const QUALITY_VERDICTS: &str = "router_quality_verdicts";
 pub const QUALITY_RECOVERED_FLOOR: &str = "router_quality_recovered_floor";
 /// `router_quality_min_duels`: `quality.min_duels`, the samples the floor's alert needs.
 pub const QUALITY_MIN_DUELS: &str = "router_quality_min_duels";
+/// `router_feedback_total{outcome}`: Feedback calls, by what became of them (`stored`,
+/// `dropped`, `invalid`, `not_found`, `already_given`, `no_store`).
+pub const FEEDBACK_TOTAL: &str = "router_feedback_total";
+/// `router_target_strong_share{caller}`: the strong share a target-share caller is steered
+/// to now (its configured one, or what `routing.target_quality` set).
+pub const TARGET_STRONG_SHARE: &str = "router_target_strong_share";
+/// `router_operating_point_changes_total{caller}`: changes of a caller's target share by
+/// `routing.target_quality`.
+pub const OPERATING_POINT_CHANGES_TOTAL: &str = "router_operating_point_changes_total";
 
 /// Seconds-range buckets for whole requests and upstream calls. Model calls mostly take
 /// 0.5–10 s, so that range is dense: with a 2.5 → 5 s bucket, a simulated soak whose true p99
@@ -317,6 +326,18 @@ fn describe() {
     describe_gauge!(
         QUALITY_MIN_DUELS,
         "quality.min_duels: duels the estimate needs before the floor's alert may fire."
+    );
+    describe_counter!(
+        FEEDBACK_TOTAL,
+        "Feedback calls by outcome: stored (handed to the label store), dropped (its writer was behind), invalid, not_found, already_given, no_store."
+    );
+    describe_gauge!(
+        TARGET_STRONG_SHARE,
+        "Strong share a target-share caller is steered to now: its configured share, or the one routing.target_quality chose."
+    );
+    describe_counter!(
+        OPERATING_POINT_CHANGES_TOTAL,
+        "Changes of a caller's target strong share by routing.target_quality (each one logged with its reason)."
     );
 }
 

@@ -382,7 +382,7 @@ fn the_memory_limit_sits_above_the_routers_bound() {
         .and_then(|mi| mi.parse::<u64>().ok())
         .map(|mi| mi << 20)
         .unwrap_or_else(|| panic!("a limit in Mi, not {limit:?}"));
-    let bound = server::memory_bound(&config.server);
+    let bound = server::memory_bound(&config);
     println!(
         "memory limit {} MiB, the router's bound {} MiB",
         limit >> 20,

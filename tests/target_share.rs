@@ -280,6 +280,22 @@ async fn route_moves_from_warm_up_to_the_target_share_and_offline_replays_it() {
     let window_share = scrape.value("router_window_strong_share{caller=\"batch\"}");
     let batch_strong = batch_auto.iter().filter(|d| strong(d)).count();
     assert_eq!(window_share, batch_strong as f64 / batch_auto.len() as f64);
+    // The share each target-share caller is steered to: its configured one, until
+    // routing.target_quality moves it.
+    assert_eq!(
+        scrape.value("router_target_strong_share{caller=\"batch\"}"),
+        0.3
+    );
+    assert_eq!(
+        scrape.value("router_target_strong_share{caller=\"etl\"}"),
+        0.5
+    );
+    assert!(
+        !scrape
+            .series
+            .contains_key("router_target_strong_share{caller=\"billing\"}"),
+        "a fixed-threshold caller has no share"
+    );
 
     // Offline: the same requests in the same order, through the binary with the same config.
     let stream = dir.write("stream.jsonl", &jsonl(&requests));

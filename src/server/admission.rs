@@ -2,8 +2,9 @@
 //! the gRPC routes that bounds what requests can make the router hold.
 //!
 //! - **Slots**: `Converse` and `ConverseStream` take one of `server.max_concurrency` slots,
-//!   `Route` one of `server.max_route_concurrency`, the moment their headers arrive; with none
-//!   free the call is refused at once with RESOURCE_EXHAUSTED, its body never read.
+//!   `Route` and `Feedback` (cheap calls that reach no model) one of
+//!   `server.max_route_concurrency`, the moment their headers arrive; with none free the call
+//!   is refused at once with RESOURCE_EXHAUSTED, its body never read.
 //! - **Memory**: a gRPC message announces its length in its first five bytes. A length above
 //!   `server.max_request_bytes` is refused there (RESOURCE_EXHAUSTED). Otherwise the request
 //!   is charged twice its length (the bytes are held twice: here and in tonic's decoder) from
@@ -86,6 +87,7 @@ enum Rpc {
     Converse,
     ConverseStream,
     Route,
+    Feedback,
 }
 
 impl Rpc {
@@ -98,6 +100,7 @@ impl Rpc {
             "Converse" => Some(Self::Converse),
             "ConverseStream" => Some(Self::ConverseStream),
             "Route" => Some(Self::Route),
+            "Feedback" => Some(Self::Feedback),
             _ => None,
         }
     }
@@ -107,6 +110,7 @@ impl Rpc {
             Self::Converse => "Converse",
             Self::ConverseStream => "ConverseStream",
             Self::Route => "Route",
+            Self::Feedback => "Feedback",
         }
     }
 }
@@ -157,7 +161,10 @@ pub struct Admission {
     memory_kib: u64,
     max_request_bytes: usize,
     read_timeout: Duration,
+    /// The shapes of `ConverseRequest`, which Converse, ConverseStream and Route take.
     schema: Schema,
+    /// The shape of `FeedbackRequest`.
+    feedback_schema: Schema,
     telemetry: &'static Telemetry,
 }
 
@@ -180,6 +187,7 @@ impl Admission {
             max_request_bytes: config.max_request_bytes,
             read_timeout: config.request_read_timeout,
             schema: Schema::new(pb::FILE_DESCRIPTOR_SET, "router.v1.ConverseRequest")?,
+            feedback_schema: Schema::new(pb::FILE_DESCRIPTOR_SET, "router.v1.FeedbackRequest")?,
             telemetry,
         })
     }
@@ -195,7 +203,7 @@ impl Admission {
     fn slots(&self, rpc: Rpc) -> (&Arc<Semaphore>, &'static str) {
         match rpc {
             Rpc::Converse | Rpc::ConverseStream => (&self.converse, "server.max_concurrency"),
-            Rpc::Route => (&self.route, "server.max_route_concurrency"),
+            Rpc::Route | Rpc::Feedback => (&self.route, "server.max_route_concurrency"),
         }
     }
 
@@ -217,8 +225,16 @@ impl Admission {
         Ok(())
     }
 
-    /// Counts and logs a request that ended before reaching the handler. `Route` calls are not
-    /// in the request metrics (README), so they are only logged.
+    /// The schema `rpc`'s request message is weighed with.
+    fn schema(&self, rpc: Rpc) -> &Schema {
+        match rpc {
+            Rpc::Converse | Rpc::ConverseStream | Rpc::Route => &self.schema,
+            Rpc::Feedback => &self.feedback_schema,
+        }
+    }
+
+    /// Counts and logs a request that ended before reaching the handler. `Route` and
+    /// `Feedback` calls are not in the request metrics (README), so they are only logged.
     fn unhandled(&self, rpc: Rpc, request_id: &str, started: Instant, status: &Status) {
         let span = tracing::info_span!(
             "request",
@@ -227,7 +243,7 @@ impl Admission {
             error = status.message(),
             outcome = tracing::field::Empty,
         );
-        if rpc == Rpc::Route {
+        if matches!(rpc, Rpc::Route | Rpc::Feedback) {
             span.record("outcome", code_label(status.code()));
             let _entered = span.enter();
             if record::is_routine(status.code()) {
@@ -302,7 +318,8 @@ where
             _charge: Arc::clone(&charge),
         }))));
         req.extensions_mut().insert(pending.clone());
-        let req = req.map(|body| Body::new(Metered::new(body, Arc::clone(&admission), charge)));
+        let req =
+            req.map(|body| Body::new(Metered::new(body, Arc::clone(&admission), charge, rpc)));
         // The clone that was readied is the one called (tower's usual swap).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -355,11 +372,13 @@ struct Metered {
     deadline: Pin<Box<Sleep>>,
     admission: Arc<Admission>,
     charge: Arc<Charge>,
+    rpc: Rpc,
 }
 
 impl Metered {
-    fn new(inner: Incoming, admission: Arc<Admission>, charge: Arc<Charge>) -> Self {
+    fn new(inner: Incoming, admission: Arc<Admission>, charge: Arc<Charge>, rpc: Rpc) -> Self {
         Self {
+            rpc,
             inner,
             state: State::Prefix {
                 head: [0; PREFIX],
@@ -440,7 +459,7 @@ impl Metered {
         let message = std::mem::take(buf).freeze();
         self.state = State::Sent;
         let held = WIRE_COPIES * len as u64;
-        let cost = cost(self.admission.schema.weigh(&message[PREFIX..]));
+        let cost = cost(self.admission.schema(self.rpc).weigh(&message[PREFIX..]));
         if cost > held {
             self.admission.charge(&self.charge, cost - held)?;
         }
@@ -591,6 +610,10 @@ mod tests {
             Some(Rpc::ConverseStream)
         );
         assert_eq!(Rpc::of("/router.v1.PromptRouter/Route"), Some(Rpc::Route));
+        assert_eq!(
+            Rpc::of("/router.v1.PromptRouter/Feedback"),
+            Some(Rpc::Feedback)
+        );
         for other in [
             "/router.v1.PromptRouter/Nope",
             "/grpc.health.v1.Health/Check",

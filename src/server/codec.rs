@@ -28,6 +28,12 @@ impl Undecodable for pb::ConverseRequest {
     }
 }
 
+impl Undecodable for pb::FeedbackRequest {
+    fn undecodable(err: &DecodeError) -> Error {
+        Error::Undecodable(err.to_string())
+    }
+}
+
 impl Undecodable for pb::ConverseResponse {
     fn undecodable(err: &DecodeError) -> Error {
         Error::UndecodableReply(err.to_string())
@@ -41,6 +47,12 @@ impl Undecodable for pb::ConverseStreamEvent {
 }
 
 impl Undecodable for pb::RouteResponse {
+    fn undecodable(err: &DecodeError) -> Error {
+        Error::UndecodableReply(err.to_string())
+    }
+}
+
+impl Undecodable for pb::FeedbackResponse {
     fn undecodable(err: &DecodeError) -> Error {
         Error::UndecodableReply(err.to_string())
     }

@@ -51,6 +51,20 @@ pub enum Error {
     CutOff,
     /// A reply that is not valid protobuf (seen by a client of this crate's codec).
     UndecodableReply(String),
+    /// A feedback that cannot be joined to a request or recorded.
+    Feedback(Feedback),
+}
+
+/// Why a feedback was refused (its fields were valid).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Feedback {
+    /// No request with this id is remembered: never answered here, older than
+    /// `quality.feedback_ttl_ms`, or pushed out by `quality.feedback_capacity` newer ones.
+    Unknown(String),
+    /// The request already has a recorded feedback.
+    AlreadyGiven(String),
+    /// No label store is configured, so the router keeps no requests to join feedback to.
+    NoStore,
 }
 
 /// How a call's request message failed to arrive whole and alone.
@@ -144,6 +158,9 @@ impl Error {
             Self::Upstream { error, .. } | Self::StreamBroken { error, .. } => upstream_code(error),
             Self::Ejected | Self::CutOff => Code::Unavailable,
             Self::UndecodableReply(_) => Code::Internal,
+            Self::Feedback(Feedback::Unknown(_)) => Code::NotFound,
+            Self::Feedback(Feedback::AlreadyGiven(_)) => Code::AlreadyExists,
+            Self::Feedback(Feedback::NoStore) => Code::FailedPrecondition,
         }
     }
 }
@@ -272,6 +289,24 @@ impl std::fmt::Display for Deadline {
     }
 }
 
+impl std::fmt::Display for Feedback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unknown(id) => write!(
+                f,
+                "no recent answered request has id {id:?}: unknown, older than quality.feedback_ttl_ms, \
+                 or pushed out by quality.feedback_capacity newer ones"
+            ),
+            Self::AlreadyGiven(id) => {
+                write!(f, "request {id:?} already has a recorded feedback")
+            }
+            Self::NoStore => f.write_str(
+                "feedback is not recorded: no label store is configured (quality.store)",
+            ),
+        }
+    }
+}
+
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
         let code = err.code();
@@ -298,6 +333,7 @@ impl From<Error> for Status {
             Error::Framing(framing) => Status::new(code, framing.to_string()),
             Error::Overloaded(overload) => Status::new(code, overload.to_string()),
             Error::Deadline(deadline) => Status::new(code, deadline.to_string()),
+            Error::Feedback(feedback) => Status::new(code, feedback.to_string()),
             Error::Upstream {
                 error,
                 attempts,

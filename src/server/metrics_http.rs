@@ -74,6 +74,9 @@ fn operating_points(router: &RouterState) {
         if let Some(share) = point.window_strong_share {
             gauge!(telemetry::WINDOW_STRONG_SHARE, "caller" => point.caller.to_owned()).set(share);
         }
+        if let Some(share) = point.target_share {
+            gauge!(telemetry::TARGET_STRONG_SHARE, "caller" => point.caller.to_owned()).set(share);
+        }
     }
 }
 

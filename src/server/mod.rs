@@ -9,11 +9,13 @@ pub mod convert;
 mod deadline;
 mod dispatch;
 pub mod error;
+mod feedback;
 mod metrics_http;
 mod record;
 mod reply;
 mod service;
 mod stream;
+mod target;
 mod weigh;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -28,7 +30,8 @@ use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 
 pub use self::service::{RouterService, RouterState};
-use self::{admission::Admission, dispatch::Resilience};
+pub use self::target::{Change, QualityTarget};
+use self::{admission::Admission, dispatch::Resilience, feedback::Recent};
 use crate::{
     backend::{Auth, Bedrock},
     labels::{LabelSink, Store, writer::Writer},
@@ -52,12 +55,14 @@ const CONNECTION_BYTES: u64 = 24 << 10;
 /// connection, the answer (measured: 53 KiB with 512 held open).
 const CALL_BYTES: u64 = 64 << 10;
 
-/// The most resident memory the router takes with `server`'s settings, whatever its clients
+/// The most resident memory the router takes with `config`'s settings, whatever its clients
 /// do: the sum of what each bound lets them hold, plus a sixth for the allocator (README,
 /// "Memory and connections"). The `hostile` bench measures peaks against it and
 /// `tests/deploy.rs` keeps the Kubernetes memory limit above it.
-pub fn memory_bound(server: &prompt_router_core::config::ServerConfig) -> u64 {
+pub fn memory_bound(config: &Config) -> u64 {
+    let server = &config.server;
     let held = BASELINE_BYTES
+        + feedback::memory_bound(&config.quality)
         + server.max_inflight_request_bytes
         + server.max_connections as u64 * (u64::from(server.http2_window_bytes) + CONNECTION_BYTES)
         + server.max_concurrency as u64 * CALL_BYTES
@@ -161,6 +166,15 @@ pub async fn build_state(
         cut_off: watch::channel(false).0,
         labels,
         duels,
+        quality_target: config.routing.target_quality.map(|target| QualityTarget {
+            target,
+            min_duels: config.quality.min_duels,
+        }),
+        recent: Recent::new(
+            config.quality.feedback_capacity,
+            config.quality.feedback_ttl,
+            config.quality.store_prompts,
+        ),
         telemetry,
     };
     Ok((state, writer, weights))
@@ -272,11 +286,19 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
     };
     let reloads = reload::spawn(reloader, config.routing.weights_poll, side_shutdown.clone())?;
     let mut upkeep_shutdown = side_shutdown;
+    let steered = Arc::clone(&router);
     let upkeep = tokio::spawn(async move {
         let mut tick = tokio::time::interval(telemetry::UPKEEP_INTERVAL);
         loop {
             tokio::select! {
-                _ = tick.tick() => telemetry.run_upkeep(),
+                _ = tick.tick() => {
+                    telemetry.run_upkeep();
+                    // The quality target follows the duels at the upkeep's pace: a duel takes
+                    // seconds, and one more changes the estimate little.
+                    if steered.quality_target.is_some() {
+                        steered.retarget(&steered.duels.snapshot());
+                    }
+                }
                 _ = upkeep_shutdown.wait_for(|stop| *stop) => return,
             }
         }

@@ -17,9 +17,11 @@ use super::{
     convert,
     dispatch::{Dispatcher, Resilience, Walk},
     error::Error,
+    feedback::{Recent, Routed},
     record::Record,
     reply::{Answered, Decided, Summary},
     stream::{EventStreamResponse, StreamJob},
+    target::QualityTarget,
 };
 use crate::{
     backend::{self, BackendError, Bedrock, CallClock, Completion, ConverseParts},
@@ -62,6 +64,10 @@ pub struct RouterState {
     pub labels: LabelSink,
     /// The duel runner.
     pub duels: Arc<Duels>,
+    /// The recent answered requests, for feedback to join to (kept only with a label store).
+    pub recent: Recent,
+    /// `routing.target_quality`, for [`RouterState::retarget`].
+    pub quality_target: Option<QualityTarget>,
     /// Metrics.
     pub telemetry: &'static Telemetry,
 }
@@ -80,10 +86,10 @@ impl RouterService {
 }
 
 /// A call as every RPC starts it: its context, its slot and memory charge, its message.
-struct Started {
+struct Started<M> {
     ctx: Context,
     ticket: Option<Ticket>,
-    request: pb::ConverseRequest,
+    request: M,
 }
 
 /// A decided request ready for its calls: its parts for Bedrock, its decision, its walk
@@ -93,15 +99,20 @@ struct Admitted {
     decided: Decided,
     walk: Walk,
     duel: Option<Sampled>,
+    feedback: Option<Routed>,
 }
 
-/// A sampled request's duel material, once it has been answered: its sampling and its parts.
-type DuelParts = Option<(Sampled, ConverseParts)>;
+/// What an answered request leaves for after its reply: what feedback on it will need, and
+/// a sampled request's duel material (its sampling and its parts).
+struct Followups {
+    feedback: Option<Routed>,
+    duel: Option<(Sampled, ConverseParts)>,
+}
 
 impl RouterState {
     /// The start of every RPC: the slot and memory charge admission took, the context from
     /// the metadata, the message.
-    fn begin(&self, rpc: &'static str, request: Request<pb::ConverseRequest>) -> Started {
+    fn begin<M>(&self, rpc: &'static str, request: Request<M>) -> Started<M> {
         let ticket = admission::claim(request.extensions());
         let ctx = Context::new(rpc, request.metadata(), self.default_deadline);
         Started {
@@ -158,6 +169,7 @@ impl RouterState {
         } else {
             None
         };
+        let feedback = self.for_feedback(&chat, &routed);
         // Built once, moving the request's text and images; each attempt sends a clone.
         let parts = backend::prepare(chat).map_err(|error| Error::Upstream {
             error,
@@ -169,12 +181,14 @@ impl RouterState {
             decided,
             walk,
             duel,
+            feedback,
         })
     }
 
     /// Admits a request and calls `call` along its targets until one answers; notes in the
-    /// record who did. The answering call stays open in the record. With `duel`, a request
-    /// sampled for a duel comes back with its duel's material.
+    /// record who did, and returns what feedback on the request will need. The answering call
+    /// stays open in the record. With `duel`, a request sampled for a duel comes back with its
+    /// duel's material.
     async fn answer<'s, T, F, Fut>(
         &'s self,
         ctx: &'s Context,
@@ -182,7 +196,7 @@ impl RouterState {
         record: &mut Record,
         duel: bool,
         call: F,
-    ) -> Result<(T, Answered, DuelParts), Error>
+    ) -> Result<(T, Answered, Followups), Error>
     where
         F: Fn(Target, &'s Model, ConverseParts, CallClock) -> Fut,
         Fut: Future<Output = Result<T, BackendError>>,
@@ -192,6 +206,7 @@ impl RouterState {
             decided,
             mut walk,
             duel,
+            feedback,
         } = self.admit(ctx, request, record, duel)?;
         let dispatcher = Dispatcher {
             resilience: &self.resilience,
@@ -206,11 +221,16 @@ impl RouterState {
             .await?;
         let answered = decided.answered(&self.decider.catalog, &self.resilience, &walk, target);
         record.routed(answered.tier, answered.basis, &answered.model);
-        Ok((value, answered, duel.map(|sampled| (sampled, parts))))
+        let followups = Followups {
+            feedback,
+            duel: duel.map(|sampled| (sampled, parts)),
+        };
+        Ok((value, answered, followups))
     }
 
     /// The end of a success, Converse's and a stream's: the answering call ends, the cost is
-    /// counted, and the reply's summary is read off the record.
+    /// counted, the request is kept for feedback, and the reply's summary is read off the
+    /// record.
     pub(super) fn settle(
         &self,
         record: &mut Record,
@@ -218,8 +238,13 @@ impl RouterState {
         usage: Usage,
         request_id: &str,
         fallback: Option<pb::Fallback>,
+        feedback: Option<Routed>,
     ) -> Summary {
         record.end_call(None);
+        if let Some(routed) = feedback {
+            self.recent
+                .remember(request_id, routed, tier, std::time::Instant::now());
+        }
         let cost = Cost::of(
             usage,
             self.decider.catalog.model(tier).prices,
@@ -256,7 +281,7 @@ impl RouterState {
         request: pb::ConverseRequest,
         record: &mut Record,
     ) -> Result<pb::ConverseResponse, Error> {
-        let (completion, answered, duel) = self
+        let (completion, answered, Followups { feedback, duel }) = self
             .answer(
                 ctx,
                 request,
@@ -280,6 +305,7 @@ impl RouterState {
             usage,
             &ctx.request_id,
             answered.fallback,
+            feedback,
         );
         if let Some((sampled, parts)) = duel {
             self.duels.start(Job {
@@ -376,19 +402,21 @@ impl PromptRouter for RouterService {
                 },
             )
             .instrument(ctx.span.clone());
-        let ((upstream, first), answered, _) = match router.until_cut_off(opened).await {
-            Ok(opened) => opened,
-            Err(err) => {
-                let status = ctx.status(err);
-                record.finish(status.code());
-                return Err(status);
-            }
-        };
+        let ((upstream, first), answered, Followups { feedback, .. }) =
+            match router.until_cut_off(opened).await {
+                Ok(opened) => opened,
+                Err(err) => {
+                    let status = ctx.status(err);
+                    record.finish(status.code());
+                    return Err(status);
+                }
+            };
         let job = StreamJob {
             router: Arc::clone(router),
             record,
             request_id: ctx.request_id.clone(),
             deadline: ctx.deadline,
+            feedback,
             _ticket: ticket,
         };
         let stream = job.spawn(upstream, first, answered, ctx.span.clone());
@@ -410,6 +438,22 @@ impl PromptRouter for RouterService {
             .map(|(_, routed, _)| pb::RouteResponse {
                 decision: Some(Decided::new(&routed, &self.router.resilience).decision),
             })
+            .map_err(|e| ctx.status(e));
+        ctx.respond(result)
+    }
+
+    async fn feedback(
+        &self,
+        request: Request<pb::FeedbackRequest>,
+    ) -> Result<Response<pb::FeedbackResponse>, Status> {
+        let Started {
+            ctx,
+            ticket: _ticket,
+            request,
+        } = self.router.begin("Feedback", request);
+        let result = self
+            .router
+            .feedback(&ctx, request)
             .map_err(|e| ctx.status(e));
         ctx.respond(result)
     }

@@ -18,6 +18,7 @@ use tonic::{Code, Status};
 use super::{
     admission::Ticket,
     error::{Deadline, Error},
+    feedback::Routed,
     record::Record,
     reply::Answered,
     service::RouterState,
@@ -45,6 +46,8 @@ pub struct StreamJob {
     pub request_id: String,
     /// When the router answers at the latest.
     pub deadline: Instant,
+    /// What feedback on the request needs, kept once the stream is answered in full.
+    pub feedback: Option<Routed>,
     /// The request's slot and memory charge, held until the relay ends.
     pub _ticket: Option<Ticket>,
 }
@@ -205,9 +208,14 @@ impl StreamJob {
             );
             Usage::default()
         });
-        let summary = self
-            .router
-            .settle(&mut self.record, tier, usage, &self.request_id, fallback);
+        let summary = self.router.settle(
+            &mut self.record,
+            tier,
+            usage,
+            &self.request_id,
+            fallback,
+            self.feedback.take(),
+        );
         match outbox
             .send(Event::Metadata(summary.stream_metadata()))
             .await

@@ -83,18 +83,19 @@ pub async fn start_with(adjust: impl FnOnce(&mut RawConfig)) -> TestRouter {
 }
 
 /// Starts a router with the simulator and `config`, on loopback ports of its own.
-pub async fn start_checked(mut config: Config) -> TestRouter {
+pub async fn start_checked(config: Config) -> TestRouter {
+    start_with_options(config, Options::default()).await
+}
+
+/// Starts a router with the simulator, `config` and `options`, on loopback ports of its own.
+pub async fn start_with_options(mut config: Config, options: Options) -> TestRouter {
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.server.metrics_listen = "127.0.0.1:0".parse().unwrap();
-    let running = server::start(
-        config,
-        Options {
-            simulate: true,
-            ..Options::default()
-        },
-    )
-    .await
-    .expect("router starts");
+    let options = Options {
+        simulate: true,
+        ..options
+    };
+    let running = server::start(config, options).await.expect("router starts");
     let client = PromptRouterClient::connect(format!("http://{}", running.grpc_addr))
         .await
         .expect("client connects");

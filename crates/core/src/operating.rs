@@ -40,6 +40,12 @@
 //! enough, else the fixed threshold. Warm-up decisions are not counted by the feedback: they
 //! were not the controller's.
 //!
+//! **Changing the share at run time** ([`OperatingPoints::set_share`], for
+//! `routing.target_quality`): the window's scores stay, since the traffic has not changed, but
+//! its decisions stop counting for the feedback, since they were aimed at the old share; the
+//! new share's deficit starts from zero, so the threshold moves to the new quantile at once
+//! instead of repaying the old share's decisions.
+//!
 //! **Bounded state.** Callers are looked up in a table built once from the config; a caller not
 //! named there shares the `default` window, so a client cannot create state by inventing names.
 
@@ -159,6 +165,23 @@ impl Window {
         (self.len > 0).then(|| f64::from(self.strong) / self.len as f64)
     }
 
+    /// Forgets which held decisions were steered, so the feedback starts afresh.
+    fn unsteer(&mut self) {
+        for entry in &mut self.ring {
+            *entry &= !STEERED;
+        }
+        self.steered = 0;
+        self.steered_strong = 0;
+    }
+
+    /// The held scores, each at its bin's middle.
+    fn scores(&self) -> Vec<f64> {
+        self.ring[..self.len]
+            .iter()
+            .map(|&entry| (f64::from(entry & BIN_MASK) + 0.5) / BINS as f64)
+            .collect()
+    }
+
     /// Adds a score's bin and its decision, evicting the oldest when full; returns the evicted
     /// bin.
     fn push(&mut self, bin: usize, strong: bool, steered: bool) -> Option<usize> {
@@ -273,6 +296,8 @@ struct Steered {
     window: Window,
     cursor: Cursor,
     target: f64,
+    /// The share the config gives, where `target` starts.
+    configured: f64,
     /// The threshold for the next request once warm (recomputed after every push).
     next: f64,
 }
@@ -293,6 +318,10 @@ pub struct CallerPoint<'a> {
     pub in_force: InForce,
     /// Share of the window's decisions that went strong (target-share callers only).
     pub window_strong_share: Option<f64>,
+    /// The strong share the caller is steered to now (target-share callers only).
+    pub target_share: Option<f64>,
+    /// The share its config gives (target-share callers only).
+    pub configured_share: Option<f64>,
 }
 
 /// Every caller's operating point: the fixed threshold, and a window per target-share caller.
@@ -337,10 +366,12 @@ impl OperatingPoints {
         let slot = |label: &str, share: Option<f64>| Slot {
             label: label.into(),
             steered: share.map(|target| {
+                let target = target.clamp(0.0, 1.0);
                 Mutex::new(Steered {
                     window: Window::new(settings.window),
                     cursor: Cursor::top(),
-                    target: target.clamp(0.0, 1.0),
+                    target,
+                    configured: target,
                     next: fixed,
                 })
             }),
@@ -469,16 +500,43 @@ impl OperatingPoints {
     /// config, so usable as metric labels.
     pub fn callers(&self) -> impl Iterator<Item = CallerPoint<'_>> {
         self.slots.iter().map(|slot| {
-            let window_strong_share = slot
-                .steered
-                .as_ref()
-                .and_then(|s| lock(s).window.strong_share());
+            let steered = slot.steered.as_ref().map(|s| {
+                let s = lock(s);
+                (s.window.strong_share(), s.target, s.configured)
+            });
             CallerPoint {
                 caller: &slot.label,
                 in_force: self.in_force_at(slot),
-                window_strong_share,
+                window_strong_share: steered.and_then(|(share, _, _)| share),
+                target_share: steered.map(|(_, target, _)| target),
+                configured_share: steered.map(|(_, _, configured)| configured),
             }
         })
+    }
+
+    /// The recent scores of `caller` (a configured name or `default`), each to 1/1024, for a
+    /// target-share caller.
+    pub fn scores(&self, caller: &str) -> Option<Vec<f64>> {
+        let steered = self.slot(caller).steered.as_ref()?;
+        Some(lock(steered).window.scores())
+    }
+
+    /// Steers `caller` (a configured name or `default`) to strong share `share` from its next
+    /// request; returns the share it replaces, `None` (and changes nothing) for a caller with
+    /// no target share.
+    pub fn set_share(&self, caller: &str, share: f64) -> Option<f64> {
+        let steered = self.slot(caller).steered.as_ref()?;
+        let mut steered = lock(steered);
+        let s = &mut *steered;
+        let old = s.target;
+        s.target = share.clamp(0.0, 1.0);
+        s.window.unsteer();
+        if s.window.len() >= self.settings.warmup {
+            s.next = s
+                .window
+                .steer(&mut s.cursor, s.target, self.settings.horizon);
+        }
+        Some(old)
     }
 }
 
@@ -707,6 +765,34 @@ mod tests {
                 ("default", Point::Fixed)
             ]
         );
+    }
+
+    #[test]
+    fn a_new_share_moves_the_threshold_at_once_without_repaying_the_old_one() {
+        let points = single(0.2, DEFAULTS);
+        let scores = random_scores(4000, 9);
+        replay(&points, &scores[..2000]);
+        assert_eq!(points.set_share(DEFAULT_CALLER, 0.5), Some(0.2));
+        let first = points.in_force("anyone");
+        assert_eq!(first.point, Point::TargetShare);
+        // Uniform scores: the median, not the 0 that repaying 0.5 over the old decisions gives.
+        assert!((first.threshold - 0.5).abs() < 0.06, "{first:?}");
+        let (share, steered, _) = replay(&points, &scores[2000..]);
+        assert_eq!(steered, 2000);
+        assert!((share - 0.5).abs() < 0.03, "realised {share}");
+        let point = points.callers().next().unwrap();
+        assert_eq!(
+            (point.target_share, point.configured_share),
+            (Some(0.5), Some(0.2))
+        );
+        let held = points.scores(DEFAULT_CALLER).unwrap();
+        assert_eq!(held.len(), DEFAULTS.window);
+        assert!(held.iter().all(|s| (0.0..=1.0).contains(s)));
+        // A caller with the fixed threshold has no share to change.
+        let fixed = OperatingPoints::new(0.5, DEFAULTS, None, []);
+        assert_eq!(fixed.set_share(DEFAULT_CALLER, 0.5), None);
+        assert_eq!(fixed.in_force("x").point, Point::Fixed);
+        assert_eq!(fixed.scores(DEFAULT_CALLER), None);
     }
 
     #[test]

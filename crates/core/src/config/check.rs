@@ -347,7 +347,21 @@ impl RawRouting {
                 );
                 (name, caller.target_strong_share)
             })
-            .collect();
+            .collect::<std::collections::BTreeMap<_, _>>();
+        // The quality target moves target shares: with none to start from, it would do
+        // nothing. (An out-of-range target is reported already.)
+        let shares = self.target_strong_share.is_some() || callers.values().any(Option::is_some);
+        if self
+            .target_quality
+            .is_some_and(|q| (0.0..=1.0).contains(&q))
+            && !shares
+        {
+            found.add(
+                "routing.target_quality",
+                "steers target strong shares, and none is set: set routing.target_strong_share \
+                 (or a caller's), the share used until quality.min_duels duels",
+            );
+        }
         RoutingConfig {
             threshold: self.threshold,
             weights_path: self.weights_path.map(PathBuf::from),

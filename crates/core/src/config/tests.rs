@@ -587,6 +587,18 @@ fn quality_settings_are_checked_with_their_keys() {
         message("", &[("ROUTER__ROUTING__TARGET_QUALITY", "2")]),
         "config field `routing.target_quality` (set by ROUTER__ROUTING__TARGET_QUALITY): 2 is outside [0, 1]"
     );
+    assert_eq!(
+        message("[routing]\ntarget_quality = 0.9\n", &[]),
+        "config field `routing.target_quality`: steers target strong shares, and none is set: set \
+         routing.target_strong_share (or a caller's), the share used until quality.min_duels duels"
+    );
+    for shares in [
+        "[routing]\ntarget_quality = 0.9\ntarget_strong_share = 0.3\n",
+        "[routing]\ntarget_quality = 0.9\n[callers.batch]\ntarget_strong_share = 0.3\n",
+    ] {
+        let config = load_str(shares, &[]).unwrap();
+        assert_eq!(config.routing.target_quality, Some(0.9), "{shares}");
+    }
     let config = load_str(
         "[quality]\nduel_rate = 0.01\nstore = \"redis://user:secret@127.0.0.1:6379/0\"\n",
         &[],

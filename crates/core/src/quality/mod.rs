@@ -5,3 +5,4 @@
 pub mod estimate;
 pub mod judge;
 pub mod label;
+pub mod target;
