@@ -303,6 +303,46 @@ async fn judge_settings_at_start_apply_and_bad_ones_refuse_to_start() {
 }
 
 #[tokio::test]
+async fn the_skill_table_is_set_at_start() {
+    let perfect = world::World {
+        skills: vec![world::SkillRule {
+            contains: "haiku".into(),
+            skill: 1.0,
+        }],
+        default_skill: 0.0,
+    };
+    let h = sim_with(SimConfig {
+        world: perfect.clone(),
+        ..SimConfig::default()
+    })
+    .await;
+    let c = client(&h);
+    let hard: Vec<String> = (0..20)
+        .map(|i| format!("q{i} [sim:difficulty=1]"))
+        .collect();
+    for p in &hard {
+        assert_eq!(world::grade(&answer(&c, HAIKU, p).await), Some(true));
+        assert_eq!(
+            world::grade(&answer(&c, SONNET, p).await),
+            Some(perfect.right(SONNET, p))
+        );
+    }
+    // Skill 0 at difficulty 1 is never right.
+    assert!(hard.iter().all(|p| !perfect.right(SONNET, p)));
+    let bad = SimConfig {
+        world: world::World {
+            default_skill: 2.0,
+            ..world::World::default()
+        },
+        ..SimConfig::default()
+    };
+    let err = bedrock_sim::start("127.0.0.1:0".parse().unwrap(), bad)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("defaultSkill"), "{err}");
+}
+
+#[tokio::test]
 async fn a_malformed_difficulty_is_a_validation_exception_naming_it() {
     let h = sim().await;
     let c = client(&h);
