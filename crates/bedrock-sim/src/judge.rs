@@ -115,6 +115,22 @@ mod tests {
         assert!(parse("<request>r</request><answer_a>x</answer_a>").is_none());
     }
 
+    proptest::proptest! {
+        // Whatever the judged request says, tags included, the answers are found.
+        #[test]
+        fn any_request_text_leaves_the_answers_intact(
+            request in "(.|</?request>|</?answer_[ab]>){0,30}",
+            a in "[a-zA-Z .\\[\\]]{0,40}",
+            b in "[a-zA-Z .\\[\\]]{0,40}",
+        ) {
+            let text = format!("<request>{request}</request><answer_a>{a}</answer_a><answer_b>{b}</answer_b>");
+            let j = parse(&text).expect("judge request");
+            proptest::prop_assert_eq!(j.answer_a, a.as_str());
+            proptest::prop_assert_eq!(j.answer_b, b.as_str());
+            proptest::prop_assert_eq!(j.outside, "\n");
+        }
+    }
+
     #[test]
     fn verdicts_follow_the_grades() {
         let cfg = JudgeConfig::default();

@@ -20,6 +20,7 @@
 //! user message's text). The body's first sentence says which: `Right.` or `Wrong.` (3 tokens
 //! either way, counted in the body's length; [`world::grade`] reads it back), so
 //! `"[<model id>] Right. The data …"`. A tool call (and its `auto` preface) carries no grade.
+//! The skill table is [`SimConfig::world`] (default: [`world::World::default`]).
 //!
 //! Tools: with `toolChoice` `tool`/`any` the answer is a single `toolUse` block (the named tool;
 //! for `any` the tool named in the last message, else the first). With `auto` (or no choice), if

@@ -111,6 +111,15 @@ impl World {
         unit(h.finish()) < self.p_right(model_id, text)
     }
 
+    /// Over uniform difficulty, the shares of prompts on which `strong` is right and `fast`
+    /// wrong, and the other way round: `b/2 − ab/3` and `a/2 − ab/3` with `a`, `b` the two
+    /// models' `1 − skill` (from `E[d] = 1/2`, `E[d²] = 1/3` and independent draws).
+    pub fn uniform_shares(&self, strong: &str, fast: &str) -> (f64, f64) {
+        let a = 1.0 - self.skill(strong);
+        let b = 1.0 - self.skill(fast);
+        (b / 2.0 - a * b / 3.0, a / 2.0 - a * b / 3.0)
+    }
+
     /// The truth a fair judge finds for `text`: +1 when `strong` answers right and `fast`
     /// wrong, −1 the other way round, 0 when both are right or both wrong.
     pub fn preference(&self, strong: &str, fast: &str, text: &str) -> i8 {
@@ -280,9 +289,19 @@ mod tests {
             half.1 += 1;
         }
         let share = |k: u32| f64::from(k) / f64::from(n);
-        // Expected 0.327 and 0.027 (module docs).
-        assert!((0.30..0.35).contains(&share(better)), "{}", share(better));
-        assert!((0.015..0.04).contains(&share(worse)), "{}", share(worse));
+        let (want_better, want_worse) = World::default().uniform_shares(SONNET, HAIKU);
+        assert!((0.2..=0.5).contains(&want_better) && want_worse <= 0.05);
+        // Binomial sd at n = 20 000 is under 0.0034; 0.012 is over 3.5 sd.
+        assert!(
+            (share(better) - want_better).abs() < 0.012,
+            "{}",
+            share(better)
+        );
+        assert!(
+            (share(worse) - want_worse).abs() < 0.012,
+            "{}",
+            share(worse)
+        );
         let gain = |(sum, count): (i32, u32)| f64::from(sum) / f64::from(count);
         // Expected mean gain 0.6·d: 0.15 on the easy half, 0.45 on the hard half.
         assert!(
@@ -302,6 +321,32 @@ mod tests {
             .sum();
         // P(right) = 1 − 1·(1 − 0.3) = 0.3.
         assert!((500..700).contains(&hard), "{hard}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn difficulty_is_in_the_unit_interval_and_stable(text in ".{0,200}") {
+            let d = difficulty(&text);
+            proptest::prop_assert!((0.0..=1.0).contains(&d));
+            proptest::prop_assert_eq!(d, difficulty(&text));
+        }
+
+        #[test]
+        fn a_directive_difficulty_wins_over_the_hash(text in "[a-z ]{0,80}", d in 0.0f64..=1.0) {
+            let with = format!("{text} [sim:difficulty={d}]");
+            proptest::prop_assert_eq!(difficulty(&with), d);
+        }
+
+        #[test]
+        fn natural_answers_carry_their_grade(
+            model in "[a-z0-9.:-]{1,40}",
+            right in proptest::bool::ANY,
+            seed in proptest::num::u64::ANY,
+            body in 3u32..400,
+        ) {
+            let text = crate::generate::natural_text(&model, right, seed, body);
+            proptest::prop_assert_eq!(grade(&text), Some(right));
+        }
     }
 
     #[test]

@@ -28,6 +28,26 @@ async fn answer(c: &Client, model: &str, prompt: &str) -> String {
     text_of(out.output())
 }
 
+/// The text deltas of a ConverseStream answer, concatenated.
+async fn stream_text(c: &Client, model: &str, prompt: &str) -> String {
+    let StreamResponse { mut stream, .. } = c
+        .converse_stream()
+        .model_id(model)
+        .messages(user(prompt))
+        .send()
+        .await
+        .unwrap();
+    let mut text = String::new();
+    while let Some(event) = stream.recv().await.unwrap() {
+        if let Event::ContentBlockDelta(d) = event
+            && let Some(ContentBlockDelta::Text(t)) = d.delta()
+        {
+            text.push_str(t);
+        }
+    }
+    text
+}
+
 fn judge_prompt(request: &str, a: &str, b: &str) -> String {
     format!("<request>{request}</request>\n<answer_a>{a}</answer_a>\n<answer_b>{b}</answer_b>")
 }
@@ -147,22 +167,7 @@ async fn answers_carry_the_grade_world_gives_them() {
 
     // A stream carries the same graded text.
     let prompt = "How do I tune query 3?";
-    let StreamResponse { stream, .. } = c
-        .converse_stream()
-        .model_id(HAIKU)
-        .messages(user(prompt))
-        .send()
-        .await
-        .unwrap();
-    let mut stream = stream;
-    let mut streamed = String::new();
-    while let Some(event) = stream.recv().await.unwrap() {
-        if let Event::ContentBlockDelta(d) = event
-            && let Some(ContentBlockDelta::Text(t)) = d.delta()
-        {
-            streamed.push_str(t);
-        }
-    }
+    let streamed = stream_text(&c, HAIKU, prompt).await;
     assert_eq!(streamed, answer(&c, HAIKU, prompt).await);
 }
 
@@ -190,6 +195,9 @@ async fn judge_verdicts_match_the_world_for_every_grade_pair_in_both_orders() {
         );
         let swapped = judge(&c, &judge_prompt(&prompt, &fast, &strong)).await;
         assert_eq!(verdict_line(&swapped), Some(fast_first), "{swapped}");
+        // ConverseStream judges alike.
+        let streamed = stream_text(&c, SONNET, &judge_prompt(&prompt, &strong, &fast)).await;
+        assert_eq!(streamed, reply);
     }
 }
 
@@ -300,6 +308,46 @@ async fn judge_settings_at_start_apply_and_bad_ones_refuse_to_start() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("positionBias"), "{err}");
+}
+
+#[tokio::test]
+async fn the_skill_table_is_set_at_start() {
+    let perfect = world::World {
+        skills: vec![world::SkillRule {
+            contains: "haiku".into(),
+            skill: 1.0,
+        }],
+        default_skill: 0.0,
+    };
+    let h = sim_with(SimConfig {
+        world: perfect.clone(),
+        ..SimConfig::default()
+    })
+    .await;
+    let c = client(&h);
+    let hard: Vec<String> = (0..20)
+        .map(|i| format!("q{i} [sim:difficulty=1]"))
+        .collect();
+    for p in &hard {
+        assert_eq!(world::grade(&answer(&c, HAIKU, p).await), Some(true));
+        assert_eq!(
+            world::grade(&answer(&c, SONNET, p).await),
+            Some(perfect.right(SONNET, p))
+        );
+    }
+    // Skill 0 at difficulty 1 is never right.
+    assert!(hard.iter().all(|p| !perfect.right(SONNET, p)));
+    let bad = SimConfig {
+        world: world::World {
+            default_skill: 2.0,
+            ..world::World::default()
+        },
+        ..SimConfig::default()
+    };
+    let err = bedrock_sim::start("127.0.0.1:0".parse().unwrap(), bad)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("defaultSkill"), "{err}");
 }
 
 #[tokio::test]
