@@ -148,8 +148,12 @@ pub struct TrainOptions {
     /// Prior weights to pull towards instead of [`spec`]'s, per standardised feature in
     /// [`Feature::ALL`] order, in fitted (unstretched) logit: a running weights file's, from
     /// [`prior_of`] (`train --prior`, and `train --labels`' default, the built-in weights).
-    /// The signs of [`spec`]'s priors stay the bounds.
+    /// The signs of [`spec`]'s priors stay the bounds unless [`Self::sign_bounds`] is off.
     pub prior_weights: Option<[f64; NUM_FEATURES]>,
+    /// With [`Self::priors`], a fit that breaks a prior's sign fixes the weight at 0 (true), or
+    /// the data set the sign (false: labels of the router's own traffic, `train --labels`, are
+    /// the domain the documented signs only guess at).
+    pub sign_bounds: bool,
 }
 
 impl Default for TrainOptions {
@@ -164,6 +168,7 @@ impl Default for TrainOptions {
             target_pgr: 0.8,
             priors: true,
             prior_weights: None,
+            sign_bounds: true,
         }
     }
 }
@@ -572,7 +577,7 @@ pub fn fit(examples: &[Example], opts: &TrainOptions) -> Result<FittedScore, Tra
         let broken: Vec<usize> = fitted
             .iter()
             .zip(&theta[1..])
-            .filter(|&(&i, &w)| opts.priors && breaks_prior_sign(i, w))
+            .filter(|&(&i, &w)| opts.priors && opts.sign_bounds && breaks_prior_sign(i, w))
             .map(|(&i, _)| i)
             .collect();
         if broken.is_empty() {
