@@ -8,7 +8,12 @@
 
 mod common;
 
-use common::{ask, eventually, exposition::Scrape, http_get, start_with};
+use common::{
+    ask, eventually,
+    exposition::Scrape,
+    http_get, start_with,
+    world::{self, HAIKU_US, SONNET_US},
+};
 use prompt_router::{server::convert::chat_request, setup};
 use prompt_router_core::{
     config::{Config, RawConfig},
@@ -19,9 +24,6 @@ use prompt_router_core::{
     },
     request::Limits,
 };
-
-const SONNET_US: &str = "us.anthropic.claude-3-5-sonnet-20241022-v2:0";
-const HAIKU_US: &str = "us.anthropic.claude-3-haiku-20240307-v1:0";
 
 /// Asks from easy to hard, each with the centre of its hidden difficulty.
 const ASKS: &[(&str, f64)] = &[
@@ -55,17 +57,9 @@ const ASKS: &[(&str, f64)] = &[
     ),
 ];
 
-/// The `n` prompts of a traffic mix drawn with `seed`: an ask, a case number, and its
-/// difficulty near the ask's centre.
+/// The `n` prompts of the traffic mix drawn with `seed`.
 fn traffic(seed: u64, n: usize) -> Vec<String> {
-    let mut rng = fastrand::Rng::with_seed(seed);
-    (0..n)
-        .map(|i| {
-            let (text, centre) = ASKS[rng.usize(..ASKS.len())];
-            let d = (centre + (rng.f64() - 0.5) * 0.3).clamp(0.0, 1.0);
-            format!("{text} (case {seed}-{i}) [sim:difficulty={d:.3}]")
-        })
-        .collect()
+    world::traffic(ASKS, 0.3, seed, n)
 }
 
 /// The duels a fair judge gives `prompts` in the simulator's world.

@@ -177,13 +177,7 @@ async fn unknown_ids_and_bad_grades_are_refused_naming_the_field() {
         .route(common::ask("Hello there"))
         .await
         .unwrap();
-    let route_id = routed
-        .metadata()
-        .get("x-request-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let route_id = common::request_id(routed.metadata());
     let status = feedback(&mut router, scored(&route_id, 0.5))
         .await
         .unwrap_err();

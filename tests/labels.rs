@@ -22,42 +22,19 @@ use common::{
 use prompt_router::labels::{
     LabelStore, ReadRows, Store, file::FileStore, redis::RedisStore, writer::Writer,
 };
-use prompt_router_core::{
-    classify::Classifier,
-    config::StoreLocation,
-    quality::label::{DuelOutcome, Label, LabelRow, LabelTier},
-};
+use prompt_router_core::{classify::Classifier, config::StoreLocation, quality::label::LabelRow};
 
 /// A label row for request `id`: a hard (proof) or easy prompt's real features, the duel
 /// outcome a strong model would win on hard prompts.
 fn row(id: &str, caller: &str, hard: bool) -> LabelRow {
     static CLASSIFIER: LazyLock<Classifier> =
         LazyLock::new(|| Classifier::with_default_weights().unwrap());
-    let classifier = &*CLASSIFIER;
     let prompt = if hard {
         format!("Prove step by step why lemma {id} implies the theorem, and derive the bound.")
     } else {
         format!("hi {id}")
     };
-    let c = classifier.classify_prompt(&prompt);
-    LabelRow {
-        request_id: id.to_owned(),
-        time_ms: 1_700_000_000_000,
-        caller: caller.to_owned(),
-        tier: LabelTier::Fast,
-        score: c.score(),
-        weights_version: classifier.version().to_string(),
-        features: LabelRow::feature_map(c.values()),
-        input_tokens: c.input_tokens(),
-        label: Label::Duel {
-            outcome: if hard {
-                DuelOutcome::StrongBetter
-            } else {
-                DuelOutcome::Tie
-            },
-        },
-        prompt: None,
-    }
+    common::world::duel_row(&CLASSIFIER, id, caller, &prompt, hard)
 }
 
 fn temp_dir(name: &str) -> PathBuf {

@@ -207,13 +207,7 @@ async fn json_logs_carry_the_request_span_and_no_prompt() {
 
     // Without an id the router makes one and echoes it.
     let reply = client.converse(common::ask("hello")).await.expect("answer");
-    let generated = reply
-        .metadata()
-        .get("x-request-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let generated = common::request_id(reply.metadata());
     assert_eq!(generated.len(), 32, "{generated}");
     router.finished(&generated);
 

@@ -17,7 +17,7 @@ use prompt_router::{
 };
 use prompt_router_core::{
     classify::{Classifier, Weights},
-    quality::label::{DuelOutcome, Label, LabelRow, LabelTier},
+    quality::label::LabelRow,
 };
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -152,25 +152,7 @@ fn held_out_rows(n: usize) -> Vec<LabelRow> {
             } else {
                 format!("hi there {i}, thanks!")
             };
-            let c = classifier.classify_prompt(&prompt);
-            LabelRow {
-                request_id: id,
-                time_ms: 1,
-                caller: String::new(),
-                tier: LabelTier::Fast,
-                score: c.score(),
-                weights_version: classifier.version().to_string(),
-                features: LabelRow::feature_map(c.values()),
-                input_tokens: c.input_tokens(),
-                label: Label::Duel {
-                    outcome: if hard {
-                        DuelOutcome::StrongBetter
-                    } else {
-                        DuelOutcome::Tie
-                    },
-                },
-                prompt: None,
-            }
+            common::world::duel_row(&classifier, &id, "", &prompt, hard)
         })
         .collect()
 }

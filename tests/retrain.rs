@@ -10,10 +10,14 @@ mod common;
 
 use std::{io::Write, path::Path, process::Command};
 
-use common::{ask, eventually, exposition::Scrape, http_get, process::BIN, start_with};
-
-const SONNET_US: &str = "us.anthropic.claude-3-5-sonnet-20241022-v2:0";
-const HAIKU_US: &str = "us.anthropic.claude-3-haiku-20240307-v1:0";
+use common::{
+    ask, eventually,
+    exposition::Scrape,
+    http_get,
+    process::BIN,
+    start_with,
+    world::{self, HAIKU_US, SONNET_US},
+};
 
 /// Asks and the centre of their hidden difficulty in this company's world: its short,
 /// plain questions are about its own hard domain, and its long, proof-worded requests are
@@ -41,16 +45,9 @@ const ASKS: &[(&str, f64)] = &[
     ),
 ];
 
-/// `n` prompts of the mix drawn with `seed`, each with its difficulty near the ask's centre.
+/// `n` prompts of the mix drawn with `seed`.
 fn traffic(seed: u64, n: usize) -> Vec<String> {
-    let mut rng = fastrand::Rng::with_seed(seed);
-    (0..n)
-        .map(|i| {
-            let (text, centre) = ASKS[rng.usize(..ASKS.len())];
-            let d = (centre + (rng.f64() - 0.5) * 0.2).clamp(0.0, 1.0);
-            format!("{text} (case {seed}-{i}) [sim:difficulty={d:.3}]")
-        })
-        .collect()
+    world::traffic(ASKS, 0.2, seed, n)
 }
 
 /// `eval --json` APGR of `weights` (the shipped ones when `None`) on `file`.

@@ -83,13 +83,7 @@ async fn a_generated_request_id_is_echoed() {
         .converse(ask("Hi there"))
         .await
         .expect("answer");
-    let header = response
-        .metadata()
-        .get("x-request-id")
-        .expect("header")
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let header = common::request_id(response.metadata());
     assert_eq!(header.len(), 32);
     assert_eq!(response.into_inner().request_id, header);
 }

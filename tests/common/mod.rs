@@ -6,6 +6,7 @@ pub mod exposition;
 pub mod grpc_raw;
 pub mod http_client;
 pub mod process;
+pub mod world;
 
 use bedrock_sim::SimHandle;
 use prompt_router::{
@@ -14,6 +15,16 @@ use prompt_router::{
 };
 use prompt_router_core::config::{Config, RawConfig};
 use tonic::transport::Channel;
+
+/// The `x-request-id` a reply or status carries.
+pub fn request_id(metadata: &tonic::metadata::MetadataMap) -> String {
+    metadata
+        .get("x-request-id")
+        .expect("an x-request-id")
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
 
 /// A router under test.
 pub struct TestRouter {
