@@ -112,19 +112,7 @@ async fn the_estimate_converges_to_the_simulators_truth() {
     })
     .await;
     let sample = traffic(2, 500);
-    let mut callers = Vec::new();
-    for chunk in sample.chunks(125) {
-        let mut client = router.client.clone();
-        let chunk = chunk.to_vec();
-        callers.push(tokio::spawn(async move {
-            for prompt in chunk {
-                client.converse(ask(&prompt)).await.unwrap();
-            }
-        }));
-    }
-    for caller in callers {
-        caller.await.unwrap();
-    }
+    router.ask_all(&sample, 4).await;
     let url = router.metrics_url();
     eventually("500 duels in the estimate", || async {
         Scrape::parse(&http_get(&url).await).value("router_quality_duels") >= 500.0

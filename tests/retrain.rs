@@ -11,7 +11,7 @@ mod common;
 use std::{io::Write, path::Path, process::Command};
 
 use common::{
-    ask, eventually,
+    eventually,
     exposition::Scrape,
     http_get,
     process::BIN,
@@ -84,19 +84,7 @@ async fn retraining_on_duel_labels_ranks_the_next_requests_better() {
     })
     .await;
     let seen = traffic(1, 2_000);
-    let mut callers = Vec::new();
-    for chunk in seen.chunks(250) {
-        let mut client = router.client.clone();
-        let chunk = chunk.to_vec();
-        callers.push(tokio::spawn(async move {
-            for prompt in chunk {
-                client.converse(ask(&prompt)).await.unwrap();
-            }
-        }));
-    }
-    for caller in callers {
-        caller.await.unwrap();
-    }
+    router.ask_all(&seen, 8).await;
     let url = router.metrics_url();
     let judged = |s: &Scrape| {
         ["strong_better", "tie", "fast_better"]

@@ -80,6 +80,24 @@ impl TestRouter {
             .map(tonic::Response::into_inner)
     }
 
+    /// Asks every one of `prompts`, from `callers` clients at once (each asks its share in
+    /// order), and waits for every answer.
+    pub async fn ask_all(&self, prompts: &[String], callers: usize) {
+        let mut tasks = Vec::new();
+        for chunk in prompts.chunks(prompts.len().div_ceil(callers)) {
+            let mut client = self.client.clone();
+            let chunk = chunk.to_vec();
+            tasks.push(tokio::spawn(async move {
+                for prompt in chunk {
+                    client.converse(ask(&prompt)).await.unwrap();
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+    }
+
     /// The `/metrics` URL.
     pub fn metrics_url(&self) -> String {
         format!("http://{}/metrics", self.running.metrics_addr)
