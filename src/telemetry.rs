@@ -22,7 +22,7 @@ use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, Promet
 
 use prompt_router_core::{config::LogFormat, cost::Nanodollars};
 
-/// `router_requests_total{tier, model, outcome, reason}`: handled requests, refused ones too.
+/// `router_requests_total{tier, model, outcome, reason, caller}`: handled requests, refused ones too.
 pub const REQUESTS_TOTAL: &str = "router_requests_total";
 /// `router_request_duration_seconds{tier, outcome}`: time from receipt to the last byte sent.
 pub const REQUEST_DURATION: &str = "router_request_duration_seconds";

@@ -144,7 +144,7 @@ async fn metrics_follow_known_traffic_exactly() {
     assert_eq!(
         scrape.value(
             &format!(
-                "router_requests_total{{tier=\"strong\",model=\"{SONNET_US}\",outcome=\"ok\",reason=\"forced\"}}"
+                "router_requests_total{{tier=\"strong\",model=\"{SONNET_US}\",outcome=\"ok\",reason=\"forced\",caller=\"other\"}}"
             )
         ),
         1.0
@@ -152,21 +152,21 @@ async fn metrics_follow_known_traffic_exactly() {
     assert_eq!(
         scrape.value(
             &format!(
-                "router_requests_total{{tier=\"fast\",model=\"{HAIKU_US}\",outcome=\"ok\",reason=\"forced\"}}"
+                "router_requests_total{{tier=\"fast\",model=\"{HAIKU_US}\",outcome=\"ok\",reason=\"forced\",caller=\"other\"}}"
             )
         ),
         2.0
     );
     assert_eq!(
         scrape.value(
-            "router_requests_total{tier=\"none\",model=\"none\",outcome=\"invalid_argument\",reason=\"none\"}"
+            "router_requests_total{tier=\"none\",model=\"none\",outcome=\"invalid_argument\",reason=\"none\",caller=\"other\"}"
         ),
         1.0
     );
     assert_eq!(
         scrape.value(
             &format!(
-                "router_requests_total{{tier=\"fast\",model=\"{HAIKU_US}\",outcome=\"resource_exhausted\",reason=\"score\"}}"
+                "router_requests_total{{tier=\"fast\",model=\"{HAIKU_US}\",outcome=\"resource_exhausted\",reason=\"score\",caller=\"other\"}}"
             )
         ),
         1.0
@@ -230,7 +230,7 @@ async fn metrics_follow_known_traffic_exactly() {
     assert_eq!(
         scrape.value(
             &format!(
-                "router_requests_total{{tier=\"strong\",model=\"{SONNET_US}\",outcome=\"cancelled\",reason=\"forced\"}}"
+                "router_requests_total{{tier=\"strong\",model=\"{SONNET_US}\",outcome=\"cancelled\",reason=\"forced\",caller=\"other\"}}"
             )
         ),
         1.0

@@ -19,6 +19,8 @@ pub struct Context {
     pub deadline: Instant,
     /// The request's span.
     pub span: Span,
+    /// The caller its credentials identified, if any.
+    pub authenticated: Option<std::sync::Arc<str>>,
 }
 
 impl Context {
@@ -47,6 +49,7 @@ impl Context {
                 .checked_add(budget)
                 .unwrap_or_else(|| received + default_deadline),
             span,
+            authenticated: None,
         }
     }
 

@@ -10,7 +10,11 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
 use crate::backend::BackendError;
-use prompt_router_core::{policy::Unservable, request::InvalidRequest};
+use prompt_router_core::{
+    caller::{Forbidden, Refusal},
+    policy::Unservable,
+    request::InvalidRequest,
+};
 
 /// Why a request failed, from the transport's first look at it to a stream's last event.
 #[derive(Debug)]
@@ -53,6 +57,10 @@ pub enum Error {
     UndecodableReply(String),
     /// A feedback that cannot be joined to a request or recorded.
     Feedback(Feedback),
+    /// Missing or wrong credentials; says which, never what was sent.
+    Unauthenticated(String),
+    /// The caller's policy does not allow what the request asks; names the rule.
+    Forbidden(Forbidden),
 }
 
 /// Why a feedback was refused (its fields were valid).
@@ -143,6 +151,21 @@ impl From<Unservable> for Error {
     }
 }
 
+impl From<Refusal> for Error {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Unauthenticated(message) => Self::Unauthenticated(message),
+            Refusal::Forbidden(forbidden) => Self::Forbidden(forbidden),
+        }
+    }
+}
+
+impl From<Forbidden> for Error {
+    fn from(forbidden: Forbidden) -> Self {
+        Self::Forbidden(forbidden)
+    }
+}
+
 // === impl Error ===
 
 impl Error {
@@ -161,6 +184,8 @@ impl Error {
             Self::Feedback(Feedback::Unknown(_)) => Code::NotFound,
             Self::Feedback(Feedback::AlreadyGiven(_)) => Code::AlreadyExists,
             Self::Feedback(Feedback::NoStore) => Code::FailedPrecondition,
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::Forbidden(_) => Code::PermissionDenied,
         }
     }
 }
@@ -334,6 +359,8 @@ impl From<Error> for Status {
             Error::Overloaded(overload) => Status::new(code, overload.to_string()),
             Error::Deadline(deadline) => Status::new(code, deadline.to_string()),
             Error::Feedback(feedback) => Status::new(code, feedback.to_string()),
+            Error::Unauthenticated(message) => Status::new(code, message),
+            Error::Forbidden(forbidden) => Status::new(code, forbidden.to_string()),
             Error::Upstream {
                 error,
                 attempts,

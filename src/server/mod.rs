@@ -175,6 +175,7 @@ pub async fn build_state(
             config.quality.feedback_ttl,
             config.quality.store_prompts,
         ),
+        callers: config.callers.clone(),
         telemetry,
     };
     Ok((state, writer, weights))

@@ -23,6 +23,7 @@ use crate::{
     telemetry::{self, Telemetry},
 };
 use prompt_router_core::{
+    caller::OTHER_LABEL,
     catalog::Tier,
     cost::{Cost, Usage},
     policy::Basis,
@@ -55,6 +56,8 @@ pub struct Record {
     ttft: Option<Duration>,
     answered: Option<(Usage, Cost)>,
     outcome: Option<Code>,
+    /// The caller's metric label; [`OTHER_LABEL`] until the request is attributed.
+    caller: Arc<str>,
 }
 
 impl Record {
@@ -81,12 +84,18 @@ impl Record {
             ttft: None,
             answered: None,
             outcome: None,
+            caller: Arc::from(OTHER_LABEL),
         }
     }
 
     /// When the request was received.
     pub fn started(&self) -> Instant {
         self.started
+    }
+
+    /// Notes the caller the request is attributed to, by its metric label.
+    pub fn attributed(&mut self, label: &Arc<str>) {
+        self.caller = Arc::clone(label);
     }
 
     /// Notes the classification (once a request): how long it took and the score.
@@ -253,7 +262,7 @@ impl Record {
         self.span.record("attempts", self.attempts);
         self.span.record("outcome", outcome);
         let own = self.own(total);
-        counter!(telemetry::REQUESTS_TOTAL, "tier" => tier, "model" => model.clone(), "outcome" => outcome, "reason" => basis)
+        counter!(telemetry::REQUESTS_TOTAL, "tier" => tier, "model" => model.clone(), "outcome" => outcome, "reason" => basis, "caller" => Arc::clone(&self.caller))
             .increment(1);
         histogram!(telemetry::REQUEST_DURATION, "tier" => tier, "outcome" => outcome)
             .record(total.as_secs_f64());

@@ -45,8 +45,8 @@ pub struct Answered {
 }
 
 impl Decided {
-    /// The decision of `routed`, its first choice in the primary region.
-    pub fn new(routed: &RoutingDecision<'_>, resilience: &Resilience) -> Self {
+    /// The decision of `routed` for `caller`, its first choice in the primary region.
+    pub fn new(routed: &RoutingDecision<'_>, caller: &str, resilience: &Resilience) -> Self {
         let first = Target {
             tier: routed.choice.tier,
             region: 0,
@@ -71,6 +71,7 @@ impl Decided {
                 region: resilience.region(first).to_string(),
                 operating_point: pb_operating_point(routed.choice.point) as i32,
                 weights_version: routed.weights_version.to_string(),
+                caller: caller.to_owned(),
             },
             basis: routed.choice.basis,
         }
@@ -223,6 +224,7 @@ fn pb_basis(basis: Basis) -> pb::DecisionBasis {
         Basis::Forced => pb::DecisionBasis::Forced,
         Basis::Capability => pb::DecisionBasis::Capability,
         Basis::Fallback => pb::DecisionBasis::Fallback,
+        Basis::Budget => pb::DecisionBasis::Budget,
     }
 }
 

@@ -31,6 +31,7 @@ use crate::{
     telemetry::Telemetry,
 };
 use prompt_router_core::{
+    caller::{Callers, Resolved},
     catalog::{Model, Tier},
     cost::{Cost, Usage},
     decide::{Decider, RoutingDecision},
@@ -68,6 +69,8 @@ pub struct RouterState {
     pub recent: Recent,
     /// `routing.target_quality`, for [`RouterState::retarget`].
     pub quality_target: Option<QualityTarget>,
+    /// Who callers are and each one's policy.
+    pub callers: Callers,
     /// Metrics.
     pub telemetry: &'static Telemetry,
 }
@@ -90,6 +93,15 @@ struct Started<M> {
     ctx: Context,
     ticket: Option<Ticket>,
     request: M,
+}
+
+/// A request converted, attributed to its caller and decided; `took` is how long classifying
+/// took.
+struct Considered<'s> {
+    chat: ChatRequest,
+    routed: RoutingDecision<'s>,
+    took: Duration,
+    caller: Resolved<'s>,
 }
 
 /// A decided request ready for its calls: its parts for Bedrock, its decision, its walk
@@ -122,13 +134,18 @@ impl RouterState {
         }
     }
 
-    /// Converts the message and decides, for every RPC; returns how long classifying took.
-    fn decide(
-        &self,
-        ctx: &Context,
-        request: pb::ConverseRequest,
-    ) -> Result<(ChatRequest, RoutingDecision<'_>, Duration), Error> {
-        let chat = convert::chat_request(request, &self.limits)?;
+    /// Converts the message, attributes it to its caller, checks the caller's policy allows
+    /// it, and decides, for every RPC.
+    fn decide(&self, ctx: &Context, request: pb::ConverseRequest) -> Result<Considered<'_>, Error> {
+        let mut chat = convert::chat_request(request, &self.limits)?;
+        let caller = self
+            .callers
+            .resolve(ctx.authenticated.as_deref(), &chat.routing.caller)?;
+        caller.policy.permit(caller.key, &chat)?;
+        if let Some(name) = &ctx.authenticated {
+            // The operating point, logs and labels key on the caller the credentials name.
+            chat.routing.caller = name.to_string();
+        }
         if !chat.routing.caller.is_empty() {
             ctx.span.record("caller", chat.routing.caller.as_str());
         }
@@ -138,7 +155,12 @@ impl RouterState {
         ctx.span.record("threshold", routed.choice.threshold);
         ctx.span
             .record("operating_point", routed.choice.point.as_str());
-        Ok((chat, routed, took))
+        Ok(Considered {
+            chat,
+            routed,
+            took,
+            caller,
+        })
     }
 
     /// Decides a request that will call a model, noting the decision in the record, and
@@ -150,7 +172,13 @@ impl RouterState {
         record: &mut Record,
         duel: bool,
     ) -> Result<Admitted, Error> {
-        let (chat, routed, took) = self.decide(ctx, request)?;
+        let Considered {
+            chat,
+            routed,
+            took,
+            caller,
+        } = self.decide(ctx, request)?;
+        record.attributed(caller.label);
         if self.log_prompts {
             log_prompt(ctx, &chat);
         }
@@ -160,7 +188,7 @@ impl RouterState {
             routed.choice.basis,
             &routed.model.invoke_id,
         );
-        let decided = Decided::new(&routed, &self.resilience);
+        let decided = Decided::new(&routed, &chat.routing.caller, &self.resilience);
         let walk = self
             .resilience
             .walk(routed.choice.tier, routed.other_tier_ok);
@@ -435,8 +463,15 @@ impl PromptRouter for RouterService {
         let result = self
             .router
             .decide(&ctx, request)
-            .map(|(_, routed, _)| pb::RouteResponse {
-                decision: Some(Decided::new(&routed, &self.router.resilience).decision),
+            .map(|considered| pb::RouteResponse {
+                decision: Some(
+                    Decided::new(
+                        &considered.routed,
+                        &considered.chat.routing.caller,
+                        &self.router.resilience,
+                    )
+                    .decision,
+                ),
             })
             .map_err(|e| ctx.status(e));
         ctx.respond(result)

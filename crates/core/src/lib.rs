@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod calibrate;
+pub mod caller;
 pub mod catalog;
 pub mod classify;
 pub mod config;

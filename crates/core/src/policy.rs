@@ -31,6 +31,8 @@ pub enum Basis {
     Capability,
     /// The chosen tier failed everywhere and the other tier answered.
     Fallback,
+    /// The caller is near its spend budget: strong-bound, it went fast.
+    Budget,
 }
 
 impl Basis {
@@ -41,6 +43,7 @@ impl Basis {
             Self::Forced => "forced",
             Self::Capability => "capability",
             Self::Fallback => "fallback",
+            Self::Budget => "budget",
         }
     }
 }

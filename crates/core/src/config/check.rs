@@ -1,20 +1,21 @@
 //! Raw → checked: each section checks itself and goes on past a problem, so one run reports
 //! every problem of the config, each with its key.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
 use super::{
-    BedrockConfig, Config, MAX_DURATION_MS, Problem, QualityConfig, ResilienceConfig,
-    RoutingConfig, ServerConfig,
+    BedrockConfig, Config, LimitStoreConfig, MAX_DURATION_MS, Problem, QualityConfig,
+    ResilienceConfig, RoutingConfig, ServerConfig, TlsConfig,
     raw::{
-        Geography, RawBedrock, RawConfig, RawModel, RawModels, RawQuality, RawResilience,
-        RawRouting, RawServer,
+        Geography, RawAuth, RawBedrock, RawCaller, RawConfig, RawLimits, RawModel, RawModels,
+        RawQuality, RawResilience, RawRouting, RawServer, RawTls,
     },
 };
 use crate::{
+    caller::{Caller, CallerPolicy, Callers, OTHER_LABEL, TokenDigest},
     catalog::{Catalog, Model, Tier},
     cost::{Prices, price_from_usd_per_mtok},
-    operating::{HORIZON, MAX_WINDOW, Settings},
+    operating::{DEFAULT_CALLER, HORIZON, MAX_WINDOW, Settings},
     request::{Limits, MAX_CALLER_LEN},
 };
 
@@ -74,10 +75,24 @@ pub(super) fn config(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     let catalog = raw
         .models
         .check(bedrock.as_ref().map(|b| b.geography), &mut found);
-    let routing = raw.routing.check(raw.callers, &mut found);
+    let callers = check_callers(
+        &raw.callers,
+        &raw.auth,
+        server
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.client_ca_file.is_some()),
+        &mut found,
+    );
+    let shares = raw
+        .callers
+        .into_iter()
+        .map(|(name, caller)| (name, caller.target_strong_share))
+        .collect();
+    let routing = raw.routing.check(shares, &mut found);
     let resilience = raw.resilience.check(&mut found);
     let quality = raw.quality.check(&mut found);
-    check_limits(&raw.limits, &mut found);
+    let (limits, limit_store) = raw.limits.check(&mut found);
     match (bedrock, catalog) {
         (Some(bedrock), Some(catalog)) if found.0.is_empty() => Ok(Config {
             server,
@@ -86,7 +101,9 @@ pub(super) fn config(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             routing,
             resilience,
             quality,
-            limits: raw.limits,
+            callers,
+            limits,
+            limit_store,
             telemetry: raw.telemetry,
             deprecations: Vec::new(),
         }),
@@ -122,7 +139,10 @@ impl RawServer {
         }
         let keepalive_interval =
             found.duration("server.keepalive_interval_ms", self.keepalive_interval_ms);
+        let tls = self.tls.map(|tls| tls.check(found));
         ServerConfig {
+            tls,
+            reflection: self.reflection,
             listen: self.listen,
             metrics_listen: self.metrics_listen,
             max_request_bytes: self.max_request_bytes,
@@ -141,6 +161,33 @@ impl RawServer {
             keepalive_interval: (!keepalive_interval.is_zero()).then_some(keepalive_interval),
             shutdown_delay: found.duration("server.shutdown_delay_ms", self.shutdown_delay_ms),
             drain_timeout: found.duration("server.drain_timeout_ms", self.drain_timeout_ms),
+        }
+    }
+}
+
+impl RawTls {
+    fn check(self, found: &mut Found) -> TlsConfig {
+        for (key, path) in [
+            ("server.tls.cert_file", &self.cert_file),
+            ("server.tls.key_file", &self.key_file),
+        ] {
+            if path.trim().is_empty() {
+                found.add(key, "must name a PEM file");
+            }
+        }
+        if self
+            .client_ca_file
+            .as_ref()
+            .is_some_and(|path| path.trim().is_empty())
+        {
+            found.add("server.tls.client_ca_file", "must name a PEM file when set");
+        }
+        let reload = found.duration("server.tls.reload_interval_ms", self.reload_interval_ms);
+        TlsConfig {
+            cert_file: PathBuf::from(self.cert_file),
+            key_file: PathBuf::from(self.key_file),
+            client_ca_file: self.client_ca_file.map(PathBuf::from),
+            reload_interval: (!reload.is_zero()).then_some(reload),
         }
     }
 }
@@ -305,11 +352,7 @@ impl RawModel {
 }
 
 impl RawRouting {
-    fn check(
-        self,
-        callers: std::collections::BTreeMap<String, super::raw::RawCaller>,
-        found: &mut Found,
-    ) -> RoutingConfig {
+    fn check(self, callers: BTreeMap<String, Option<f64>>, found: &mut Found) -> RoutingConfig {
         found.unit_interval("routing.threshold", self.threshold);
         found.unit_interval("routing.target_strong_share", self.target_strong_share);
         found.unit_interval("routing.target_quality", self.target_quality);
@@ -327,27 +370,9 @@ impl RawRouting {
                 format!("{warmup} is outside [1, routing.share_window = {window}]"),
             );
         }
-        let callers = callers
-            .into_iter()
-            .map(|(name, caller)| {
-                // The names callers send: the same rules as the request's `routing.caller`.
-                let key = format!("callers.{name}");
-                if name.is_empty() || name.chars().count() > MAX_CALLER_LEN {
-                    found.add(
-                        &key,
-                        format!("a caller name has 1 to {MAX_CALLER_LEN} characters"),
-                    );
-                }
-                if name.chars().any(char::is_control) {
-                    found.add(&key, "a caller name has no control characters");
-                }
-                found.unit_interval(
-                    &format!("{key}.target_strong_share"),
-                    caller.target_strong_share,
-                );
-                (name, caller.target_strong_share)
-            })
-            .collect::<std::collections::BTreeMap<_, _>>();
+        for (name, share) in &callers {
+            found.unit_interval(&format!("callers.{name}.target_strong_share"), *share);
+        }
         // The quality target moves target shares: with none to start from, it would do
         // nothing. (An out-of-range target is reported already.)
         let shares = self.target_strong_share.is_some() || callers.values().any(Option::is_some);
@@ -473,6 +498,226 @@ impl RawQuality {
     }
 }
 
-fn check_limits(limits: &Limits, found: &mut Found) {
-    found.at_least_one("limits.max_messages", limits.max_messages);
+impl RawLimits {
+    fn check(self, found: &mut Found) -> (Limits, LimitStoreConfig) {
+        found.at_least_one("limits.max_messages", self.max_messages);
+        if let Some(url) = &self.redis_url
+            && !url.starts_with("redis://")
+        {
+            // The client is built without TLS, as for quality.store.
+            found.add(
+                "limits.redis_url",
+                "must be a redis:// URL (rediss:// is not supported: the Redis client is built without TLS)",
+            );
+        }
+        let timeout = found.positive_duration("limits.redis_timeout_ms", self.redis_timeout_ms);
+        (
+            Limits {
+                max_messages: self.max_messages,
+                max_images: self.max_images,
+                max_image_bytes: self.max_image_bytes,
+                max_tools: self.max_tools,
+            },
+            LimitStoreConfig {
+                redis_url: self.redis_url,
+                timeout,
+            },
+        )
+    }
+}
+
+/// Builds every caller's policy and the credentials that identify callers; reads the
+/// `token_sha256_file`s.
+fn check_callers(
+    raw: &BTreeMap<String, RawCaller>,
+    auth: &RawAuth,
+    client_certs: bool,
+    found: &mut Found,
+) -> Callers {
+    let builtin = RawCaller::default();
+    let default = raw.get(DEFAULT_CALLER).unwrap_or(&builtin);
+    let mut tokens = BTreeMap::new();
+    let mut sans = BTreeMap::<String, Arc<str>>::new();
+    let mut named = BTreeMap::new();
+    let default_policy = policy("callers.default", default, &builtin, found);
+    for (name, caller) in raw {
+        // The names callers send: the same rules as the request's `routing.caller`.
+        let key = format!("callers.{name}");
+        if name.is_empty() || name.chars().count() > MAX_CALLER_LEN {
+            found.add(
+                &key,
+                format!("a caller name has 1 to {MAX_CALLER_LEN} characters"),
+            );
+        }
+        if name.chars().any(char::is_control) {
+            found.add(&key, "a caller name has no control characters");
+        }
+        if name == OTHER_LABEL {
+            found.add(
+                &key,
+                format!("\"{OTHER_LABEL}\" is the metric label of every caller not named, so it cannot name one"),
+            );
+        }
+        let digest = token_digest(&key, caller, found);
+        if name == DEFAULT_CALLER {
+            if digest.is_some() || caller.san.is_some() {
+                found.add(
+                    &key,
+                    "the default policy is everyone's not named, so it has no token or SAN",
+                );
+            }
+            continue;
+        }
+        let shared: Arc<str> = Arc::from(name.as_str());
+        if let Some(digest) = digest
+            && let Some(other) = tokens.insert(digest, Arc::clone(&shared))
+        {
+            found.add(
+                format!("{key}.token_sha256"),
+                format!("the same token identifies callers.{other}"),
+            );
+        }
+        if let Some(san) = &caller.san {
+            if san.trim().is_empty() {
+                found.add(format!("{key}.san"), "must not be empty when set");
+            }
+            if !client_certs {
+                found.add(
+                    format!("{key}.san"),
+                    "identifies callers by client certificate, and server.tls.client_ca_file is unset, so none is asked for",
+                );
+            }
+            if let Some(other) = sans.insert(san.clone(), Arc::clone(&shared)) {
+                found.add(
+                    format!("{key}.san"),
+                    format!("{san:?} already identifies callers.{other}"),
+                );
+            }
+        }
+        named.insert(
+            name.clone(),
+            Caller {
+                name: shared,
+                policy: policy(&key, caller, default, found),
+                has_credentials: digest.is_some() || caller.san.is_some(),
+                key,
+            },
+        );
+    }
+    if auth.required && tokens.is_empty() && sans.is_empty() {
+        found.add(
+            "auth.required",
+            "no caller has a token_sha256, token_sha256_file or san, so every request would be refused",
+        );
+    }
+    Callers::new(auth.required, named, default_policy, tokens, sans)
+}
+
+/// A caller's token digest, from `token_sha256` or the file `token_sha256_file` names. The
+/// value is never repeated in a message: it identifies a secret.
+fn token_digest(key: &str, caller: &RawCaller, found: &mut Found) -> Option<TokenDigest> {
+    let (field, text) = match (&caller.token_sha256, &caller.token_sha256_file) {
+        (None, None) => return None,
+        (Some(_), Some(_)) => {
+            found.add(
+                format!("{key}.token_sha256_file"),
+                "set token_sha256 or token_sha256_file, not both",
+            );
+            return None;
+        }
+        (Some(hex), None) => ("token_sha256", hex.clone()),
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(text) => ("token_sha256_file", text),
+            Err(error) => {
+                found.add(
+                    format!("{key}.token_sha256_file"),
+                    format!("cannot read {path}: {error}"),
+                );
+                return None;
+            }
+        },
+    };
+    let digest = TokenDigest::from_hex(&text);
+    if digest.is_none() {
+        found.add(
+            format!("{key}.{field}"),
+            "is not a SHA-256 in hex (64 hex digits), e.g. the output of `printf %s TOKEN | sha256sum`",
+        );
+    }
+    digest
+}
+
+/// `caller`'s policy, with `default`'s value (then the built-in one) for each key it leaves
+/// unset; `key` is its table, for messages.
+fn policy(key: &str, caller: &RawCaller, default: &RawCaller, found: &mut Found) -> CallerPolicy {
+    let builtin = CallerPolicy::default();
+    let max_quality_bias = caller
+        .max_quality_bias
+        .or(default.max_quality_bias)
+        .unwrap_or(builtin.max_quality_bias);
+    if !(-1.0..=1.0).contains(&max_quality_bias) {
+        found.add(
+            format!("{key}.max_quality_bias"),
+            format!("{max_quality_bias} is outside [-1, 1]"),
+        );
+    }
+    let requests_per_second = caller.requests_per_second.or(default.requests_per_second);
+    if let Some(rate) = requests_per_second
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        found.add(
+            format!("{key}.requests_per_second"),
+            format!("{rate} is not a positive number"),
+        );
+    }
+    let burst = caller.burst.or(default.burst).unwrap_or_else(|| {
+        requests_per_second.map_or(builtin.burst, |rate| rate.ceil().clamp(1.0, 1e6) as u32)
+    });
+    found.at_least_one(&format!("{key}.burst"), burst as usize);
+    let tokens_per_minute = caller.tokens_per_minute.or(default.tokens_per_minute);
+    if tokens_per_minute == Some(0) {
+        found.add(format!("{key}.tokens_per_minute"), "must be above 0");
+    }
+    let max_output_tokens = caller.max_output_tokens.or(default.max_output_tokens);
+    if max_output_tokens == Some(0) {
+        found.add(format!("{key}.max_output_tokens"), "must be above 0");
+    }
+    let usd_per_day = caller.usd_per_day.or(default.usd_per_day);
+    let usd_per_month = caller.usd_per_month.or(default.usd_per_month);
+    for (field, budget) in [
+        ("usd_per_day", usd_per_day),
+        ("usd_per_month", usd_per_month),
+    ] {
+        if let Some(usd) = budget
+            && !(usd.is_finite() && usd > 0.0)
+        {
+            found.add(
+                format!("{key}.{field}"),
+                format!("{usd} is not a positive number"),
+            );
+        }
+    }
+    let degrade_at = caller
+        .degrade_at
+        .or(default.degrade_at)
+        .unwrap_or(builtin.degrade_at);
+    found.unit_interval(&format!("{key}.degrade_at"), Some(degrade_at));
+    CallerPolicy {
+        allow_force: caller
+            .allow_force
+            .or(default.allow_force)
+            .unwrap_or(builtin.allow_force),
+        max_quality_bias,
+        max_output_tokens,
+        requests_per_second,
+        burst,
+        tokens_per_minute,
+        usd_per_day,
+        usd_per_month,
+        degrade_at,
+        on_store_down: caller
+            .on_store_down
+            .or(default.on_store_down)
+            .unwrap_or(builtin.on_store_down),
+    }
 }

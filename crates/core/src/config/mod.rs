@@ -23,6 +23,7 @@ pub use self::{
     raw::{Geography, LogFormat, RawConfig, TelemetryConfig},
 };
 use crate::{
+    caller::Callers,
     catalog::Catalog,
     operating::{DEFAULT_CALLER, Settings},
     request::Limits,
@@ -47,8 +48,12 @@ pub struct Config {
     pub resilience: ResilienceConfig,
     /// Duels, feedback, labels and the online quality estimate (`quality.*`).
     pub quality: QualityConfig,
+    /// Who callers are, how they are recognised, and each one's policy (`callers.*`, `auth.*`).
+    pub callers: Callers,
     /// Per-request size limits.
     pub limits: Limits,
+    /// Where callers' rate limits and spend are kept (`limits.redis_url`).
+    pub limit_store: LimitStoreConfig,
     /// Logs.
     pub telemetry: TelemetryConfig,
     deprecations: Vec<String>,
@@ -85,6 +90,32 @@ pub struct ServerConfig {
     pub shutdown_delay: Duration,
     /// On SIGTERM, time in-flight requests get to finish.
     pub drain_timeout: Duration,
+    /// TLS on the gRPC port; `None`: plaintext.
+    pub tls: Option<TlsConfig>,
+    /// Whether the gRPC port serves reflection.
+    pub reflection: bool,
+}
+
+/// TLS on the gRPC port (`server.tls.*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    /// The certificate chain, PEM.
+    pub cert_file: PathBuf,
+    /// The private key, PEM.
+    pub key_file: PathBuf,
+    /// CA bundle that client certificates must chain to; `None`: no client certificates.
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the files are checked for a change; `None`: never.
+    pub reload_interval: Option<Duration>,
+}
+
+/// Where callers' rate limits and spend are kept (`limits.redis_url`, `limits.redis_timeout_ms`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitStoreConfig {
+    /// Redis shared by every replica; `None`: in this process.
+    pub redis_url: Option<String>,
+    /// Longest a check waits on Redis before the store counts as unreachable.
+    pub timeout: Duration,
 }
 
 /// Where and how Bedrock is called (`bedrock.*`).

@@ -20,15 +20,17 @@ pub struct RawConfig {
     pub models: RawModels,
     /// Classifier, threshold and operating point.
     pub routing: RawRouting,
-    /// Per-caller policy, by the name callers send in `routing.caller`; `default` applies to
-    /// every caller not named.
+    /// Per-caller identity and policy, by caller name; `default` applies to every caller not
+    /// named (and gives named callers what they leave unset).
     pub callers: BTreeMap<String, RawCaller>,
+    /// Whether callers must authenticate.
+    pub auth: RawAuth,
     /// Retries, fallbacks and outlier ejection.
     pub resilience: RawResilience,
     /// Duels, feedback, the labels they make and the online quality estimate.
     pub quality: RawQuality,
-    /// Per-request size limits.
-    pub limits: Limits,
+    /// Per-request size limits, and where callers' rate limits and spend are kept.
+    pub limits: RawLimits,
     /// Logs.
     pub telemetry: TelemetryConfig,
 }
@@ -78,6 +80,80 @@ pub struct RawServer {
     /// Interval of HTTP/2 PINGs on a gRPC connection that has been silent that long; a peer that
     /// does not answer within 20 s is disconnected. In milliseconds; 0 turns pings off.
     pub keepalive_interval_ms: u64,
+    /// TLS on the gRPC port; unset: plaintext. (`/metrics` stays plaintext on its own port.)
+    pub tls: Option<RawTls>,
+    /// Whether the gRPC port serves reflection (lists the API to any client that asks).
+    pub reflection: bool,
+}
+
+/// TLS on the gRPC port (`server.tls.*`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawTls {
+    /// The server's certificate chain, PEM, leaf first.
+    pub cert_file: String,
+    /// The server's private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+    /// CA certificates, PEM: set, clients must present a certificate one of them signed
+    /// (mTLS), and its SAN can identify the caller (`callers.NAME.san`).
+    pub client_ca_file: Option<String>,
+    /// How often the three files are checked for a change and reloaded (new connections get
+    /// the new ones), in milliseconds; 0: never.
+    pub reload_interval_ms: u64,
+}
+
+impl Default for RawTls {
+    fn default() -> Self {
+        Self {
+            cert_file: String::new(),
+            key_file: String::new(),
+            client_ca_file: None,
+            reload_interval_ms: 30_000,
+        }
+    }
+}
+
+/// Whether callers must authenticate (`auth.*`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAuth {
+    /// When true, a request without a valid bearer token or client certificate gets
+    /// UNAUTHENTICATED (health checks excepted).
+    pub required: bool,
+}
+
+/// Per-request size limits and the store of callers' rate limits and spend (`limits.*`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLimits {
+    /// Most turns in one request.
+    pub max_messages: usize,
+    /// Most images in one request.
+    pub max_images: usize,
+    /// Largest image, in bytes.
+    pub max_image_bytes: usize,
+    /// Most tools one request may declare.
+    pub max_tools: usize,
+    /// Redis that keeps callers' rate limits and spend, shared by every replica, e.g.
+    /// `redis://127.0.0.1:6379`; unset: kept in this process.
+    pub redis_url: Option<String>,
+    /// Longest a limit check may wait on Redis before the store counts as unreachable, in
+    /// milliseconds.
+    pub redis_timeout_ms: u64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        let sizes = Limits::default();
+        Self {
+            max_messages: sizes.max_messages,
+            max_images: sizes.max_images,
+            max_image_bytes: sizes.max_image_bytes,
+            max_tools: sizes.max_tools,
+            redis_url: None,
+            redis_timeout_ms: 250,
+        }
+    }
 }
 
 impl Default for RawServer {
@@ -97,6 +173,8 @@ impl Default for RawServer {
             request_read_timeout_ms: 30_000,
             idle_timeout_ms: 300_000,
             keepalive_interval_ms: 60_000,
+            tls: None,
+            reflection: true,
         }
     }
 }
@@ -308,13 +386,43 @@ impl Default for RawRouting {
     }
 }
 
-/// One caller's policy (`[callers.NAME]`). Later policies (tokens, rate limits, budgets) join it.
+/// One caller's identity and policy (`[callers.NAME]`). What a named caller leaves unset,
+/// `[callers.default]` gives.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawCaller {
     /// Share (0–1) of this caller's AUTO requests to send to the strong tier; unset:
     /// `[callers.default]`'s, then `routing.target_strong_share`, then the fixed threshold.
     pub target_strong_share: Option<f64>,
+    /// Hex SHA-256 of the bearer token (`authorization: Bearer …`) that identifies this caller.
+    pub token_sha256: Option<String>,
+    /// A file holding that hex SHA-256 (a mounted secret); instead of `token_sha256`.
+    pub token_sha256_file: Option<String>,
+    /// A client-certificate SAN (DNS name or URI, e.g. a SPIFFE id) that identifies this
+    /// caller; needs `server.tls.client_ca_file`.
+    pub san: Option<String>,
+    /// May the caller force the strong tier (`ROUTING_MODE_FORCE_STRONG`); default true.
+    pub allow_force: Option<bool>,
+    /// Largest `routing.quality_bias` the caller may send (−1 to 1); default 1.
+    pub max_quality_bias: Option<f64>,
+    /// Most output tokens the caller may ask for; default: what the models give.
+    pub max_output_tokens: Option<u32>,
+    /// Requests per second, on average; default: no limit.
+    pub requests_per_second: Option<f64>,
+    /// Requests that may arrive at once above the rate; default: the rate rounded up, at least 1.
+    pub burst: Option<u32>,
+    /// Input and output tokens per minute, on average; default: no limit.
+    pub tokens_per_minute: Option<u64>,
+    /// Spend per UTC day, in USD; default: no budget.
+    pub usd_per_day: Option<f64>,
+    /// Spend per UTC calendar month, in USD; default: no budget.
+    pub usd_per_month: Option<f64>,
+    /// Share (0–1) of a budget after which requests bound for the strong tier go to the fast
+    /// one; default 0.9.
+    pub degrade_at: Option<f64>,
+    /// While the shared limit store is unreachable: `open` (serve, counting in this process)
+    /// or `closed` (refuse with UNAVAILABLE); default `open`.
+    pub on_store_down: Option<crate::caller::StoreDown>,
 }
 
 /// Retries, fallbacks and outlier ejection.
