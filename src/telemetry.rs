@@ -42,11 +42,11 @@ pub const UPSTREAM_DURATION: &str = "router_upstream_duration_seconds";
 pub const TIME_TO_FIRST_TOKEN: &str = "router_time_to_first_token_seconds";
 /// `router_complexity_score`: distribution of scores.
 pub const COMPLEXITY_SCORE: &str = "router_complexity_score";
-/// `router_tokens_total{model, direction}`: tokens read and written.
+/// `router_tokens_total{model, direction, caller}`: tokens read and written.
 pub const TOKENS_TOTAL: &str = "router_tokens_total";
-/// `router_cost_usd_total{model}`: cost at catalog prices.
+/// `router_cost_usd_total{model, caller}`: cost at catalog prices.
 pub const COST_USD_TOTAL: &str = "router_cost_usd_total";
-/// `router_baseline_cost_usd_total`: the same tokens at the strong model's prices.
+/// `router_baseline_cost_usd_total{caller}`: the same tokens at the strong model's prices.
 pub const BASELINE_COST_USD_TOTAL: &str = "router_baseline_cost_usd_total";
 /// `router_upstream_errors_total{model, region, kind}`: failed Bedrock calls.
 pub const UPSTREAM_ERRORS_TOTAL: &str = "router_upstream_errors_total";
@@ -152,8 +152,10 @@ pub struct Telemetry {
 
 #[derive(Debug, Default)]
 struct Money {
-    cost_by_model: BTreeMap<Arc<str>, Nanodollars>,
-    baseline: Nanodollars,
+    /// By model and caller label.
+    cost: BTreeMap<(Arc<str>, Arc<str>), Nanodollars>,
+    /// By caller label.
+    baseline: BTreeMap<Arc<str>, Nanodollars>,
     duels: Nanodollars,
 }
 
@@ -342,25 +344,44 @@ fn describe() {
 }
 
 impl Telemetry {
-    /// Makes the money series of `models` exist at zero, so rates work from the first scrape.
-    pub fn register_models<'a>(&self, models: impl IntoIterator<Item = &'a Arc<str>>) {
+    /// Makes the money series of `models` and `callers` (every caller label) exist at zero, so
+    /// rates work from the first scrape.
+    pub fn register<'a>(
+        &self,
+        models: impl IntoIterator<Item = &'a Arc<str>>,
+        callers: impl IntoIterator<Item = &'a Arc<str>> + Clone,
+    ) {
         let mut money = self.money.lock().unwrap_or_else(PoisonError::into_inner);
+        for caller in callers.clone() {
+            money.baseline.entry(Arc::clone(caller)).or_default();
+        }
         for model in models {
-            money.cost_by_model.entry(Arc::clone(model)).or_default();
+            for caller in callers.clone() {
+                money
+                    .cost
+                    .entry((Arc::clone(model), Arc::clone(caller)))
+                    .or_default();
+            }
         }
     }
 
-    /// Adds one answered request's cost.
-    pub fn add_cost(&self, model: &str, actual: Nanodollars, baseline: Nanodollars) {
+    /// Adds one answered request's cost, for `caller`'s label.
+    pub fn add_cost(
+        &self,
+        model: &Arc<str>,
+        caller: &Arc<str>,
+        actual: Nanodollars,
+        baseline: Nanodollars,
+    ) {
         let mut money = self.money.lock().unwrap_or_else(PoisonError::into_inner);
-        match money.cost_by_model.get_mut(model) {
-            Some(total) => total.0 += actual.0,
-            // Only models outside the catalog (none today) get here and pay for a key.
-            None => {
-                money.cost_by_model.insert(Arc::from(model), actual);
-            }
-        }
-        money.baseline.0 += baseline.0;
+        // Registered at start for every catalog model and caller label, so no key is built
+        // here on the request path.
+        money
+            .cost
+            .entry((Arc::clone(model), Arc::clone(caller)))
+            .or_default()
+            .0 += actual.0;
+        money.baseline.entry(Arc::clone(caller)).or_default().0 += baseline.0;
     }
 
     /// Adds one duel's cost.
@@ -380,18 +401,25 @@ impl Telemetry {
             out,
             "# HELP {COST_USD_TOTAL} Cost of Bedrock calls at the catalog's prices, in US dollars.\n# TYPE {COST_USD_TOTAL} counter"
         );
-        for (model, amount) in &money.cost_by_model {
+        for ((model, caller), amount) in &money.cost {
             let _ = writeln!(
                 out,
-                "{COST_USD_TOTAL}{{model=\"{}\"}} {amount}",
-                escape_label(model)
+                "{COST_USD_TOTAL}{{model=\"{}\",caller=\"{}\"}} {amount}",
+                escape_label(model),
+                escape_label(caller)
             );
         }
         let _ = writeln!(
             out,
-            "# HELP {BASELINE_COST_USD_TOTAL} What the same tokens would have cost on the strong model, in US dollars.\n# TYPE {BASELINE_COST_USD_TOTAL} counter\n{BASELINE_COST_USD_TOTAL} {}",
-            money.baseline
+            "# HELP {BASELINE_COST_USD_TOTAL} What the same tokens would have cost on the strong model, in US dollars.\n# TYPE {BASELINE_COST_USD_TOTAL} counter"
         );
+        for (caller, amount) in &money.baseline {
+            let _ = writeln!(
+                out,
+                "{BASELINE_COST_USD_TOTAL}{{caller=\"{}\"}} {amount}",
+                escape_label(caller)
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP {DUEL_COST_USD_TOTAL} Cost of duels (the other tier's answers and the judge's calls) at the catalog's prices, in US dollars.\n# TYPE {DUEL_COST_USD_TOTAL} counter\n{DUEL_COST_USD_TOTAL} {}",
@@ -438,9 +466,11 @@ mod tests {
     #[test]
     fn money_renders_as_exact_dollar_counters() {
         let telemetry = install().expect("recorder");
-        telemetry.register_models([&Arc::from("test.model-a")]);
+        let (model, caller) = (Arc::from("test.model-a"), Arc::from("billing"));
+        telemetry.register([&model], [&caller]);
         telemetry.add_cost(
-            "test.model-a",
+            &model,
+            &caller,
             Nanodollars(875_000),
             Nanodollars(10_500_000),
         );
@@ -450,7 +480,13 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("router_cost_usd_total{model=\"test.model-a\"} 0.000875000"),
+            text.contains(
+                "router_cost_usd_total{model=\"test.model-a\",caller=\"billing\"} 0.000875000"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("router_baseline_cost_usd_total{caller=\"billing\"} 0.010500000"),
             "{text}"
         );
     }

@@ -1,6 +1,6 @@
 //! The binary's logs. JSON lines: every request's line carries the request span (request id,
-//! caller, tier, score, threshold and operating point, model, attempts, outcome) and the time
-//! split (total, upstream, SDK client, router), and prompt text appears only with
+//! caller, tier, score, threshold and operating point, model, attempts, outcome, and for an
+//! answer its tokens and cost) and the time split (total, upstream, SDK client, router), and prompt text appears only with
 //! `telemetry.log_prompts = true`. Text lines: one event is one line whatever a caller sends,
 //! every field holds exactly the value it was given, and each field appears once per line with
 //! its final value.
@@ -175,6 +175,23 @@ async fn json_logs_carry_the_request_span_and_no_prompt() {
         "{line}"
     );
     assert_eq!(line["level"], "INFO");
+    // What the request used and cost, on the line that also names its caller and tier.
+    let usage = reply.get_ref().usage.as_ref().expect("usage");
+    assert_eq!(
+        line["span"]["input_tokens"].as_u64(),
+        Some(u64::from(usage.input_tokens)),
+        "{line}"
+    );
+    assert_eq!(
+        line["span"]["output_tokens"].as_u64(),
+        Some(u64::from(usage.output_tokens)),
+        "{line}"
+    );
+    assert_eq!(
+        line["span"]["cost_usd"].as_f64(),
+        Some(reply.get_ref().cost_usd),
+        "{line}"
+    );
 
     let mut stream = client
         .converse_stream(request(&format!("Stream {SECRET}"), "logs-stream-1"))

@@ -98,13 +98,13 @@ async fn metrics_follow_known_traffic_exactly() {
     let f = fast_a.usage.unwrap();
     assert_eq!(
         scrape.value(&format!(
-            "router_tokens_total{{model=\"{SONNET_US}\",direction=\"input\"}}"
+            "router_tokens_total{{model=\"{SONNET_US}\",direction=\"input\",caller=\"other\"}}"
         )),
         f64::from(s.input_tokens)
     );
     assert_eq!(
         scrape.value(&format!(
-            "router_tokens_total{{model=\"{SONNET_US}\",direction=\"output\"}}"
+            "router_tokens_total{{model=\"{SONNET_US}\",direction=\"output\",caller=\"other\"}}"
         )),
         f64::from(s.output_tokens)
     );
@@ -112,13 +112,13 @@ async fn metrics_follow_known_traffic_exactly() {
     let fast_out = f.output_tokens + fast_b.output_tokens;
     assert_eq!(
         scrape.value(&format!(
-            "router_tokens_total{{model=\"{HAIKU_US}\",direction=\"input\"}}"
+            "router_tokens_total{{model=\"{HAIKU_US}\",direction=\"input\",caller=\"other\"}}"
         )),
         f64::from(fast_in)
     );
     assert_eq!(
         scrape.value(&format!(
-            "router_tokens_total{{model=\"{HAIKU_US}\",direction=\"output\"}}"
+            "router_tokens_total{{model=\"{HAIKU_US}\",direction=\"output\",caller=\"other\"}}"
         )),
         f64::from(fast_out)
     );
@@ -129,15 +129,19 @@ async fn metrics_follow_known_traffic_exactly() {
     let baseline = sonnet_cost + u64::from(fast_in) * 3_000 + u64::from(fast_out) * 15_000;
     let dollars = |nano: u64| nano as f64 / 1e9;
     assert_eq!(
-        scrape.value(&format!("router_cost_usd_total{{model=\"{SONNET_US}\"}}")),
+        scrape.value(&format!(
+            "router_cost_usd_total{{model=\"{SONNET_US}\",caller=\"other\"}}"
+        )),
         dollars(sonnet_cost)
     );
     assert_eq!(
-        scrape.value(&format!("router_cost_usd_total{{model=\"{HAIKU_US}\"}}")),
+        scrape.value(&format!(
+            "router_cost_usd_total{{model=\"{HAIKU_US}\",caller=\"other\"}}"
+        )),
         dollars(haiku_cost)
     );
     assert_eq!(
-        scrape.value("router_baseline_cost_usd_total"),
+        scrape.value("router_baseline_cost_usd_total{caller=\"other\"}"),
         dollars(baseline)
     );
 

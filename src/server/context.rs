@@ -42,6 +42,9 @@ impl Context {
             model = Empty,
             attempts = Empty,
             outcome = Empty,
+            input_tokens = Empty,
+            output_tokens = Empty,
+            cost_usd = Empty,
         );
         Self {
             request_id,

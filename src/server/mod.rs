@@ -135,7 +135,10 @@ pub async fn build_state(
     let decider = setup::decider_from(config, weights.clone())?;
     let bedrock = Bedrock::connect(&config.bedrock, auth).await?;
     let telemetry = telemetry::install().context("installing the metrics recorder")?;
-    telemetry.register_models(decider.catalog.models().map(|m| &m.invoke_id));
+    telemetry.register(
+        decider.catalog.models().map(|m| &m.invoke_id),
+        config.callers.labels(),
+    );
     let resilience = Resilience::new(
         &config.resilience,
         &config.bedrock.regions(),

@@ -280,11 +280,18 @@ impl Record {
                 .record(ttft.as_secs_f64());
         }
         if let Some((usage, cost)) = self.answered {
-            counter!(telemetry::TOKENS_TOTAL, "model" => model.clone(), "direction" => "input")
+            let caller = &self.caller;
+            counter!(telemetry::TOKENS_TOTAL, "model" => model.clone(), "direction" => "input", "caller" => Arc::clone(caller))
                 .increment(u64::from(usage.input_tokens));
-            counter!(telemetry::TOKENS_TOTAL, "model" => model.clone(), "direction" => "output")
+            counter!(telemetry::TOKENS_TOTAL, "model" => model.clone(), "direction" => "output", "caller" => Arc::clone(caller))
                 .increment(u64::from(usage.output_tokens));
-            self.telemetry.add_cost(&model, cost.actual, cost.baseline);
+            if let Some((_, _, model)) = &self.route {
+                self.telemetry
+                    .add_cost(model, caller, cost.actual, cost.baseline);
+            }
+            self.span.record("input_tokens", usage.input_tokens);
+            self.span.record("output_tokens", usage.output_tokens);
+            self.span.record("cost_usd", cost.actual.as_usd());
         }
         gauge!(telemetry::INFLIGHT_REQUESTS).decrement(1.0);
         let _entered = self.span.enter();

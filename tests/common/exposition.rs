@@ -47,7 +47,12 @@ impl Scrape {
 
     /// The exact nano-dollars of a money family, rendered with nine decimals.
     pub fn nanodollars(&self, family: &str) -> u64 {
-        self.matching(family, &[])
+        self.nanodollars_where(family, &[])
+    }
+
+    /// [`Self::nanodollars`] of the series whose labels contain every one of `filters`.
+    pub fn nanodollars_where(&self, family: &str, filters: &[&str]) -> u64 {
+        self.matching(family, filters)
             .map(|v| {
                 let (whole, fraction) = v.split_once('.').expect("decimal dollars");
                 assert_eq!(fraction.len(), 9, "{v}");

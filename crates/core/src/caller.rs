@@ -264,11 +264,11 @@ impl Callers {
     }
 
     /// Every value the `caller` metric label takes: the configured names and [`OTHER_LABEL`].
-    pub fn labels(&self) -> impl Iterator<Item = &str> {
+    pub fn labels(&self) -> impl Iterator<Item = &Arc<str>> + Clone {
         self.named
-            .keys()
-            .map(String::as_str)
-            .chain(std::iter::once(OTHER_LABEL))
+            .values()
+            .map(|caller| &caller.name)
+            .chain(std::iter::once(&self.other_label))
     }
 
     /// The policy of callers config does not name.
@@ -331,5 +331,106 @@ impl Callers {
                 authenticated,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn callers(required: bool) -> Callers {
+        let caller = |name: &str, has_credentials| {
+            (
+                name.to_owned(),
+                Caller {
+                    name: Arc::from(name),
+                    key: format!("callers.{name}"),
+                    policy: CallerPolicy {
+                        allow_force: false,
+                        ..CallerPolicy::default()
+                    },
+                    has_credentials,
+                },
+            )
+        };
+        let named = [caller("billing", true), caller("batch", false)]
+            .into_iter()
+            .collect();
+        let tokens = [(TokenDigest([7; 32]), Arc::from("billing"))]
+            .into_iter()
+            .collect();
+        Callers::new(
+            required,
+            named,
+            CallerPolicy::default(),
+            tokens,
+            BTreeMap::new(),
+        )
+    }
+
+    /// A label and policy key, or the refusal's kind.
+    type Outcome = Result<(String, String), &'static str>;
+
+    /// (authenticated, declared, auth.required) → its outcome.
+    #[test]
+    fn resolve_follows_the_documented_rules() {
+        let ok = |label: &str, key: &str| Ok((label.to_owned(), key.to_owned()));
+        let cases: [(Option<&str>, &str, bool, Outcome); 9] = [
+            (Some("billing"), "", false, ok("billing", "callers.billing")),
+            (
+                Some("billing"),
+                "billing",
+                true,
+                ok("billing", "callers.billing"),
+            ),
+            (Some("billing"), "batch", false, Err("forbidden")),
+            (None, "billing", false, Err("unauthenticated")),
+            (None, "batch", false, ok("batch", "callers.batch")),
+            (None, "", false, ok(OTHER_LABEL, "callers.default")),
+            (None, "anyone", false, ok(OTHER_LABEL, "callers.default")),
+            (None, "batch", true, Err("unauthenticated")),
+            (None, "", true, Err("unauthenticated")),
+        ];
+        for (authenticated, declared, required, want) in cases {
+            let callers = callers(required);
+            let got = callers
+                .resolve(authenticated, declared)
+                .map(|r| (r.label.to_string(), r.key.to_owned()))
+                .map_err(|refusal| match refusal {
+                    Refusal::Unauthenticated(_) => "unauthenticated",
+                    Refusal::Forbidden(_) => "forbidden",
+                });
+            assert_eq!(
+                got, want,
+                "{authenticated:?} {declared:?} required={required}"
+            );
+        }
+    }
+
+    #[test]
+    fn labels_are_the_configured_names_and_other() {
+        let callers = callers(false);
+        let labels: Vec<&str> = callers.labels().map(|l| &**l).collect();
+        assert_eq!(labels, ["batch", "billing", OTHER_LABEL]);
+    }
+
+    #[test]
+    fn a_digest_is_64_hex_digits_and_never_printed() {
+        let hex = "0a".repeat(32);
+        assert_eq!(TokenDigest::from_hex(&hex), Some(TokenDigest([10; 32])));
+        assert_eq!(
+            TokenDigest::from_hex(&format!(" {}\n", hex.to_uppercase())),
+            Some(TokenDigest([10; 32]))
+        );
+        for bad in [
+            "",
+            "0a",
+            &"0g".repeat(32),
+            &"0a".repeat(33),
+            &"é".repeat(32),
+        ] {
+            assert_eq!(TokenDigest::from_hex(bad), None, "{bad}");
+        }
+        assert_eq!(format!("{:?}", TokenDigest([10; 32])), "TokenDigest(…)");
     }
 }

@@ -615,3 +615,141 @@ fn quality_settings_are_checked_with_their_keys() {
     assert_eq!(defaults.quality.store, None);
     assert_eq!(defaults.routing.target_quality, None);
 }
+
+/// SHA-256 of "token-one", as `printf %s token-one | sha256sum` prints it.
+const TOKEN_ONE_SHA256: &str = "75c5c10f256c75b650c6ffc2e83c6588af02766efd2de28f4de34547006e8d1a";
+
+#[test]
+fn callers_are_recognised_by_token_or_san_and_inherit_the_default_policy() {
+    let dir = std::env::temp_dir().join(format!("router-token-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("search.sha256");
+    // A mounted secret ends in a newline; upper-case hex is as good as lower.
+    std::fs::write(&secret, format!("{}\n", TOKEN_ONE_SHA256.to_uppercase())).unwrap();
+    let config = load_str(
+        &format!(
+            r#"
+[server.tls]
+cert_file = "/etc/router/tls.crt"
+key_file = "/etc/router/tls.key"
+client_ca_file = "/etc/router/ca.crt"
+[auth]
+required = true
+[callers.default]
+allow_force = false
+usd_per_day = 5.0
+requests_per_second = 2.5
+[callers.billing]
+san = "spiffe://prod/billing"
+usd_per_day = 50.0
+[callers.search]
+token_sha256_file = "{}"
+allow_force = true
+on_store_down = "closed"
+[limits]
+redis_url = "redis://127.0.0.1:6379"
+"#,
+            secret.display()
+        ),
+        &[],
+    )
+    .expect("valid");
+    let _ = std::fs::remove_dir_all(&dir);
+    let callers = &config.callers;
+    assert!(callers.required);
+    let digest = crate::caller::TokenDigest::from_hex(TOKEN_ONE_SHA256).unwrap();
+    assert_eq!(
+        callers.by_token_sha256(&digest).map(|n| &**n),
+        Some("search")
+    );
+    assert_eq!(
+        callers.by_san("spiffe://prod/billing").map(|n| &**n),
+        Some("billing")
+    );
+    let billing = callers.resolve(Some("billing"), "").unwrap();
+    assert_eq!(billing.key, "callers.billing");
+    // Its own budget; the default's force rule and rate (with the rate's burst, rounded up).
+    assert_eq!(billing.policy.usd_per_day, Some(50.0));
+    assert!(!billing.policy.allow_force);
+    assert_eq!(billing.policy.requests_per_second, Some(2.5));
+    assert_eq!(billing.policy.burst, 3);
+    let search = callers.resolve(Some("search"), "search").unwrap();
+    assert!(search.policy.allow_force);
+    assert_eq!(search.policy.usd_per_day, Some(5.0));
+    assert_eq!(
+        search.policy.on_store_down,
+        crate::caller::StoreDown::Closed
+    );
+    let tls = config.server.tls.as_ref().expect("tls");
+    assert_eq!(tls.reload_interval, Some(Duration::from_secs(30)));
+    assert_eq!(
+        config.limit_store.redis_url.as_deref(),
+        Some("redis://127.0.0.1:6379")
+    );
+    // The checked config's debug form names no digest.
+    assert!(!format!("{config:?}").to_lowercase().contains("75c5c10f"));
+}
+
+#[test]
+fn bad_credentials_and_policies_are_named_and_never_echo_a_digest() {
+    let found = problems(load_str(
+        &format!(
+            r#"
+[auth]
+required = true
+[callers.default]
+token_sha256 = "{TOKEN_ONE_SHA256}"
+[callers.a]
+token_sha256 = "{TOKEN_ONE_SHA256}"
+[callers.b]
+token_sha256 = "{TOKEN_ONE_SHA256}"
+[callers.c]
+token_sha256 = "not-hex-75c5c10f"
+[callers.d]
+token_sha256 = "{TOKEN_ONE_SHA256}"
+token_sha256_file = "/x"
+[callers.e]
+token_sha256_file = "/no/such/secret"
+[callers.f]
+san = "f.internal"
+degrade_at = 1.5
+requests_per_second = 0.0
+usd_per_month = -1.0
+max_quality_bias = 2.0
+[callers.other]
+[limits]
+redis_url = "rediss://secret@cache:6380"
+"#
+        ),
+        &[],
+    ));
+    let keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
+    for key in [
+        "callers.default",
+        "callers.b.token_sha256",
+        "callers.c.token_sha256",
+        "callers.d.token_sha256_file",
+        "callers.e.token_sha256_file",
+        "callers.f.san",
+        "callers.f.degrade_at",
+        "callers.f.requests_per_second",
+        "callers.f.usd_per_month",
+        "callers.f.max_quality_bias",
+        "callers.other",
+        "limits.redis_url",
+    ] {
+        assert!(keys.contains(&key), "{key} not in {found:#?}");
+    }
+    let text = format!("{found:?}");
+    assert!(!text.contains("75c5c10f"), "{text}");
+    assert!(!text.contains("secret@"), "{text}");
+}
+
+#[test]
+fn auth_required_with_no_credentials_anywhere_is_refused() {
+    let found = problems(load_str("[auth]\nrequired = true\n", &[]));
+    assert_eq!(
+        found.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(),
+        ["auth.required"]
+    );
+}
