@@ -275,7 +275,9 @@ async fn health_reports_not_serving_as_soon_as_shutdown_starts() {
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
     let router = Proc::spawn(serve_simulated(&[]).env("ROUTER__SERVER__SHUTDOWN_DELAY_MS", "1500"));
-    let grpc_addr = router.wait_for_field("grpc_addr");
+    let serving = router.wait_for_line("grpc_addr");
+    let grpc_addr = field(&serving, "grpc_addr").unwrap();
+    let metrics_addr = field(&serving, "metrics_addr").unwrap();
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}"))
         .unwrap()
         .connect()
@@ -294,13 +296,26 @@ async fn health_reports_not_serving_as_soon_as_shutdown_starts() {
         }
         statuses
     }
+    // The plaintext HTTP probes on the metrics port say the same, for a TLS gRPC port.
+    let ready = |addr: String| async move {
+        common::http_client::send(&addr, "GET", "/ready", &[], b"")
+            .await
+            .expect("HTTP exchange")
+            .status
+    };
     assert_eq!(statuses(&health).await, [ServingStatus::Serving as i32; 2]);
+    assert_eq!(ready(metrics_addr.clone()).await, 200);
     router.sigterm();
     let probe = &health;
     common::eventually("NOT_SERVING on SIGTERM", || async move {
         statuses(probe).await == [ServingStatus::NotServing as i32; 2]
     })
     .await;
+    assert_eq!(ready(metrics_addr.clone()).await, 503);
+    let live = common::http_client::send(&metrics_addr, "GET", "/live", &[], b"")
+        .await
+        .expect("HTTP exchange");
+    assert_eq!(live.status, 200);
     // During the delay requests are still served: balancers are catching up.
     let mut client = PromptRouterClient::new(channel);
     client

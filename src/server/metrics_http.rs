@@ -1,5 +1,8 @@
 //! The Prometheus scrape endpoint: `GET /metrics` on its own port, so scrapes never queue
-//! behind model calls and the port can be firewalled separately from the gRPC one.
+//! behind model calls and the port can be firewalled separately from the gRPC one. The same
+//! port answers `GET /ready` (200 while serving, 503 once a shutdown starts, as gRPC health
+//! does) and `GET /live` (200): plaintext HTTP probes for when the gRPC port speaks TLS, which
+//! Kubernetes' gRPC probes cannot.
 //!
 //! Accepting goes through axum's [`Listener`], which backs off for a second when `accept`
 //! fails for want of descriptors instead of retrying (and logging) in a tight loop. A
@@ -90,7 +93,18 @@ fn respond(req: &Request<Incoming>, router: &RouterState) -> Response<Full<Bytes
                 Bytes::from(router.telemetry.render()),
             )
         }
-        (_, "/metrics") => (
+        (&Method::GET, "/ready") if *router.draining.borrow() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            Bytes::from_static(b"draining\n"),
+        ),
+        (&Method::GET, "/ready") => (
+            StatusCode::OK,
+            "text/plain",
+            Bytes::from_static(b"serving\n"),
+        ),
+        (&Method::GET, "/live") => (StatusCode::OK, "text/plain", Bytes::from_static(b"live\n")),
+        (_, "/metrics" | "/ready" | "/live") => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             Bytes::from_static(b"use GET\n"),
@@ -98,7 +112,7 @@ fn respond(req: &Request<Incoming>, router: &RouterState) -> Response<Full<Bytes
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            Bytes::from_static(b"not found; metrics are at /metrics\n"),
+            Bytes::from_static(b"not found; metrics are at /metrics, probes at /ready and /live\n"),
         ),
     };
     let mut response = Response::new(Full::new(body));

@@ -98,6 +98,7 @@ pub struct Running {
     concurrency: Arc<Semaphore>,
     max_concurrency: usize,
     cut_off: watch::Sender<bool>,
+    draining: watch::Sender<bool>,
     duels: Arc<Duels>,
     side_tasks: Vec<JoinHandle<()>>,
     labels: LabelSink,
@@ -167,6 +168,7 @@ pub async fn build_state(
         default_deadline: config.bedrock.default_deadline,
         log_prompts: config.telemetry.log_prompts,
         cut_off: watch::channel(false).0,
+        draining: watch::channel(false).0,
         labels,
         duels,
         quality_target: config.routing.target_quality.map(|target| QualityTarget {
@@ -211,6 +213,7 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
     let duels = Arc::clone(&router.duels);
     let concurrency = Arc::clone(&router.concurrency);
     let cut_off = router.cut_off.clone();
+    let draining = router.draining.clone();
 
     let grpc_listener = TcpListener::bind(config.server.listen)
         .await
@@ -321,6 +324,7 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
         concurrency,
         max_concurrency: config.server.max_concurrency,
         cut_off,
+        draining,
         duels,
         side_tasks: vec![metrics, upkeep, reloads],
         labels,
@@ -339,6 +343,7 @@ impl Running {
     /// within `server.drain_timeout_ms`, ends those still running with UNAVAILABLE, then stops.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.duels.stop();
+        self.draining.send_replace(true);
         self.health
             .set_not_serving::<PromptRouterServer<RouterService>>()
             .await;

@@ -61,6 +61,8 @@ pub struct RouterState {
     /// Set when a shutdown's drain time is up: requests still running end at once with
     /// UNAVAILABLE, a failure on the router's side, instead of being dropped with the process.
     pub cut_off: watch::Sender<bool>,
+    /// Set when a shutdown starts: `/ready` answers 503, as gRPC health says NOT_SERVING.
+    pub draining: watch::Sender<bool>,
     /// Where duels and feedback hand their label rows.
     pub labels: LabelSink,
     /// The duel runner.
