@@ -436,6 +436,36 @@ fn flags_apply_over_the_environment_before_the_check() {
 }
 
 #[test]
+fn a_fallback_applies_only_where_no_file_variable_or_flag_sets_the_key() {
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 50051));
+    let fallback = || Overrides::default().fallback("--simulate", "server.listen", Some(loopback));
+    let config = load_with("", &[], &fallback()).expect("valid");
+    assert_eq!(config.server.listen, loopback);
+    let config =
+        load_with("[server]\nlisten = \"0.0.0.0:7000\"\n", &[], &fallback()).expect("valid");
+    assert_eq!(config.server.listen, SocketAddr::from(([0, 0, 0, 0], 7000)));
+    let config = load_with(
+        "",
+        &[("ROUTER__SERVER__LISTEN", "0.0.0.0:7001")],
+        &fallback(),
+    )
+    .expect("valid");
+    assert_eq!(config.server.listen, SocketAddr::from(([0, 0, 0, 0], 7001)));
+    let flagged = Overrides::default()
+        .flag(
+            "--listen",
+            "server.listen",
+            Some(SocketAddr::from(([0, 0, 0, 0], 7002))),
+        )
+        .fallback("--simulate", "server.listen", Some(loopback));
+    let config = load_with("", &[], &flagged).expect("valid");
+    assert_eq!(config.server.listen, SocketAddr::from(([0, 0, 0, 0], 7002)));
+    // Another key of the same section set elsewhere leaves the fallback in force.
+    let config = load_with("[server]\nmax_connections = 5\n", &[], &fallback()).expect("valid");
+    assert_eq!(config.server.listen, loopback);
+}
+
+#[test]
 fn durations_are_capped_at_one_day() {
     let mut raw = RawConfig::default();
     let (server, bedrock, resilience) = (&mut raw.server, &mut raw.bedrock, &mut raw.resilience);
