@@ -260,40 +260,40 @@ async fn a_missing_or_bad_file_stops_the_start_naming_its_key() {
     let ca = Ca::new("start ca");
     let files = Files::new(&server_leaf(&ca, 1), None);
     let other_key = server_leaf(&ca, 2).key_pem;
-    let cases: [(&str, Box<dyn Fn(&mut RawConfig)>); 4] = [
+    let write = |name: &str, text: &str| {
+        let path = files.dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let with = |adjust: &dyn Fn(&mut prompt_router_core::config::raw::RawTls)| {
+        let mut raw = RawConfig::default();
+        let mut tls = files.raw(0);
+        adjust(&mut tls);
+        raw.server.tls = Some(tls);
+        raw
+    };
+    let garbage = write("garbage.key", "-----BEGIN PRIVATE KEY-----\nnope\n");
+    let other = write("other.key", &other_key);
+    let empty = write("empty-ca.crt", "");
+    let cases = [
         (
             "server.tls.cert_file",
-            Box::new(|raw| raw.server.tls.as_mut().unwrap().cert_file = "/nonexistent.crt".into()),
+            with(&|tls| tls.cert_file = "/nonexistent.crt".into()),
         ),
         (
             "server.tls.key_file",
-            Box::new(|raw| {
-                let path = files.dir.join("garbage.key");
-                std::fs::write(&path, "-----BEGIN PRIVATE KEY-----\nnope\n").unwrap();
-                raw.server.tls.as_mut().unwrap().key_file = path.display().to_string();
-            }),
+            with(&|tls| tls.key_file = garbage.clone()),
         ),
         (
             "server.tls.key_file",
-            Box::new(|raw| {
-                let path = files.dir.join("other.key");
-                std::fs::write(&path, &other_key).unwrap();
-                raw.server.tls.as_mut().unwrap().key_file = path.display().to_string();
-            }),
+            with(&|tls| tls.key_file = other.clone()),
         ),
         (
             "server.tls.client_ca_file",
-            Box::new(|raw| {
-                let path = files.dir.join("empty-ca.crt");
-                std::fs::write(&path, "").unwrap();
-                raw.server.tls.as_mut().unwrap().client_ca_file = Some(path.display().to_string());
-            }),
+            with(&|tls| tls.client_ca_file = Some(empty.clone())),
         ),
     ];
-    for (key, adjust) in cases {
-        let mut raw = RawConfig::default();
-        raw.server.tls = Some(files.raw(0));
-        adjust(&mut raw);
+    for (key, raw) in cases {
         let error = try_start(raw).await.expect_err("refused");
         let message = format!("{error:#}");
         assert!(message.contains(key), "{key}: {message}");
@@ -341,4 +341,21 @@ fn the_simulated_quick_start_listens_on_loopback_unless_told_otherwise() {
     )
     .expect("valid config");
     assert_eq!(plain.server.listen, addr("0.0.0.0:50051"));
+}
+
+#[test]
+fn the_memory_bound_counts_each_connections_tls_buffers() {
+    let ca = Ca::new("bound ca");
+    let files = Files::new(&server_leaf(&ca, 1), None);
+    let plain = Config::try_from(RawConfig::default()).unwrap();
+    let mut raw = RawConfig::default();
+    raw.server.tls = Some(files.raw(0));
+    let tls = Config::try_from(raw).unwrap();
+    let added = server::memory_bound(&tls) - server::memory_bound(&plain);
+    // At least the encrypted bytes each connection may hold for a slow socket.
+    let per_connection = added / plain.server.max_connections as u64;
+    assert!(
+        per_connection >= server::tls::SEND_BUFFER as u64,
+        "{per_connection} B per connection"
+    );
 }

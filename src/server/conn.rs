@@ -160,7 +160,7 @@ async fn connection<S>(
         done = tokio::time::timeout_at(deadline, tls.acceptor().accept(stream)) => done,
         _ = draining.wait_for(|stop| *stop) => return,
     };
-    let stream = match handshake {
+    let mut stream = match handshake {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
             Tls::refused(&error);
@@ -175,6 +175,10 @@ async fn connection<S>(
         }
     };
     let peer = Peer::of(stream.get_ref().1);
+    stream
+        .get_mut()
+        .1
+        .set_buffer_limit(Some(super::tls::SEND_BUFFER));
     let (read, write) = tokio::io::split(stream);
     http2(read, write, peer, service, bounds, deadline, draining).await;
 }

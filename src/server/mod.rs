@@ -60,6 +60,10 @@ const BASELINE_BYTES: u64 = 24 << 20;
 /// Per open gRPC connection besides its receive window: hyper's and h2's state and buffers
 /// (measured: 19 KiB per idle connection).
 const CONNECTION_BYTES: u64 = 24 << 10;
+/// Per open gRPC connection over TLS besides [`CONNECTION_BYTES`]: rustls's session state
+/// (measured: 9 KiB more per idle connection than without TLS), one 16 KiB record being read,
+/// and the encrypted bytes waiting for the socket, at most [`tls::SEND_BUFFER`].
+const TLS_CONNECTION_BYTES: u64 = (9 << 10) + (17 << 10) + tls::SEND_BUFFER as u64;
 /// Per model call in flight besides its request: the SDK's call state, its upstream
 /// connection, the answer (measured: 53 KiB with 512 held open).
 const CALL_BYTES: u64 = 64 << 10;
@@ -74,6 +78,10 @@ pub fn memory_bound(config: &Config) -> u64 {
         + feedback::memory_bound(&config.quality)
         + server.max_inflight_request_bytes
         + server.max_connections as u64 * (u64::from(server.http2_window_bytes) + CONNECTION_BYTES)
+        + server
+            .tls
+            .as_ref()
+            .map_or(0, |_| server.max_connections as u64 * TLS_CONNECTION_BYTES)
         + server.max_concurrency as u64 * CALL_BYTES
         + admission::OTHER_CONCURRENCY as u64 * 2 * SMALL_MESSAGE as u64
         + metrics_http::MAX_CONNECTIONS as u64 * CONNECTION_BYTES;
@@ -207,6 +215,14 @@ pub async fn build_state(
 
 /// Binds the listeners and starts serving; returns once both ports accept connections.
 pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Running> {
+    // Before anything starts: a bad certificate or key stops the start with the key's name.
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(tls::Tls::load)
+        .transpose()?
+        .map(Arc::new);
     let simulator = if options.simulate {
         let handle = bedrock_sim::start(
             SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -225,14 +241,6 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
     } else {
         Auth::DefaultChain
     };
-    // Before anything binds: a bad certificate or key stops the start with the key's name.
-    let tls = config
-        .server
-        .tls
-        .as_ref()
-        .map(tls::Tls::load)
-        .transpose()?
-        .map(Arc::new);
     let (router, label_writer, weights) = build_state(&config, auth, options.labels).await?;
     let router = Arc::new(router);
     let labels = router.labels.clone();

@@ -29,6 +29,10 @@ use tokio_rustls::TlsAcceptor;
 use crate::telemetry;
 use prompt_router_core::config::TlsConfig;
 
+/// Encrypted bytes a connection holds for a socket that does not take them: past this, writes
+/// wait (rustls's default is 64 KiB), so memory per connection stays bounded.
+pub const SEND_BUFFER: usize = 32 << 10;
+
 /// The TLS config in force and the files it comes from.
 #[derive(Debug)]
 pub struct Tls {
