@@ -16,8 +16,9 @@ use prompt_router::{
     pb::prompt_router_client::PromptRouterClient,
     server::{self, Options, Running},
 };
-use prompt_router_core::config::{Config, Overrides, RawConfig, raw::RawCaller};
+use prompt_router_core::config::{ClientCert, Config, Overrides, RawConfig, raw::RawCaller};
 use prost::Message as _;
+use sha2::Digest as _;
 use tonic::Code;
 
 /// Starts a router with the simulator, TLS from `files`, after `adjust`.
@@ -186,6 +187,77 @@ async fn mtls_refuses_no_certificate_an_expired_one_and_another_cas() {
             >= before + 3.0
     })
     .await;
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_optional_client_certificates_a_token_caller_connects_without_one() {
+    let ca = Ca::new("optional ca");
+    let other = Ca::new("other ca");
+    let files = Files::new(&server_leaf(&ca, 1), Some(&ca));
+    let token = "opt-token-5c1e9a7b3d";
+    let digest: String = sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let running = start(&files, 0, |raw| {
+        raw.server.tls.as_mut().unwrap().client_cert = ClientCert::Optional;
+        raw.auth.required = true;
+        raw.callers.insert(
+            "svc".to_owned(),
+            RawCaller {
+                token_sha256: Some(digest),
+                ..RawCaller::default()
+            },
+        );
+        raw.callers.insert(
+            "mesh".to_owned(),
+            RawCaller {
+                san: Some("mesh.internal".to_owned()),
+                ..RawCaller::default()
+            },
+        );
+    })
+    .await;
+    let addr = running.grpc_addr;
+    let mut client = PromptRouterClient::new(
+        Client::new(&ca, None)
+            .channel(addr)
+            .await
+            .expect("connects without a certificate"),
+    );
+    let mut request = tonic::Request::new(common::ask("Hello there"));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let decision = client.route(request).await.expect("routed").into_inner();
+    assert_eq!(decision.decision.unwrap().caller, "svc");
+    let status = client
+        .route(common::ask("Hello there"))
+        .await
+        .expect_err("auth.required and no credentials");
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    let mesh = ca.issue(&["mesh.internal"], 2, Validity::Current);
+    let decision =
+        PromptRouterClient::new(Client::new(&ca, Some(&mesh)).channel(addr).await.unwrap())
+            .route(common::ask("Hello there"))
+            .await
+            .expect("routed")
+            .into_inner();
+    assert_eq!(decision.decision.unwrap().caller, "mesh");
+    // A certificate that is sent must still be good.
+    let foreign = other.issue(&["mesh.internal"], 3, Validity::Current);
+    let expired = ca.issue(&["mesh.internal"], 4, Validity::Expired);
+    for leaf in [&foreign, &expired] {
+        let result = tokio::time::timeout(
+            Duration::from_secs(30),
+            served(&Client::new(&ca, Some(leaf)), addr),
+        )
+        .await
+        .expect("the attempt ends");
+        assert!(result.is_err(), "{result:?}");
+    }
     running.shutdown().await.unwrap();
 }
 

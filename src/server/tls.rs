@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::telemetry;
-use prompt_router_core::config::TlsConfig;
+use prompt_router_core::config::{ClientCert, TlsConfig};
 
 /// Encrypted bytes a connection holds for a socket that does not take them: past this, writes
 /// wait (rustls's default is 64 KiB), so memory per connection stays bounded.
@@ -117,6 +117,7 @@ impl Read {
             (Some(pem), Some(path)) => builder.with_client_cert_verifier(client_verifier(
                 path,
                 pem,
+                files.client_cert,
                 Arc::clone(&provider),
             )?),
             _ => builder.with_no_client_auth(),
@@ -151,10 +152,12 @@ fn certificates(
     Ok(certs)
 }
 
-/// Verifies client certificates against the CA bundle, and requires one at the handshake.
+/// Verifies client certificates against the CA bundle; requires one at the handshake unless
+/// `server.tls.client_cert` is `optional`.
 fn client_verifier(
     path: &Path,
     pem: &[u8],
+    client_cert: ClientCert,
     provider: Arc<CryptoProvider>,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
     const KEY: &str = "server.tls.client_ca_file";
@@ -167,7 +170,12 @@ fn client_verifier(
             )
         })?;
     }
-    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let verifier = match client_cert {
+        ClientCert::Required => verifier,
+        ClientCert::Optional => verifier.allow_unauthenticated(),
+    };
+    verifier
         .build()
         .map_err(|e| format!("{KEY}: {}: {e}", path.display()))
 }

@@ -147,6 +147,7 @@ impl Files {
             key_file: path(&self.key()),
             client_ca_file: self.client_ca().exists().then(|| path(&self.client_ca())),
             reload_interval_ms,
+            ..Default::default()
         }
     }
 }

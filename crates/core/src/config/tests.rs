@@ -466,6 +466,34 @@ fn a_fallback_applies_only_where_no_file_variable_or_flag_sets_the_key() {
 }
 
 #[test]
+fn an_optional_client_certificate_needs_a_client_ca() {
+    let tls = "[server.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n";
+    let config = load_str(tls, &[]).expect("valid");
+    assert_eq!(
+        config.server.tls.expect("tls").client_cert,
+        ClientCert::Required
+    );
+    let text = load_str(&format!("{tls}client_cert = \"optional\"\n"), &[])
+        .expect_err("refused")
+        .to_string();
+    assert!(text.contains("server.tls.client_cert"), "{text}");
+    assert!(text.contains("client_ca_file is unset"), "{text}");
+    let config = load_str(
+        &format!("{tls}client_ca_file = \"ca.pem\"\nclient_cert = \"optional\"\n"),
+        &[],
+    )
+    .expect("valid");
+    assert_eq!(
+        config.server.tls.expect("tls").client_cert,
+        ClientCert::Optional
+    );
+    let text = load_str(&format!("{tls}client_cert = \"sometimes\"\n"), &[])
+        .expect_err("refused")
+        .to_string();
+    assert!(text.contains("client_cert"), "{text}");
+}
+
+#[test]
 fn durations_are_capped_at_one_day() {
     let mut raw = RawConfig::default();
     let (server, bedrock, resilience) = (&mut raw.server, &mut raw.bedrock, &mut raw.resilience);
