@@ -10,6 +10,7 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 use common::{
     exposition::Scrape,
     grpc_raw, http_get,
+    process::{self, Proc},
     tls::{Ca, Client, Files, Leaf, SERVER_NAME, Validity},
 };
 use prompt_router::{
@@ -283,6 +284,50 @@ async fn a_rotated_certificate_reaches_new_connections_while_old_ones_keep_their
     let reloads = scrape(&running).await;
     assert!(reloads.sum("router_tls_reloads_total", &["outcome=\"ok\""]) >= 1.0);
     running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_files_of_a_router_that_does_not_poll_them() {
+    let ca = Ca::new("hangup ca");
+    let first = server_leaf(&ca, 1);
+    let files = Files::new(&first, None);
+    let config = files.dir.join("router.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server.tls]\ncert_file = {:?}\nkey_file = {:?}\nreload_interval_ms = 0\n",
+            files.cert().display().to_string(),
+            files.key().display().to_string(),
+        ),
+    )
+    .unwrap();
+    let proc = Proc::spawn(&mut process::serve_simulated(&[
+        "--config",
+        config.to_str().unwrap(),
+    ]));
+    let line = proc.wait_for_line("grpc_addr");
+    let addr: SocketAddr = process::field(&line, "grpc_addr").unwrap().parse().unwrap();
+    let client = Client::new(&ca, None);
+    assert_eq!(client.h2(addr).await.1, first.der);
+
+    let second = server_leaf(&ca, 2);
+    files.write(&second);
+    // Not polled: the old certificate until the signal.
+    assert_eq!(client.h2(addr).await.1, first.der);
+    let pid = proc.child.id().to_string();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    common::eventually("a new connection sees the new certificate", || async {
+        client.h2(addr).await.1 == second.der
+    })
+    .await;
+    let stopped = tokio::task::spawn_blocking(move || proc.terminate())
+        .await
+        .unwrap();
+    assert!(stopped.success(), "{stopped:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -333,13 +333,9 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
     };
     let reloads = reload::spawn(reloader, config.routing.weights_poll, side_shutdown.clone())?;
     let mut side_tasks = vec![metrics, reloads];
-    let tls_interval = config.server.tls.as_ref().and_then(|t| t.reload_interval);
-    if let (Some(tls), Some(interval)) = (tls, tls_interval) {
-        side_tasks.push(tokio::spawn(tls::watch(
-            tls,
-            interval,
-            side_shutdown.clone(),
-        )));
+    if let Some(tls) = tls {
+        let interval = config.server.tls.as_ref().and_then(|t| t.reload_interval);
+        side_tasks.push(tls::spawn(tls, interval, side_shutdown.clone())?);
     }
     let mut upkeep_shutdown = side_shutdown;
     let steered = Arc::clone(&router);

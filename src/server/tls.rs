@@ -2,7 +2,7 @@
 //! rebuilt when they change on disk, and what a verified client certificate says about its
 //! holder.
 //!
-//! cert-manager and Kubernetes secret mounts replace the files in place, so every
+//! cert-manager and Kubernetes secret mounts replace the files in place, so on SIGHUP and every
 //! `server.tls.reload_interval_ms` the three files are read again and their digest compared
 //! with the one in force. A change that builds is in force for new connections (open ones keep
 //! the config they shook hands with); one that does not (unparsable, a key that does not match
@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::anyhow;
+use anyhow::{Context as _, anyhow};
 use rustls::{
     RootCertStore, ServerConfig, ServerConnection,
     crypto::{CryptoProvider, aws_lc_rs},
@@ -23,7 +23,7 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 use sha2::{Digest as _, Sha256};
-use tokio::sync::watch;
+use tokio::{sync::watch, task::JoinHandle};
 use tokio_rustls::TlsAcceptor;
 
 use crate::telemetry;
@@ -270,21 +270,40 @@ impl Tls {
     }
 }
 
-/// Looks at the files every `interval` until `shutdown`.
-pub async fn watch(tls: Arc<Tls>, interval: Duration, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick is immediate, and the files were read at start.
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.wait_for(|stop| *stop) => return,
+/// Looks at the files on SIGHUP and every `interval` (if set), until `shutdown`.
+pub fn spawn(
+    tls: Arc<Tls>,
+    interval: Option<Duration>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    Ok(tokio::spawn(async move {
+        // The files were read at start: the first look is one interval on.
+        let mut tick = interval.map(|every| {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        });
+        loop {
+            let polled = async {
+                match &mut tick {
+                    Some(tick) => {
+                        tick.tick().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => return,
+                _ = hangup.recv() => {}
+                () = polled => {}
+            }
+            let tls = Arc::clone(&tls);
+            // Reading files and parsing keys blocks; it stays off the request workers.
+            let _ = tokio::task::spawn_blocking(move || tls.reload()).await;
         }
-        let tls = Arc::clone(&tls);
-        // Reading files and parsing keys blocks; it stays off the request workers.
-        let _ = tokio::task::spawn_blocking(move || tls.reload()).await;
-    }
+    }))
 }
 
 /// The peer of a connection whose client certificate was verified: the names its leaf
