@@ -107,7 +107,7 @@ pub struct TlsConfig {
     pub client_ca_file: Option<PathBuf>,
     /// Whether a client must present a certificate (with `client_ca_file`).
     pub client_cert: ClientCert,
-    /// How often the files are checked for a change; `None`: never.
+    /// How often the files are checked for a change; `None`: only on SIGHUP.
     pub reload_interval: Option<Duration>,
 }
 

@@ -101,7 +101,7 @@ pub struct RawTls {
     /// (`required`), or may one connect without and identify itself with a token (`optional`)?
     pub client_cert: ClientCert,
     /// How often the three files are checked for a change and reloaded (new connections get
-    /// the new ones), in milliseconds; 0: never.
+    /// the new ones), in milliseconds; 0: only on SIGHUP.
     pub reload_interval_ms: u64,
 }
 
