@@ -95,7 +95,8 @@ struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
     /// Start the built-in Bedrock simulator on loopback and call it instead of AWS
-    /// (dummy credentials; no AWS account needed).
+    /// (dummy credentials; no AWS account needed). Listens on 127.0.0.1 unless the config,
+    /// the environment or a flag sets the addresses.
     #[arg(long)]
     simulate: bool,
     /// Log format (overrides telemetry.log_format).
@@ -313,16 +314,20 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = args.config.load(
-        Overrides::default()
-            .flag("--listen", "server.listen", args.listen)
-            .flag(
-                "--metrics-listen",
-                "server.metrics_listen",
-                args.metrics_listen,
-            )
-            .flag("--log-format", "telemetry.log_format", args.log_format),
-    )?;
+    let overrides = Overrides::default()
+        .flag("--listen", "server.listen", args.listen)
+        .flag(
+            "--metrics-listen",
+            "server.metrics_listen",
+            args.metrics_listen,
+        )
+        .flag("--log-format", "telemetry.log_format", args.log_format);
+    let overrides = if args.simulate {
+        server::simulate_on_loopback(overrides)
+    } else {
+        overrides
+    };
+    let config = args.config.load(overrides)?;
     telemetry::init_logs(config.telemetry.log_format);
     for warning in config.deprecations() {
         tracing::warn!("{warning}");

@@ -74,6 +74,12 @@ pub const LABELS_TOTAL: &str = "router_labels_total";
 pub const LABEL_STORE_UP: &str = "router_label_store_up";
 /// `router_weights_reloads_total{outcome}`: weights reloads by outcome.
 pub const WEIGHTS_RELOADS_TOTAL: &str = "router_weights_reloads_total";
+/// `router_tls_reloads_total{outcome}`: changed TLS files put in force (`ok`) or refused
+/// (`rejected`, the old ones kept).
+pub const TLS_RELOADS_TOTAL: &str = "router_tls_reloads_total";
+/// `router_auth_failures_total{reason}`: requests and handshakes refused for their
+/// credentials, by reason (`missing`, `malformed`, `unknown_token`, `certificate`, `mismatch`).
+pub const AUTH_FAILURES_TOTAL: &str = "router_auth_failures_total";
 /// `router_weights_version`: the CRC-32 of the weights in force, the number in their
 /// version `w-XXXXXXXX`.
 pub const WEIGHTS_VERSION: &str = "router_weights_version";
@@ -292,6 +298,14 @@ fn describe() {
     describe_counter!(
         WEIGHTS_RELOADS_TOTAL,
         "Weights reloads (SIGHUP or routing.weights_poll) by outcome: accepted, unchanged, unreadable, invalid, worse."
+    );
+    describe_counter!(
+        TLS_RELOADS_TOTAL,
+        "Changed TLS files (server.tls.*) by outcome: ok (in force for new connections) or rejected (the old ones kept)."
+    );
+    describe_counter!(
+        AUTH_FAILURES_TOTAL,
+        "Requests and TLS handshakes refused for their credentials, by reason: missing, malformed, unknown_token, certificate, mismatch."
     );
     describe_gauge!(
         WEIGHTS_VERSION,

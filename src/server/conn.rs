@@ -8,7 +8,10 @@
 //! - at most `server.max_connections` connections; beyond that new ones wait in the backlog;
 //! - HTTP/2 receive windows of `server.http2_window_bytes`, which bound what a connection can
 //!   have sent and the router not yet read (hyper's default is 1 MiB);
-//! - a connection must send the HTTP/2 preface within `server.header_read_timeout_ms`;
+//! - with `server.tls`, a connection shakes hands with TLS (ALPN `h2`) first, and must have
+//!   done so and sent the HTTP/2 preface within `server.header_read_timeout_ms`; a verified
+//!   client certificate's names ride on each of its requests as a [`Peer`] extension;
+//! - without, a connection must send the HTTP/2 preface within `server.header_read_timeout_ms`;
 //! - a connection with no call open for `server.idle_timeout_ms` is closed with GOAWAY;
 //! - HTTP/2 PINGs every `server.keepalive_interval_ms` of silence find peers that are gone;
 //! - on shutdown every connection gets GOAWAY and the server waits for their calls to end.
@@ -30,7 +33,7 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use tokio::{
-    io::AsyncReadExt as _,
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite},
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore, watch},
     time::Instant,
@@ -38,7 +41,10 @@ use tokio::{
 use tonic::body::Body;
 use tower_service::Service;
 
-use super::admission::Guarded;
+use super::{
+    admission::Guarded,
+    tls::{Peer, Tls},
+};
 use prompt_router_core::config::ServerConfig;
 
 /// The client connection preface of HTTP/2 (RFC 9113, 3.4).
@@ -70,12 +76,14 @@ impl Bounds {
     }
 }
 
-/// Serves HTTP/2 connections from `listener` with `service` until `shutdown` turns true, then
-/// stops accepting, sends every connection GOAWAY and returns once they have all closed.
+/// Serves HTTP/2 connections from `listener` with `service`, over TLS with `tls`, until
+/// `shutdown` turns true, then stops accepting, sends every connection GOAWAY and returns once
+/// they have all closed.
 pub async fn serve<S>(
     listener: TcpListener,
     service: S,
     bounds: Bounds,
+    tls: Option<Arc<Tls>>,
     mut shutdown: watch::Receiver<bool>,
 ) where
     S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
@@ -107,6 +115,7 @@ pub async fn serve<S>(
             stream,
             service.clone(),
             bounds,
+            tls.clone(),
             draining.clone(),
             permit,
         ));
@@ -130,6 +139,7 @@ async fn connection<S>(
     stream: TcpStream,
     service: S,
     bounds: Bounds,
+    tls: Option<Arc<Tls>>,
     mut draining: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
 ) where
@@ -139,12 +149,62 @@ async fn connection<S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    // A peer that connects and never speaks HTTP/2 holds a descriptor for nothing. The preface
-    // is read here under the deadline, then replayed to hyper in front of the rest.
-    let (mut read, write) = stream.into_split();
+    // The handshake and the preface share the one deadline: a peer that connects and never
+    // gets as far as HTTP/2 holds a descriptor for nothing.
+    let deadline = Instant::now() + bounds.header_read;
+    let Some(tls) = tls else {
+        let (read, write) = stream.into_split();
+        return http2(read, write, None, service, bounds, deadline, draining).await;
+    };
+    let handshake = tokio::select! {
+        done = tokio::time::timeout_at(deadline, tls.acceptor().accept(stream)) => done,
+        _ = draining.wait_for(|stop| *stop) => return,
+    };
+    let mut stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            Tls::refused(&error);
+            tracing::debug!(%error, "TLS handshake on a gRPC connection failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(
+                "closing a gRPC connection that did not finish its TLS handshake in time"
+            );
+            return;
+        }
+    };
+    let peer = Peer::of(stream.get_ref().1);
+    stream
+        .get_mut()
+        .1
+        .set_buffer_limit(Some(super::tls::SEND_BUFFER));
+    let (read, write) = tokio::io::split(stream);
+    http2(read, write, peer, service, bounds, deadline, draining).await;
+}
+
+/// Serves HTTP/2 on a connection's two halves, once the preface has come by `deadline`.
+async fn http2<S, R, W>(
+    mut read: R,
+    write: W,
+    peer: Option<Peer>,
+    service: S,
+    bounds: Bounds,
+    deadline: Instant,
+    mut draining: watch::Receiver<bool>,
+) where
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    // The preface is read here under the deadline, then replayed to hyper in front of the rest.
     let mut preface = [0; PREFACE_LEN];
     tokio::select! {
-        read = tokio::time::timeout(bounds.header_read, read.read_exact(&mut preface)) => {
+        read = tokio::time::timeout_at(deadline, read.read_exact(&mut preface)) => {
             if read.is_err() {
                 tracing::debug!("closing a gRPC connection that sent no HTTP/2 preface in time");
             }
@@ -159,6 +219,7 @@ async fn connection<S>(
     let service = TowerToHyperService::new(Tracked {
         inner: service,
         activity: Arc::new(activity),
+        peer,
     });
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
@@ -218,11 +279,13 @@ async fn idle(watched: &mut watch::Receiver<Activity>, after: Duration) {
     }
 }
 
-/// Counts a connection's open calls: from the request until its response body is done.
+/// Counts a connection's open calls: from the request until its response body is done; hands
+/// each request the connection's verified client, if any.
 #[derive(Debug, Clone)]
 struct Tracked<S> {
     inner: S,
     activity: Arc<watch::Sender<Activity>>,
+    peer: Option<Peer>,
 }
 
 /// One open call; closing it on drop covers a call the peer reset as well as one that ended.
@@ -250,7 +313,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        if let Some(peer) = &self.peer {
+            req.extensions_mut().insert(peer.clone());
+        }
         self.activity.send_modify(|a| {
             a.open += 1;
             a.started += 1;

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use tonic::{Response, Status, metadata::MetadataMap};
 use tracing::{Span, field::Empty};
 
-use super::{deadline, error::Error};
+use super::{auth::Failure, deadline, error::Error};
 use crate::protocol::REQUEST_ID;
 
 /// Per-request facts from the call's metadata.
@@ -21,6 +21,8 @@ pub struct Context {
     pub span: Span,
     /// The caller its credentials identified, if any.
     pub authenticated: Option<std::sync::Arc<str>>,
+    /// Why its credentials were refused, if they were.
+    pub refused: Option<Failure>,
 }
 
 impl Context {
@@ -53,6 +55,16 @@ impl Context {
                 .unwrap_or_else(|| received + default_deadline),
             span,
             authenticated: None,
+            refused: None,
+        }
+    }
+
+    /// The caller the credentials identified (`None`: they named none), or UNAUTHENTICATED if
+    /// they were refused.
+    pub fn credentials(&self) -> Result<Option<&str>, Error> {
+        match self.refused {
+            Some(failure) => Err(Error::Unauthenticated(failure.message().to_owned())),
+            None => Ok(self.authenticated.as_deref()),
         }
     }
 

@@ -2,6 +2,7 @@
 //! `/metrics` listener and, with `--simulate`, the in-process Bedrock simulator.
 
 mod admission;
+mod auth;
 pub mod codec;
 mod conn;
 mod context;
@@ -16,9 +17,14 @@ mod reply;
 mod service;
 mod stream;
 mod target;
+pub mod tls;
 mod weigh;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use tokio::{
@@ -39,7 +45,10 @@ use crate::{
     quality::Duels,
     reload, setup, telemetry,
 };
-use prompt_router_core::{classify::Weights, config::Config};
+use prompt_router_core::{
+    classify::Weights,
+    config::{Config, Overrides, RawConfig},
+};
 
 /// Largest request message of the health and reflection services: theirs are a few bytes, and
 /// tonic's default (4 MiB) times the calls a client can open would be memory nothing accounts.
@@ -51,6 +60,10 @@ const BASELINE_BYTES: u64 = 24 << 20;
 /// Per open gRPC connection besides its receive window: hyper's and h2's state and buffers
 /// (measured: 19 KiB per idle connection).
 const CONNECTION_BYTES: u64 = 24 << 10;
+/// Per open gRPC connection over TLS besides [`CONNECTION_BYTES`]: rustls's session state
+/// (measured: 9 KiB more per idle connection than without TLS), one 16 KiB record being read,
+/// and the encrypted bytes waiting for the socket, at most [`tls::SEND_BUFFER`].
+const TLS_CONNECTION_BYTES: u64 = (9 << 10) + (17 << 10) + tls::SEND_BUFFER as u64;
 /// Per model call in flight besides its request: the SDK's call state, its upstream
 /// connection, the answer (measured: 53 KiB with 512 held open).
 const CALL_BYTES: u64 = 64 << 10;
@@ -65,10 +78,29 @@ pub fn memory_bound(config: &Config) -> u64 {
         + feedback::memory_bound(&config.quality)
         + server.max_inflight_request_bytes
         + server.max_connections as u64 * (u64::from(server.http2_window_bytes) + CONNECTION_BYTES)
+        + server
+            .tls
+            .as_ref()
+            .map_or(0, |_| server.max_connections as u64 * TLS_CONNECTION_BYTES)
         + server.max_concurrency as u64 * CALL_BYTES
         + admission::OTHER_CONCURRENCY as u64 * 2 * SMALL_MESSAGE as u64
         + metrics_http::MAX_CONNECTIONS as u64 * CONNECTION_BYTES;
     held + held / 6
+}
+
+/// `--simulate`'s defaults under `overrides`: the listen addresses that neither the file, a
+/// variable nor a flag sets bind loopback on their usual ports, so the quick start is not
+/// reachable from the network.
+pub fn simulate_on_loopback(overrides: Overrides) -> Overrides {
+    let defaults = RawConfig::default().server;
+    let loopback = |addr: SocketAddr| Some(SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port())));
+    overrides
+        .fallback("--simulate", "server.listen", loopback(defaults.listen))
+        .fallback(
+            "--simulate",
+            "server.metrics_listen",
+            loopback(defaults.metrics_listen),
+        )
 }
 
 /// How to start the router, beyond its config.
@@ -188,6 +220,14 @@ pub async fn build_state(
 
 /// Binds the listeners and starts serving; returns once both ports accept connections.
 pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Running> {
+    // Before anything starts: a bad certificate or key stops the start with the key's name.
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(tls::Tls::load)
+        .transpose()?
+        .map(Arc::new);
     let simulator = if options.simulate {
         let handle = bedrock_sim::start(
             SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -249,19 +289,24 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
                 tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
             )
     };
-    let reflection_v1 = reflection()
-        .build_v1()?
-        .max_decoding_message_size(SMALL_MESSAGE);
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()?
-        .max_decoding_message_size(SMALL_MESSAGE);
     let router_service = PromptRouterServer::new(RouterService::new(Arc::clone(&router)))
         .max_decoding_message_size(config.server.max_request_bytes);
-    let routes = Routes::new(health_service.max_decoding_message_size(SMALL_MESSAGE))
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(router_service)
-        .prepare();
+    let mut routes = Routes::new(health_service.max_decoding_message_size(SMALL_MESSAGE))
+        .add_service(router_service);
+    if config.server.reflection {
+        routes = routes
+            .add_service(
+                reflection()
+                    .build_v1()?
+                    .max_decoding_message_size(SMALL_MESSAGE),
+            )
+            .add_service(
+                reflection()
+                    .build_v1alpha()?
+                    .max_decoding_message_size(SMALL_MESSAGE),
+            );
+    }
+    let routes = routes.prepare();
     let admission = Arc::new(Admission::new(
         &config.server,
         Arc::clone(&concurrency),
@@ -274,6 +319,7 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
         grpc_listener,
         admission.layer(routes),
         conn::Bounds::new(&config.server),
+        tls.clone(),
         grpc_shutdown,
     ));
     let metrics = tokio::spawn(metrics_http::serve(
@@ -292,6 +338,11 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
         None => None,
     };
     let reloads = reload::spawn(reloader, config.routing.weights_poll, side_shutdown.clone())?;
+    let mut side_tasks = vec![metrics, reloads];
+    if let Some(tls) = tls {
+        let interval = config.server.tls.as_ref().and_then(|t| t.reload_interval);
+        side_tasks.push(tls::spawn(tls, interval, side_shutdown.clone())?);
+    }
     let mut upkeep_shutdown = side_shutdown;
     let steered = Arc::clone(&router);
     let upkeep = tokio::spawn(async move {
@@ -310,7 +361,8 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
             }
         }
     });
-    tracing::info!(%grpc_addr, %metrics_addr, "prompt-router serving");
+    side_tasks.push(upkeep);
+    tracing::info!(%grpc_addr, %metrics_addr, tls = config.server.tls.is_some(), "prompt-router serving");
     Ok(Running {
         grpc_addr,
         metrics_addr,
@@ -326,7 +378,7 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
         cut_off,
         draining,
         duels,
-        side_tasks: vec![metrics, upkeep, reloads],
+        side_tasks,
         labels,
         label_writer,
     })

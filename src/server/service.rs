@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use super::{
     admission::{self, Ticket},
+    auth,
     context::Context,
     convert,
     dispatch::{Dispatcher, Resilience, Walk},
@@ -22,16 +23,17 @@ use super::{
     reply::{Answered, Decided, Summary},
     stream::{EventStreamResponse, StreamJob},
     target::QualityTarget,
+    tls::Peer,
 };
 use crate::{
     backend::{self, BackendError, Bedrock, CallClock, Completion, ConverseParts},
     labels::LabelSink,
     pb::{self, prompt_router_server::PromptRouter},
     quality::{Duels, Job, Sampled},
-    telemetry::Telemetry,
+    telemetry::{self, Telemetry},
 };
 use prompt_router_core::{
-    caller::{Callers, Resolved},
+    caller::{Callers, Refusal, Resolved},
     catalog::{Model, Tier},
     cost::{Cost, Usage},
     decide::{Decider, RoutingDecision},
@@ -125,10 +127,18 @@ struct Followups {
 
 impl RouterState {
     /// The start of every RPC: the slot and memory charge admission took, the context from
-    /// the metadata, the message.
+    /// the metadata (with the caller the credentials identify), the message.
     fn begin<M>(&self, rpc: &'static str, request: Request<M>) -> Started<M> {
         let ticket = admission::claim(request.extensions());
-        let ctx = Context::new(rpc, request.metadata(), self.default_deadline);
+        let mut ctx = Context::new(rpc, request.metadata(), self.default_deadline);
+        match auth::identify(
+            &self.callers,
+            request.metadata(),
+            request.extensions().get::<Peer>(),
+        ) {
+            Ok(caller) => ctx.authenticated = caller,
+            Err(failure) => ctx.refused = Some(failure),
+        }
         Started {
             ctx,
             ticket,
@@ -142,7 +152,14 @@ impl RouterState {
         let mut chat = convert::chat_request(request, &self.limits)?;
         let caller = self
             .callers
-            .resolve(ctx.authenticated.as_deref(), &chat.routing.caller)?;
+            .resolve(ctx.credentials()?, &chat.routing.caller)
+            .inspect_err(|refusal| {
+                // A caller that has credentials, named in the request without them.
+                if matches!(refusal, Refusal::Unauthenticated(_)) {
+                    metrics::counter!(telemetry::AUTH_FAILURES_TOTAL, "reason" => auth::Failure::Missing.reason())
+                        .increment(1);
+                }
+            })?;
         caller.policy.permit(caller.key, &chat)?;
         if let Some(name) = &ctx.authenticated {
             // The operating point, logs and labels key on the caller the credentials name.
@@ -488,9 +505,9 @@ impl PromptRouter for RouterService {
             ticket: _ticket,
             request,
         } = self.router.begin("Feedback", request);
-        let result = self
-            .router
-            .feedback(&ctx, request)
+        let result = ctx
+            .credentials()
+            .and_then(|_| self.router.feedback(&ctx, request))
             .map_err(|e| ctx.status(e));
         ctx.respond(result)
     }

@@ -7,8 +7,8 @@ use super::{
     BedrockConfig, Config, LimitStoreConfig, MAX_DURATION_MS, Problem, QualityConfig,
     ResilienceConfig, RoutingConfig, ServerConfig, TlsConfig,
     raw::{
-        Geography, RawAuth, RawBedrock, RawCaller, RawConfig, RawLimits, RawModel, RawModels,
-        RawQuality, RawResilience, RawRouting, RawServer, RawTls,
+        ClientCert, Geography, RawAuth, RawBedrock, RawCaller, RawConfig, RawLimits, RawModel,
+        RawModels, RawQuality, RawResilience, RawRouting, RawServer, RawTls,
     },
 };
 use crate::{
@@ -182,11 +182,18 @@ impl RawTls {
         {
             found.add("server.tls.client_ca_file", "must name a PEM file when set");
         }
+        if self.client_cert == ClientCert::Optional && self.client_ca_file.is_none() {
+            found.add(
+                "server.tls.client_cert",
+                "is optional, and server.tls.client_ca_file is unset, so no client certificate is asked for",
+            );
+        }
         let reload = found.duration("server.tls.reload_interval_ms", self.reload_interval_ms);
         TlsConfig {
             cert_file: PathBuf::from(self.cert_file),
             key_file: PathBuf::from(self.key_file),
             client_ca_file: self.client_ca_file.map(PathBuf::from),
+            client_cert: self.client_cert,
             reload_interval: (!reload.is_zero()).then_some(reload),
         }
     }

@@ -20,7 +20,10 @@ const RENAMED: &[(&str, &str)] = &[("bedrock.call_timeout_ms", "bedrock.default_
 /// Values set on the command line, applied over the file and the environment before the
 /// config is checked, each with the flag that set it.
 #[derive(Debug, Clone, Default)]
-pub struct Overrides(Vec<Override>);
+pub struct Overrides {
+    flags: Vec<Override>,
+    fallbacks: Vec<Override>,
+}
 
 #[derive(Debug, Clone)]
 struct Override {
@@ -40,7 +43,22 @@ impl Overrides {
     ) -> Self {
         if let Some(value) = value {
             let value = toml::Value::try_from(value).map_err(|e| e.to_string());
-            self.0.push(Override { flag, key, value });
+            self.flags.push(Override { flag, key, value });
+        }
+        self
+    }
+
+    /// Sets the dotted `key` to `value` when neither the file, a variable nor a flag sets it:
+    /// a default of the mode `flag` (e.g. `--simulate`) starts, in place of the built-in one.
+    pub fn fallback<T: Serialize>(
+        mut self,
+        flag: &'static str,
+        key: &'static str,
+        value: Option<T>,
+    ) -> Self {
+        if let Some(value) = value {
+            let value = toml::Value::try_from(value).map_err(|e| e.to_string());
+            self.fallbacks.push(Override { flag, key, value });
         }
         self
     }
@@ -76,7 +94,17 @@ impl Config {
                 layers.set(keys, parse_env_value(&value), &var)?;
             }
         }
-        for o in &overrides.0 {
+        for o in &overrides.flags {
+            let value = o.value.clone().map_err(|message| ConfigError::Parse {
+                origin: o.flag.to_owned(),
+                message,
+            })?;
+            layers.set(o.key.split('.').map(str::to_owned).collect(), value, o.flag)?;
+        }
+        for o in &overrides.fallbacks {
+            if layers.has(o.key) {
+                continue;
+            }
             let value = o.value.clone().map_err(|message| ConfigError::Parse {
                 origin: o.flag.to_owned(),
                 message,
@@ -112,6 +140,22 @@ fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
 }
 
 impl Layers {
+    /// Whether a layer sets the dotted `key`.
+    fn has(&self, key: &str) -> bool {
+        let mut node = Some(&self.table);
+        let mut keys = key.split('.').peekable();
+        while let Some(part) = keys.next() {
+            let Some(value) = node.and_then(|table| table.get(part)) else {
+                return false;
+            };
+            if keys.peek().is_none() {
+                return true;
+            }
+            node = value.as_table();
+        }
+        false
+    }
+
     /// Sets the key `keys` to `value`, as `origin` (a variable or a flag) says.
     fn set(
         &mut self,

@@ -20,7 +20,7 @@ use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, time::Dura
 
 pub use self::{
     load::{ENV_PREFIX, Overrides},
-    raw::{Geography, LogFormat, RawConfig, TelemetryConfig},
+    raw::{ClientCert, Geography, LogFormat, RawConfig, TelemetryConfig},
 };
 use crate::{
     caller::Callers,
@@ -105,7 +105,9 @@ pub struct TlsConfig {
     pub key_file: PathBuf,
     /// CA bundle that client certificates must chain to; `None`: no client certificates.
     pub client_ca_file: Option<PathBuf>,
-    /// How often the files are checked for a change; `None`: never.
+    /// Whether a client must present a certificate (with `client_ca_file`).
+    pub client_cert: ClientCert,
+    /// How often the files are checked for a change; `None`: only on SIGHUP.
     pub reload_interval: Option<Duration>,
 }
 

@@ -97,8 +97,11 @@ pub struct RawTls {
     /// CA certificates, PEM: set, clients must present a certificate one of them signed
     /// (mTLS), and its SAN can identify the caller (`callers.NAME.san`).
     pub client_ca_file: Option<String>,
+    /// With `client_ca_file`: must every client present a certificate at the handshake
+    /// (`required`), or may one connect without and identify itself with a token (`optional`)?
+    pub client_cert: ClientCert,
     /// How often the three files are checked for a change and reloaded (new connections get
-    /// the new ones), in milliseconds; 0: never.
+    /// the new ones), in milliseconds; 0: only on SIGHUP.
     pub reload_interval_ms: u64,
 }
 
@@ -108,9 +111,21 @@ impl Default for RawTls {
             cert_file: String::new(),
             key_file: String::new(),
             client_ca_file: None,
+            client_cert: ClientCert::Required,
             reload_interval_ms: 30_000,
         }
     }
+}
+
+/// Whether a client must present a certificate (`server.tls.client_cert`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientCert {
+    /// The handshake fails without a certificate that chains to `client_ca_file`.
+    #[default]
+    Required,
+    /// A certificate, if sent, must chain to `client_ca_file`; a client may send none.
+    Optional,
 }
 
 /// Whether callers must authenticate (`auth.*`).

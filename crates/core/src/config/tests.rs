@@ -436,6 +436,64 @@ fn flags_apply_over_the_environment_before_the_check() {
 }
 
 #[test]
+fn a_fallback_applies_only_where_no_file_variable_or_flag_sets_the_key() {
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 50051));
+    let fallback = || Overrides::default().fallback("--simulate", "server.listen", Some(loopback));
+    let config = load_with("", &[], &fallback()).expect("valid");
+    assert_eq!(config.server.listen, loopback);
+    let config =
+        load_with("[server]\nlisten = \"0.0.0.0:7000\"\n", &[], &fallback()).expect("valid");
+    assert_eq!(config.server.listen, SocketAddr::from(([0, 0, 0, 0], 7000)));
+    let config = load_with(
+        "",
+        &[("ROUTER__SERVER__LISTEN", "0.0.0.0:7001")],
+        &fallback(),
+    )
+    .expect("valid");
+    assert_eq!(config.server.listen, SocketAddr::from(([0, 0, 0, 0], 7001)));
+    let flagged = Overrides::default()
+        .flag(
+            "--listen",
+            "server.listen",
+            Some(SocketAddr::from(([0, 0, 0, 0], 7002))),
+        )
+        .fallback("--simulate", "server.listen", Some(loopback));
+    let config = load_with("", &[], &flagged).expect("valid");
+    assert_eq!(config.server.listen, SocketAddr::from(([0, 0, 0, 0], 7002)));
+    // Another key of the same section set elsewhere leaves the fallback in force.
+    let config = load_with("[server]\nmax_connections = 5\n", &[], &fallback()).expect("valid");
+    assert_eq!(config.server.listen, loopback);
+}
+
+#[test]
+fn an_optional_client_certificate_needs_a_client_ca() {
+    let tls = "[server.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n";
+    let config = load_str(tls, &[]).expect("valid");
+    assert_eq!(
+        config.server.tls.expect("tls").client_cert,
+        ClientCert::Required
+    );
+    let text = load_str(&format!("{tls}client_cert = \"optional\"\n"), &[])
+        .expect_err("refused")
+        .to_string();
+    assert!(text.contains("server.tls.client_cert"), "{text}");
+    assert!(text.contains("client_ca_file is unset"), "{text}");
+    let config = load_str(
+        &format!("{tls}client_ca_file = \"ca.pem\"\nclient_cert = \"optional\"\n"),
+        &[],
+    )
+    .expect("valid");
+    assert_eq!(
+        config.server.tls.expect("tls").client_cert,
+        ClientCert::Optional
+    );
+    let text = load_str(&format!("{tls}client_cert = \"sometimes\"\n"), &[])
+        .expect_err("refused")
+        .to_string();
+    assert!(text.contains("client_cert"), "{text}");
+}
+
+#[test]
 fn durations_are_capped_at_one_day() {
     let mut raw = RawConfig::default();
     let (server, bedrock, resilience) = (&mut raw.server, &mut raw.bedrock, &mut raw.resilience);
