@@ -53,7 +53,8 @@ enum Command {
     /// Send a mix of prompts to a running router, at a fixed rate or concurrency, and summarise
     /// the replies.
     Load(LoadArgs),
-    /// Ask a router's gRPC health service; exit 0 when it is SERVING, 1 otherwise.
+    /// Ask a router's gRPC health service (or its metrics port's /ready); exit 0 when it is
+    /// SERVING, 1 otherwise.
     Health(HealthArgs),
 }
 
@@ -282,6 +283,10 @@ struct HealthArgs {
     /// Give up after this long, e.g. 2s.
     #[arg(long, value_name = "D", default_value = "2s", value_parser = load::parse_duration)]
     timeout: std::time::Duration,
+    /// Ask `GET /ready` on this metrics address (host:port) instead of gRPC health: for a
+    /// router whose gRPC port speaks TLS.
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["addr", "service"])]
+    ready: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -402,6 +407,16 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
 }
 
 async fn health(args: &HealthArgs) -> anyhow::Result<()> {
+    if let Some(addr) = &args.ready {
+        let ready = cli::health::ready(addr, args.timeout).await?;
+        writeln!(
+            stdout(),
+            "{}",
+            if ready { "SERVING" } else { "NOT_SERVING" }
+        )?;
+        anyhow::ensure!(ready, "{addr} reports NOT_SERVING on /ready");
+        return Ok(());
+    }
     let status = cli::health::check(&args.addr, &args.service, args.timeout).await?;
     writeln!(stdout(), "{}", status.as_str_name())?;
     anyhow::ensure!(

@@ -440,9 +440,16 @@ async fn the_configmap_config_serves_what_the_probes_ask() {
     assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "SERVING");
     let unknown = run_bin(&["health", "--addr", &addr, "--service", "no.such.Service"]).await;
     assert!(!unknown.status.success());
+    // The plaintext question on the metrics port, for a router whose gRPC port speaks TLS.
+    let metrics = running.metrics_addr.to_string();
+    let ready = run_bin(&["health", "--ready", &metrics]).await;
+    assert!(ready.status.success(), "{ready:?}");
+    assert_eq!(String::from_utf8_lossy(&ready.stdout).trim(), "SERVING");
     running.shutdown().await.expect("clean shutdown");
     let gone = run_bin(&["health", "--addr", &addr, "--timeout", "1s"]).await;
     assert!(!gone.status.success(), "a stopped router is not healthy");
+    let gone = run_bin(&["health", "--ready", &metrics, "--timeout", "1s"]).await;
+    assert!(!gone.status.success(), "a stopped router is not ready");
 }
 
 #[test]
