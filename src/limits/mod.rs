@@ -180,7 +180,8 @@ pub struct Limiter {
     redis: Option<Arc<redis::RedisLimits>>,
 }
 
-/// The clock a store reads: microseconds for the rates, UNIX seconds for the periods.
+/// The wall clock a store reads for the periods (the rates use a monotonic clock: the
+/// process's own in process, Redis's `TIME` in Redis).
 #[derive(Debug, Clone, Copy)]
 struct Now {
     unix_secs: u64,

@@ -563,4 +563,34 @@ mod tests {
         let status = Status::from(Error::from(Unservable::Combination));
         assert!(status.get_details_bad_request().is_none());
     }
+
+    #[test]
+    fn limits_name_their_key_and_carry_retry_info() {
+        let limited = |limit, retry_after| {
+            Status::from(Error::from(Limited {
+                limit,
+                key: "callers.batch".to_owned(),
+                retry_after,
+            }))
+        };
+        let status = limited(Limit::Requests, Some(Duration::from_millis(1_500)));
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status.message(),
+            "the caller's rate limit (callers.batch.requests_per_second) is reached; retry in 1.500 s"
+        );
+        assert_eq!(
+            status.get_details_retry_info().and_then(|r| r.retry_delay),
+            Some(Duration::from_millis(1_500))
+        );
+        let status = limited(Limit::UsdPerMonth, Some(Duration::from_secs(3_600)));
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(status.message().contains("callers.batch.usd_per_month"));
+        assert!(status.message().contains("3600 s"));
+        let status = limited(Limit::StoreDown, None);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.message().contains("limits.redis_url"));
+        assert!(status.message().contains("callers.batch.on_store_down"));
+        assert!(status.get_details_retry_info().is_none());
+    }
 }
