@@ -264,3 +264,27 @@ async fn route_is_not_limited_or_charged() {
             .unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_short_after_its_first_token_keeps_its_reservation() {
+    // Room for one strong request's worst case: Bedrock bills the tokens a broken stream
+    // wrote, which the router never learns, so its worst case stays counted and the next
+    // strong-bound request goes fast.
+    let mut router = router("[callers.streamer]\nusd_per_day = 0.003\ndegrade_at = 1.0\n").await;
+    let mut cut = request("streamer", pb::RoutingMode::ForceStrong, 50, 100);
+    cut.messages = vec![common::user("Say something. [sim:tokens=50;drop;after=5]")];
+    let (events, status) = router.stream(cut).await;
+    assert!(common::delta_count(&events) > 0, "{events:?}");
+    assert!(status.is_some(), "the stream was cut short");
+    let reply = router
+        .client
+        .converse(request("streamer", pb::RoutingMode::ForceStrong, 10, 100))
+        .await
+        .unwrap()
+        .into_inner();
+    let decision = reply.decision.unwrap();
+    assert_eq!(
+        (decision.tier(), decision.basis()),
+        (pb::Tier::Fast, pb::DecisionBasis::Budget)
+    );
+}

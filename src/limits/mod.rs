@@ -130,11 +130,13 @@ enum Held {
 }
 
 /// A request's reserved spend and charged tokens. Settled with [`Reservation::settle`];
-/// dropped unsettled (the request failed or was cancelled), it is released.
+/// dropped unsettled (the request failed or was cancelled), it is released, unless
+/// [`Reservation::billed`] said the model has started answering.
 #[derive(Debug)]
 pub struct Reservation {
     held: Option<Held>,
     entry: Entry,
+    billed: bool,
 }
 
 /// What a reservation changed, to be undone or corrected.
@@ -154,6 +156,13 @@ impl Reservation {
         self.finish(actual, tokens);
     }
 
+    /// The model has started answering (a stream's first token went out): Bedrock bills what
+    /// it wrote, which the router will not learn if the stream is cut short, so dropped
+    /// unsettled the reservation stays counted at its worst case instead of being released.
+    pub fn billed(&mut self) {
+        self.billed = true;
+    }
+
     fn finish(&mut self, actual: Nanodollars, tokens: u64) {
         let Some(held) = self.held.take() else {
             return;
@@ -169,6 +178,9 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
+        if self.billed {
+            self.held = None;
+        }
         self.finish(Nanodollars(0), 0);
     }
 }
@@ -298,6 +310,7 @@ impl Limiter {
                     reservation: Some(Reservation {
                         held: Some(held),
                         entry,
+                        billed: false,
                     }),
                 })
             }

@@ -197,6 +197,9 @@ impl Record {
     pub fn first_token(&mut self) {
         if self.ttft.is_none() {
             self.ttft = Some(self.started.elapsed());
+            if let Some(reservation) = &mut self.reservation {
+                reservation.billed();
+            }
         }
     }
 
