@@ -102,6 +102,9 @@ impl Local {
     /// Corrects a reservation made here by `spend` nano-dollars and `tokens` tokens (either
     /// may be negative); a period that has ended since is left alone.
     pub(super) fn correct(&self, entry: &Entry, spend: i64, tokens: i64) {
+        if spend == 0 && tokens == 0 {
+            return;
+        }
         let mut callers = self.callers.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(counts) = callers.get_mut(&entry.label) else {
             return;

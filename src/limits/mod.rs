@@ -146,6 +146,8 @@ struct Entry {
     day: String,
     month: String,
     reserved: Nanodollars,
+    /// Whether the caller has a budget, so its spend is counted at all.
+    budgeted: bool,
     input_tokens: u64,
     token_interval_us: Option<f64>,
 }
@@ -167,8 +169,16 @@ impl Reservation {
         let Some(held) = self.held.take() else {
             return;
         };
-        let spend = actual.0 as i64 - self.entry.reserved.0 as i64;
-        let tokens = tokens as i64 - self.entry.input_tokens as i64;
+        let spend = if self.entry.budgeted {
+            actual.0 as i64 - self.entry.reserved.0 as i64
+        } else {
+            0
+        };
+        let tokens = if self.entry.token_interval_us.is_some() {
+            tokens as i64 - self.entry.input_tokens as i64
+        } else {
+            0
+        };
         match held {
             Held::Local(local) => local.correct(&self.entry, spend, tokens),
             Held::Redis(redis) => redis.correct(self.entry.clone(), spend, tokens),
@@ -365,6 +375,7 @@ fn entry(label: &Arc<str>, ask: &Ask, now: Now, reserved: Nanodollars) -> Entry 
         day: Period::Day.key(now.unix_secs),
         month: Period::Month.key(now.unix_secs),
         reserved,
+        budgeted: ask.day_budget.is_some() || ask.month_budget.is_some(),
         input_tokens: ask.input_tokens,
         token_interval_us: ask.tokens.map(|t| t.interval_us),
     }

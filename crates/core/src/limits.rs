@@ -313,7 +313,15 @@ impl Ask {
     }
 
     /// The spend step on `day` and `month` spend: what to reserve, or which budget refuses.
+    /// Without a budget nothing is reserved.
     pub fn spend(&self, day: Nanodollars, month: Nanodollars) -> Result<Spend, Period> {
+        if self.day_budget.is_none() && self.month_budget.is_none() {
+            return Ok(Spend {
+                degraded: false,
+                narrowed: false,
+                reserved: Nanodollars(0),
+            });
+        }
         let degrade = self.degradable
             && (self.past_degrade(day, month) || !self.fits(day, month, self.chosen))
             && self.fits(day, month, self.fast);
@@ -514,6 +522,12 @@ mod tests {
             ..ask(0, false)
         };
         assert_eq!(month.spend(zero, n(0)), Err(Period::Month));
+        // No budget: nothing reserved, never degraded.
+        let free = Ask {
+            day_budget: None,
+            ..ask(0, true)
+        };
+        assert_eq!(free.spend(n(u64::MAX / 2), zero), plain(0));
     }
 
     proptest! {
