@@ -1,6 +1,7 @@
 //! Callers' limits shared through a real `redis-server` (started here on a free loopback port,
 //! persistence off) by real router processes: two routers never spend more than one budget
-//! between them, and Redis killed mid-test gives each caller its `on_store_down`.
+//! between them, Redis killed mid-test gives each caller its `on_store_down`, and the Lua
+//! script decides as core's arithmetic (the in-process store) does.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod common;
@@ -229,4 +230,119 @@ async fn redis_killed_each_caller_gets_its_on_store_down() {
         .converse(request("strict"))
         .await
         .expect("served once Redis is back");
+}
+
+/// The Lua script and core's arithmetic (the in-process store) decide alike: the same asks,
+/// settled the same way, get the same degrade, narrowing, reservation and refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_script_decides_as_the_in_process_store() {
+    use prompt_router::limits::Limiter;
+    use prompt_router_core::{
+        caller::{CallerPolicy, Callers},
+        config::LimitStoreConfig,
+        cost::Nanodollars,
+        limits::Ask,
+    };
+    use std::sync::Arc;
+
+    let redis = RedisServer::start();
+    let store = |redis_url| {
+        Limiter::new(
+            &LimitStoreConfig {
+                redis_url,
+                timeout: Duration::from_secs(2),
+            },
+            &Callers::default(),
+        )
+        .unwrap()
+    };
+    let (local, shared) = (store(None), store(Some(redis.url())));
+    let label: Arc<str> = Arc::from("other");
+    let policy = CallerPolicy::default();
+    let mut rng = fastrand::Rng::with_seed(14);
+    let (mut admitted, mut degraded, mut refused) = (0, 0, 0);
+    let key = format!(
+        "prompt-router:limits:{{other}}:usd:day:{}",
+        Period::Day.key(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        )
+    );
+    let conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut spent = 0u64;
+    for _ in 0..400 {
+        let chosen = if rng.u8(..4) == 0 {
+            rng.u64(1..3_000_000)
+        } else {
+            rng.u64(1..100_000)
+        };
+        let fast = rng.u64(1..=chosen);
+        let ask = Ask {
+            requests: None,
+            tokens: None,
+            input_tokens: 0,
+            day_budget: Some(Nanodollars(20_000_000)),
+            month_budget: Some(Nanodollars(rng.u64(16_000_000..24_000_000))),
+            degrade_at: if rng.bool() { 0.6 } else { 1.0 },
+            degradable: rng.bool(),
+            chosen: Nanodollars(chosen),
+            wide: Nanodollars(chosen + rng.u64(0..500_000) * u64::from(rng.bool())),
+            fast: Nanodollars(fast),
+        };
+        let a = local.admit(&label, "callers.default", &policy, &ask).await;
+        let b = shared.admit(&label, "callers.default", &policy, &ask).await;
+        match (a, b) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(
+                    (a.degraded, a.narrowed),
+                    (b.degraded, b.narrowed),
+                    "{ask:?}"
+                );
+                admitted += 1;
+                degraded += usize::from(a.degraded);
+                let (a, b) = (a.reservation.unwrap(), b.reservation.unwrap());
+                assert_eq!(a.reserved(), b.reserved(), "{ask:?}");
+                // Settle both to the same share of what was reserved, or release both.
+                let share = rng.u64(0..=100);
+                let actual = Nanodollars(a.reserved().0 * share / 100);
+                for reservation in [a, b] {
+                    if share > 10 {
+                        reservation.settle(actual, 0);
+                    }
+                }
+                if share > 10 {
+                    spent += actual.0;
+                }
+            }
+            (Err(a), Err(b)) => {
+                assert_eq!(a, b, "{ask:?}");
+                refused += 1;
+            }
+            (a, b) => panic!("in process {a:?}, Redis {b:?} for {ask:?}"),
+        }
+        // Redis settles from a queue: wait for it before the next ask.
+        common::eventually("Redis settled", || {
+            let mut conn = conn.clone();
+            let key = key.clone();
+            async move {
+                let stored: Option<u64> = redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                stored.unwrap_or(0) == spent
+            }
+        })
+        .await;
+    }
+    assert!(
+        admitted > 50 && degraded > 5 && refused > 5,
+        "{admitted} {degraded} {refused}"
+    );
 }

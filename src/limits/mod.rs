@@ -158,6 +158,11 @@ impl Reservation {
         self.finish(actual, tokens);
     }
 
+    /// The spend reserved.
+    pub fn reserved(&self) -> Nanodollars {
+        self.entry.reserved
+    }
+
     /// The model has started answering (a stream's first token went out): Bedrock bills what
     /// it wrote, which the router will not learn if the stream is cut short, so dropped
     /// unsettled the reservation stays counted at its worst case instead of being released.
