@@ -12,6 +12,7 @@
 pub mod backend;
 pub mod cli;
 pub mod labels;
+pub mod limits;
 pub mod load;
 pub mod logfmt;
 pub mod pb;

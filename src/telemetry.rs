@@ -116,6 +116,18 @@ pub const TARGET_STRONG_SHARE: &str = "router_target_strong_share";
 /// `routing.target_quality`.
 pub const OPERATING_POINT_CHANGES_TOTAL: &str = "router_operating_point_changes_total";
 
+/// `router_limited_total{caller, limit}`: requests a caller's limit refused (`limit`:
+/// requests, tokens, usd_per_day, usd_per_month, store_down).
+pub const LIMITED_TOTAL: &str = "router_limited_total";
+/// `router_degraded_total{caller}`: strong-bound requests sent fast because the caller is near
+/// its spend budget.
+pub const DEGRADED_TOTAL: &str = "router_degraded_total";
+/// `router_caller_budget_used_ratio{caller, period}`: the caller's spend (reservations of
+/// requests in flight included) over its budget, for callers with a budget.
+pub const CALLER_BUDGET_USED: &str = "router_caller_budget_used_ratio";
+/// `router_limit_store_up`: 1 while the shared limit store (`limits.redis_url`) answers.
+pub const LIMIT_STORE_UP: &str = "router_limit_store_up";
+
 /// Seconds-range buckets for whole requests and upstream calls. Model calls mostly take
 /// 0.5–10 s, so that range is dense: with a 2.5 → 5 s bucket, a simulated soak whose true p99
 /// was 2.8 s showed a p99 of 4.9 s.
@@ -279,6 +291,22 @@ fn describe() {
         "1 while a target (a model through a source region) is ejected after repeated failures."
     );
     describe_gauge!(INFLIGHT_REQUESTS, "Requests being handled now.");
+    describe_counter!(
+        LIMITED_TOTAL,
+        "Requests refused by a caller's limit: requests (requests_per_second), tokens (tokens_per_minute), usd_per_day, usd_per_month, or store_down (the shared limit store unreachable and on_store_down closed)."
+    );
+    describe_counter!(
+        DEGRADED_TOTAL,
+        "Strong-bound requests routed to the fast tier because their caller is near its spend budget (decision basis budget)."
+    );
+    describe_gauge!(
+        CALLER_BUDGET_USED,
+        "A caller's spend in the current UTC day or month (requests in flight counted at their worst case) over its budget; only callers with a budget."
+    );
+    describe_gauge!(
+        LIMIT_STORE_UP,
+        "1 while the shared limit store (limits.redis_url) answers, 0 while callers' limits are kept from this process's own counts (or refused, per on_store_down)."
+    );
     describe_gauge!(
         THRESHOLD,
         "Threshold in force by caller (configured callers and \"default\"), before a request's quality bias: fixed, or following the caller's target strong share."

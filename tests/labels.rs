@@ -8,9 +8,8 @@ mod common;
 
 use std::{
     io::{BufRead, BufReader, Write},
-    net::TcpListener,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::LazyLock,
     time::Duration,
 };
@@ -18,6 +17,7 @@ use std::{
 use common::{
     exposition::Scrape,
     process::{BIN, Proc, field, serve_simulated},
+    redis::RedisServer,
 };
 use prompt_router::labels::{
     LabelStore, ReadRows, Store, file::FileStore, redis::RedisStore, writer::Writer,
@@ -158,53 +158,6 @@ async fn file_store_rotates_and_restarts_without_gluing_a_torn_tail() {
         "a reopened store starts a new file"
     );
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A `redis-server` on a free loopback port, persistence off; killed when dropped.
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::on(port)
-    }
-
-    fn on(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (scripts/test installs it)");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,10 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
-use crate::backend::BackendError;
+use crate::{
+    backend::BackendError,
+    limits::{Limit, Limited},
+};
 use prompt_router_core::{
     caller::{Forbidden, Refusal},
     policy::Unservable,
@@ -61,6 +64,9 @@ pub enum Error {
     Unauthenticated(String),
     /// The caller's policy does not allow what the request asks; names the rule.
     Forbidden(Forbidden),
+    /// A caller's rate limit or spend budget refused the request, or the shared limit store
+    /// is unreachable and the caller's policy fails closed; names the limit.
+    Limited(Limited),
 }
 
 /// Why a feedback was refused (its fields were valid).
@@ -160,6 +166,12 @@ impl From<Refusal> for Error {
     }
 }
 
+impl From<Limited> for Error {
+    fn from(limited: Limited) -> Self {
+        Self::Limited(limited)
+    }
+}
+
 impl From<Forbidden> for Error {
     fn from(forbidden: Forbidden) -> Self {
         Self::Forbidden(forbidden)
@@ -186,6 +198,11 @@ impl Error {
             Self::Feedback(Feedback::NoStore) => Code::FailedPrecondition,
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::Forbidden(_) => Code::PermissionDenied,
+            Self::Limited(Limited {
+                limit: Limit::StoreDown,
+                ..
+            }) => Code::Unavailable,
+            Self::Limited(_) => Code::ResourceExhausted,
         }
     }
 }
@@ -361,6 +378,14 @@ impl From<Error> for Status {
             Error::Feedback(feedback) => Status::new(code, feedback.to_string()),
             Error::Unauthenticated(message) => Status::new(code, message),
             Error::Forbidden(forbidden) => Status::new(code, forbidden.to_string()),
+            Error::Limited(limited) => match limited.retry_after {
+                Some(after) => Status::with_error_details(
+                    code,
+                    limited.to_string(),
+                    ErrorDetails::with_retry_info(Some(after)),
+                ),
+                None => Status::new(code, limited.to_string()),
+            },
             Error::Upstream {
                 error,
                 attempts,
@@ -537,5 +562,35 @@ mod tests {
         assert_eq!(violations.field_violations[0].field, "tool_config");
         let status = Status::from(Error::from(Unservable::Combination));
         assert!(status.get_details_bad_request().is_none());
+    }
+
+    #[test]
+    fn limits_name_their_key_and_carry_retry_info() {
+        let limited = |limit, retry_after| {
+            Status::from(Error::from(Limited {
+                limit,
+                key: "callers.batch".to_owned(),
+                retry_after,
+            }))
+        };
+        let status = limited(Limit::Requests, Some(Duration::from_millis(1_500)));
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status.message(),
+            "the caller's rate limit (callers.batch.requests_per_second) is reached; retry in 1.500 s"
+        );
+        assert_eq!(
+            status.get_details_retry_info().and_then(|r| r.retry_delay),
+            Some(Duration::from_millis(1_500))
+        );
+        let status = limited(Limit::UsdPerMonth, Some(Duration::from_secs(3_600)));
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(status.message().contains("callers.batch.usd_per_month"));
+        assert!(status.message().contains("3600 s"));
+        let status = limited(Limit::StoreDown, None);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.message().contains("limits.redis_url"));
+        assert!(status.message().contains("callers.batch.on_store_down"));
+        assert!(status.get_details_retry_info().is_none());
     }
 }

@@ -41,6 +41,7 @@ use self::{admission::Admission, dispatch::Resilience, feedback::Recent};
 use crate::{
     backend::{Auth, Bedrock},
     labels::{LabelSink, Store, writer::Writer},
+    limits::Limiter,
     pb::prompt_router_server::PromptRouterServer,
     quality::Duels,
     reload, setup, telemetry,
@@ -212,6 +213,7 @@ pub async fn build_state(
             config.quality.feedback_ttl,
             config.quality.store_prompts,
         ),
+        limiter: Limiter::new(&config.limit_store, &config.callers)?,
         callers: config.callers.clone(),
         telemetry,
     };

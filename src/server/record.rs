@@ -19,13 +19,14 @@ use tracing::Span;
 
 use crate::{
     backend::CallClock,
+    limits::Reservation,
     protocol::code_label,
     telemetry::{self, Telemetry},
 };
 use prompt_router_core::{
     caller::OTHER_LABEL,
     catalog::Tier,
-    cost::{Cost, Usage},
+    cost::{Cost, Nanodollars, Usage},
     policy::Basis,
     resilience::Move,
 };
@@ -58,6 +59,9 @@ pub struct Record {
     outcome: Option<Code>,
     /// The caller's metric label; [`OTHER_LABEL`] until the request is attributed.
     caller: Arc<str>,
+    /// The spend the caller's budget holds for this request; released if the record ends
+    /// without [`Record::settle_reservation`].
+    reservation: Option<Reservation>,
 }
 
 impl Record {
@@ -85,6 +89,7 @@ impl Record {
             answered: None,
             outcome: None,
             caller: Arc::from(OTHER_LABEL),
+            reservation: None,
         }
     }
 
@@ -96,6 +101,18 @@ impl Record {
     /// Notes the caller the request is attributed to, by its metric label.
     pub fn attributed(&mut self, label: &Arc<str>) {
         self.caller = Arc::clone(label);
+    }
+
+    /// Holds the spend the caller's budget reserved for the request.
+    pub fn reserved(&mut self, reservation: Option<Reservation>) {
+        self.reservation = reservation;
+    }
+
+    /// Settles the reservation to what the answer cost and the tokens it used.
+    pub fn settle_reservation(&mut self, actual: Nanodollars, tokens: u64) {
+        if let Some(reservation) = self.reservation.take() {
+            reservation.settle(actual, tokens);
+        }
     }
 
     /// Notes the classification (once a request): how long it took and the score.
@@ -180,6 +197,9 @@ impl Record {
     pub fn first_token(&mut self) {
         if self.ttft.is_none() {
             self.ttft = Some(self.started.elapsed());
+            if let Some(reservation) = &mut self.reservation {
+                reservation.billed();
+            }
         }
     }
 

@@ -28,6 +28,7 @@ use super::{
 use crate::{
     backend::{self, BackendError, Bedrock, CallClock, Completion, ConverseParts},
     labels::LabelSink,
+    limits::{Limiter, Reservation},
     pb::{self, prompt_router_server::PromptRouter},
     quality::{Duels, Job, Sampled},
     telemetry::{self, Telemetry},
@@ -37,6 +38,7 @@ use prompt_router_core::{
     catalog::{Model, Tier},
     cost::{Cost, Usage},
     decide::{Decider, RoutingDecision},
+    limits::Ask,
     operating::DEFAULT_CALLER,
     request::{Block, ChatRequest, Limits},
     resilience::Target,
@@ -75,6 +77,8 @@ pub struct RouterState {
     pub quality_target: Option<QualityTarget>,
     /// Who callers are and each one's policy.
     pub callers: Callers,
+    /// Callers' rate limits and spend budgets.
+    pub limiter: Limiter,
     /// Metrics.
     pub telemetry: &'static Telemetry,
 }
@@ -182,9 +186,42 @@ impl RouterState {
         })
     }
 
+    /// Applies the caller's rate limits and budgets to a decided request: refused, or
+    /// admitted with its spend reserved, sent fast instead of strong near the budget, or kept
+    /// from falling back to a tier whose cost the budget has no room for.
+    async fn limit<'s>(
+        &'s self,
+        chat: &ChatRequest,
+        routed: &mut RoutingDecision<'s>,
+        caller: &Resolved<'_>,
+    ) -> Result<Option<Reservation>, Error> {
+        let catalog = &self.decider.catalog;
+        let Some(ask) = Ask::of(
+            caller.policy,
+            chat,
+            routed.choice.tier,
+            routed.degradable(chat, catalog),
+            routed.other_tier_ok,
+            catalog,
+        ) else {
+            return Ok(None);
+        };
+        let admission = self
+            .limiter
+            .admit(caller.label, caller.key, caller.policy, &ask)
+            .await?;
+        if admission.degraded {
+            routed.degrade(catalog);
+        }
+        if admission.narrowed {
+            routed.other_tier_ok = false;
+        }
+        Ok(admission.reservation)
+    }
+
     /// Decides a request that will call a model, noting the decision in the record, and
     /// builds what its calls send; samples it for a duel if `duel` (Converse) allows.
-    fn admit(
+    async fn admit(
         &self,
         ctx: &Context,
         request: pb::ConverseRequest,
@@ -193,11 +230,13 @@ impl RouterState {
     ) -> Result<Admitted, Error> {
         let Considered {
             chat,
-            routed,
+            mut routed,
             took,
             caller,
         } = self.decide(ctx, request)?;
         record.attributed(caller.label);
+        let reservation = self.limit(&chat, &mut routed, &caller).await?;
+        record.reserved(reservation);
         if self.log_prompts {
             log_prompt(ctx, &chat);
         }
@@ -254,7 +293,7 @@ impl RouterState {
             mut walk,
             duel,
             feedback,
-        } = self.admit(ctx, request, record, duel)?;
+        } = self.admit(ctx, request, record, duel).await?;
         let dispatcher = Dispatcher {
             resilience: &self.resilience,
             catalog: &self.decider.catalog,
@@ -298,6 +337,10 @@ impl RouterState {
             self.decider.catalog.model(Tier::Strong).prices,
         );
         record.answered(usage, cost);
+        record.settle_reservation(
+            cost.actual,
+            u64::from(usage.input_tokens) + u64::from(usage.output_tokens),
+        );
         Summary::new(record, usage, cost, request_id, fallback)
     }
 

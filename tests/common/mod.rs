@@ -6,6 +6,7 @@ pub mod exposition;
 pub mod grpc_raw;
 pub mod http_client;
 pub mod process;
+pub mod redis;
 pub mod tls;
 pub mod world;
 

@@ -337,6 +337,7 @@ impl Callers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request::{Block, Inference, Role, Routing, Turn};
 
     fn callers(required: bool) -> Callers {
         let caller = |name: &str, has_credentials| {
@@ -432,5 +433,58 @@ mod tests {
             assert_eq!(TokenDigest::from_hex(bad), None, "{bad}");
         }
         assert_eq!(format!("{:?}", TokenDigest([10; 32])), "TokenDigest(…)");
+    }
+
+    fn request(mode: RoutingMode, bias: f64, max_tokens: Option<u32>) -> ChatRequest {
+        let turn = Turn {
+            role: Role::User,
+            content: vec![Block::Text("hello".to_owned())],
+        };
+        let inference = Inference {
+            max_tokens,
+            ..Inference::default()
+        };
+        let routing = Routing::new(mode, bias, String::new()).expect("valid routing");
+        ChatRequest::new(vec![turn], Vec::new(), inference, None, routing).expect("valid request")
+    }
+
+    #[test]
+    fn permit_names_the_rule_it_breaks() {
+        let strict = CallerPolicy {
+            allow_force: false,
+            max_quality_bias: 0.2,
+            max_output_tokens: Some(512),
+            ..CallerPolicy::default()
+        };
+        let rule = |policy: &CallerPolicy, req: &ChatRequest| {
+            policy.permit("callers.batch", req).err().map(|f| f.rule)
+        };
+        let cases = [
+            (request(RoutingMode::Auto, 0.0, None), None),
+            (request(RoutingMode::ForceFast, 0.2, Some(512)), None),
+            (
+                request(RoutingMode::ForceStrong, 0.0, None),
+                Some("callers.batch.allow_force"),
+            ),
+            (
+                request(RoutingMode::Auto, 0.3, None),
+                Some("callers.batch.max_quality_bias"),
+            ),
+            (
+                request(RoutingMode::Auto, 0.0, Some(513)),
+                Some("callers.batch.max_output_tokens"),
+            ),
+        ];
+        for (req, want) in &cases {
+            assert_eq!(rule(&strict, req).as_deref(), *want, "{req:?}");
+            assert_eq!(rule(&CallerPolicy::default(), req), None, "{req:?}");
+        }
+        let forbidden = strict
+            .permit("callers.batch", &cases[2].0)
+            .expect_err("refused");
+        assert_eq!(
+            forbidden.to_string(),
+            "routing.mode FORCE_STRONG is not allowed for this caller (callers.batch.allow_force)"
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::{
-    catalog::{Catalog, Model},
+    catalog::{Catalog, Model, Tier},
     classify::{Classification, Classifier, Part, Shape},
     operating::OperatingPoints,
     policy::{self, Basis, Needs, TierChoice, Unservable, can_serve},
@@ -75,18 +75,7 @@ impl Decider {
     pub fn decide(&self, req: &ChatRequest) -> Result<RoutingDecision<'_>, Unservable> {
         let classifier = self.classifier.load();
         let classification = classify(&classifier, req);
-        let needs = Needs {
-            mode: req.routing.mode,
-            quality_bias: req.routing.quality_bias,
-            max_tokens: req.inference.max_tokens,
-            images: req.image_count() > 0,
-            tools: req.tools.is_some()
-                || req
-                    .messages
-                    .iter()
-                    .flat_map(|t| &t.content)
-                    .any(|b| matches!(b, Block::ToolUse(_) | Block::ToolResult(_))),
-        };
+        let needs = needs(req);
         let score = classification.score();
         let caller = req.routing.caller.as_str();
         // Forced and capability-bound requests never look at the threshold, so they do not
@@ -105,6 +94,44 @@ impl Decider {
             classification,
             choice,
         })
+    }
+}
+
+impl RoutingDecision<'_> {
+    /// Whether a caller near its budget may have this decision sent fast instead: it is
+    /// strong-bound by score or by force (not because only strong can serve it), and the fast
+    /// tier can serve `req`.
+    pub fn degradable(&self, req: &ChatRequest, catalog: &Catalog) -> bool {
+        self.choice.tier == Tier::Strong
+            && matches!(self.choice.basis, Basis::Score | Basis::Forced)
+            && can_serve(Tier::Fast, &needs(req), catalog)
+    }
+}
+
+impl<'a> RoutingDecision<'a> {
+    /// The decision sent to the fast tier because the caller is near its spend budget
+    /// ([`Basis::Budget`]); no fallback to the strong tier, which the budget is kept from.
+    pub fn degrade(&mut self, catalog: &'a Catalog) {
+        self.choice.tier = Tier::Fast;
+        self.choice.basis = Basis::Budget;
+        self.model = catalog.model(Tier::Fast);
+        self.other_tier_ok = false;
+    }
+}
+
+/// What `req` needs from a model apart from its text.
+fn needs(req: &ChatRequest) -> Needs {
+    Needs {
+        mode: req.routing.mode,
+        quality_bias: req.routing.quality_bias,
+        max_tokens: req.inference.max_tokens,
+        images: req.image_count() > 0,
+        tools: req.tools.is_some()
+            || req
+                .messages
+                .iter()
+                .flat_map(|t| &t.content)
+                .any(|b| matches!(b, Block::ToolUse(_) | Block::ToolResult(_))),
     }
 }
 

@@ -18,6 +18,7 @@ pub mod config;
 pub mod cost;
 pub mod decide;
 pub mod eval;
+pub mod limits;
 pub mod operating;
 pub mod policy;
 pub mod quality;

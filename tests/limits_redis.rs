@@ -1,0 +1,348 @@
+//! Callers' limits shared through a real `redis-server` (started here on a free loopback port,
+//! persistence off) by real router processes: two routers never spend more than one budget
+//! between them, Redis killed mid-test gives each caller its `on_store_down`, and the Lua
+//! script decides as core's arithmetic (the in-process store) does.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use std::{path::PathBuf, time::Duration};
+
+use common::{
+    exposition::Scrape,
+    process::{Proc, field, serve_simulated},
+    redis::RedisServer,
+};
+use prompt_router::pb::{self, prompt_router_client::PromptRouterClient};
+use prompt_router_core::limits::Period;
+use tonic::{Code, transport::Channel};
+
+/// A router process with `config` (TOML) as its config file: its client and metrics URL.
+async fn spawn(name: &str, config: &str) -> (Proc, PromptRouterClient<Channel>, String) {
+    let dir = std::env::temp_dir().join(format!("router-limits-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path: PathBuf = dir.join("router.toml");
+    std::fs::write(&path, config).unwrap();
+    let router = Proc::spawn(&mut serve_simulated(&["--config", path.to_str().unwrap()]));
+    let serving = router.wait_for_line("grpc_addr");
+    let grpc = field(&serving, "grpc_addr").unwrap();
+    let metrics = format!(
+        "http://{}/metrics",
+        field(&serving, "metrics_addr").unwrap()
+    );
+    let client = PromptRouterClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    (router, client, metrics)
+}
+
+fn request(caller: &str) -> pb::ConverseRequest {
+    pb::ConverseRequest {
+        messages: vec![common::user("Say something. [sim:tokens=100]")],
+        inference_config: Some(pb::InferenceConfig {
+            max_tokens: Some(100),
+            ..Default::default()
+        }),
+        routing: Some(pb::RoutingOptions {
+            mode: pb::RoutingMode::ForceStrong as i32,
+            caller: caller.to_owned(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn nanos(usd: f64) -> u64 {
+    (usd * 1e9).round() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_routers_share_one_budget_through_one_redis() {
+    let redis = RedisServer::start();
+    let budget = 0.02;
+    let config = format!(
+        "[callers.team]\nusd_per_day = {budget}\ndegrade_at = 0.5\n[limits]\nredis_url = \"{}\"\n",
+        redis.url()
+    );
+    let mut routers = Vec::new();
+    for n in 0..2 {
+        routers.push(spawn(&format!("shared{n}"), &config).await);
+    }
+    // Three clients on each router, each asking until refused.
+    let mut tasks = Vec::new();
+    for (n, (_, client, _)) in routers.iter().enumerate() {
+        for _ in 0..3 {
+            let mut client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let (mut spent, mut served) = (0u64, 0u32);
+                loop {
+                    match client.converse(request("team")).await {
+                        Ok(reply) => {
+                            spent += nanos(reply.into_inner().cost_usd);
+                            served += 1;
+                        }
+                        Err(status) => {
+                            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                            assert!(
+                                status.message().contains("callers.team.usd_per_day"),
+                                "{status:?}"
+                            );
+                            return (n, spent, served);
+                        }
+                    }
+                }
+            }));
+        }
+    }
+    let (mut spent, mut served) = (0u64, [0u32; 2]);
+    for task in tasks {
+        let (n, s, count) = task.await.unwrap();
+        spent += s;
+        served[n] += count;
+    }
+    let budget_nanos = nanos(budget);
+    assert!(served.iter().all(|&s| s > 0), "{served:?}");
+    assert!(spent <= budget_nanos, "spent {spent} n$ of {budget_nanos}");
+    assert!(
+        spent > budget_nanos * 8 / 10,
+        "spent {spent} n$ of {budget_nanos}"
+    );
+    // Every reservation is settled to the real cost in Redis: its day key is the replies' sum.
+    let key = format!(
+        "prompt-router:limits:{{team}}:usd:day:{}",
+        Period::Day.key(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        )
+    );
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut stored = 0;
+    for _ in 0..100 {
+        stored = redis::cmd("GET")
+            .arg(&key)
+            .query_async::<u64>(&mut conn)
+            .await
+            .unwrap();
+        if stored == spent {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stored, spent, "{key}");
+    for (_, _, metrics) in &routers {
+        let scrape = Scrape::parse(&common::http_get(metrics).await);
+        assert_eq!(scrape.value("router_limit_store_up"), 1.0);
+        assert!(scrape.value(r#"router_limited_total{caller="team",limit="usd_per_day"}"#) >= 1.0);
+    }
+}
+
+/// The first log line of `router` that holds `text`.
+fn wait_for_text(router: &Proc, text: &str) -> String {
+    loop {
+        let line = router
+            .lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("process output");
+        if line.contains(text) {
+            return line;
+        }
+    }
+}
+
+async fn until_store_up(metrics: &str, want: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let scrape = Scrape::parse(&common::http_get(metrics).await);
+        if scrape
+            .series
+            .get("router_limit_store_up")
+            .map(|v| v.parse::<f64>().unwrap())
+            == Some(want)
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "router_limit_store_up never {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_each_caller_gets_its_on_store_down() {
+    let redis = RedisServer::start();
+    let port = redis.port;
+    // `keep` fails open (one request per 100 s, three at once), `strict` closed.
+    let config = format!(
+        "[callers.keep]\nrequests_per_second = 0.01\nburst = 3\non_store_down = \"open\"\n\
+         [callers.strict]\nrequests_per_second = 100\non_store_down = \"closed\"\n\
+         [limits]\nredis_url = \"{}\"\n",
+        redis.url()
+    );
+    let (router, mut client, metrics) = spawn("down", &config).await;
+    client.converse(request("keep")).await.unwrap();
+    client.converse(request("strict")).await.unwrap();
+    until_store_up(&metrics, 1.0).await;
+
+    drop(redis);
+    // Open: still served, from this router's own counts (a fresh burst of three)...
+    for _ in 0..3 {
+        client
+            .converse(request("keep"))
+            .await
+            .expect("served while Redis is down");
+    }
+    until_store_up(&metrics, 0.0).await;
+    let line = wait_for_text(&router, "limit store is down");
+    assert!(line.contains("WARN"), "{line}");
+    // ...and limited by them.
+    let status = client.converse(request("keep")).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("callers.keep.requests_per_second"),
+        "{status:?}"
+    );
+    // Closed: UNAVAILABLE naming the setting, not the server.
+    let status = client.converse(request("strict")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("limits.redis_url"), "{status:?}");
+    assert!(
+        status.message().contains("callers.strict.on_store_down"),
+        "{status:?}"
+    );
+    assert!(!status.message().contains(&port.to_string()), "{status:?}");
+    let scrape = Scrape::parse(&common::http_get(&metrics).await);
+    assert_eq!(
+        scrape.value(r#"router_limited_total{caller="strict",limit="store_down"}"#),
+        1.0
+    );
+
+    let _redis = RedisServer::on(port);
+    until_store_up(&metrics, 1.0).await;
+    wait_for_text(&router, "limit store is up");
+    client
+        .converse(request("strict"))
+        .await
+        .expect("served once Redis is back");
+}
+
+/// The Lua script and core's arithmetic (the in-process store) decide alike: the same asks,
+/// settled the same way, get the same degrade, narrowing, reservation and refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_script_decides_as_the_in_process_store() {
+    use prompt_router::limits::Limiter;
+    use prompt_router_core::{
+        caller::{CallerPolicy, Callers},
+        config::LimitStoreConfig,
+        cost::Nanodollars,
+        limits::Ask,
+    };
+    use std::sync::Arc;
+
+    let redis = RedisServer::start();
+    let store = |redis_url| {
+        Limiter::new(
+            &LimitStoreConfig {
+                redis_url,
+                timeout: Duration::from_secs(2),
+            },
+            &Callers::default(),
+        )
+        .unwrap()
+    };
+    let (local, shared) = (store(None), store(Some(redis.url())));
+    let label: Arc<str> = Arc::from("other");
+    let policy = CallerPolicy::default();
+    let mut rng = fastrand::Rng::with_seed(14);
+    let (mut admitted, mut degraded, mut refused) = (0, 0, 0);
+    let key = format!(
+        "prompt-router:limits:{{other}}:usd:day:{}",
+        Period::Day.key(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        )
+    );
+    let conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut spent = 0u64;
+    for _ in 0..400 {
+        let chosen = if rng.u8(..4) == 0 {
+            rng.u64(1..3_000_000)
+        } else {
+            rng.u64(1..100_000)
+        };
+        let fast = rng.u64(1..=chosen);
+        let ask = Ask {
+            requests: None,
+            tokens: None,
+            input_tokens: 0,
+            day_budget: Some(Nanodollars(20_000_000)),
+            month_budget: Some(Nanodollars(rng.u64(16_000_000..24_000_000))),
+            degrade_at: if rng.bool() { 0.6 } else { 1.0 },
+            degradable: rng.bool(),
+            chosen: Nanodollars(chosen),
+            wide: Nanodollars(chosen + rng.u64(0..500_000) * u64::from(rng.bool())),
+            fast: Nanodollars(fast),
+        };
+        let a = local.admit(&label, "callers.default", &policy, &ask).await;
+        let b = shared.admit(&label, "callers.default", &policy, &ask).await;
+        match (a, b) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(
+                    (a.degraded, a.narrowed),
+                    (b.degraded, b.narrowed),
+                    "{ask:?}"
+                );
+                admitted += 1;
+                degraded += usize::from(a.degraded);
+                let (a, b) = (a.reservation.unwrap(), b.reservation.unwrap());
+                assert_eq!(a.reserved(), b.reserved(), "{ask:?}");
+                // Settle both to the same share of what was reserved, or release both.
+                let share = rng.u64(0..=100);
+                let actual = Nanodollars(a.reserved().0 * share / 100);
+                for reservation in [a, b] {
+                    if share > 10 {
+                        reservation.settle(actual, 0);
+                    }
+                }
+                if share > 10 {
+                    spent += actual.0;
+                }
+            }
+            (Err(a), Err(b)) => {
+                assert_eq!(a, b, "{ask:?}");
+                refused += 1;
+            }
+            (a, b) => panic!("in process {a:?}, Redis {b:?} for {ask:?}"),
+        }
+        // Redis settles from a queue: wait for it before the next ask.
+        common::eventually("Redis settled", || {
+            let mut conn = conn.clone();
+            let key = key.clone();
+            async move {
+                let stored: Option<u64> = redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                stored.unwrap_or(0) == spent
+            }
+        })
+        .await;
+    }
+    assert!(
+        admitted > 50 && degraded > 5 && refused > 5,
+        "{admitted} {degraded} {refused}"
+    );
+}
