@@ -3,9 +3,14 @@
 //! latency): the differences are what the router and the SDK add, to set beside the split the
 //! router reports (printed after the round trips: medians of `routerUs`, `sdkUs`, `upstreamMs`).
 //! Also the pure decision (validate + classify + policy) on its own, at the fixed threshold and
-//! through a warm target-share controller, and the controller alone; and the caller's round
-//! trip with duels on against off.
+//! through a warm target-share controller, and the controller alone; the caller's round
+//! trip with duels on against off; and the round trip through a router that authenticates the
+//! caller by bearer token and applies its rate limits and budgets kept in a real Redis on
+//! loopback (`redis-server` must be installed: scripts/test installs it).
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
+
+#[path = "../tests/common/redis.rs"]
+mod redis;
 
 use std::{hint::black_box, net::SocketAddr, time::Duration};
 
@@ -21,7 +26,7 @@ use prompt_router::{
     setup,
 };
 use prompt_router_core::{
-    config::{Config, RawConfig},
+    config::{Config, RawConfig, raw::RawCaller},
     decide::Decider,
     operating::OperatingPoints,
     request::Limits,
@@ -47,23 +52,70 @@ fn request() -> pb::ConverseRequest {
     }
 }
 
+/// The bearer token of the guarded router's one caller.
+const TOKEN: &str = "bench-token-0123456789abcdef";
+
+/// A production-like policy: a token, a request and token rate and day and month budgets
+/// that the bench never reaches, kept in Redis at `redis_url`.
+fn guarded(raw: &mut RawConfig, redis_url: String) {
+    raw.auth.required = true;
+    raw.callers.insert(
+        "bench".to_owned(),
+        RawCaller {
+            // `printf %s bench-token-0123456789abcdef | sha256sum`
+            token_sha256: Some(
+                "55aa0586ae8cf4fd70162ddfcda5246cacc189e6eb1effff3dad7d93a86571f1".to_owned(),
+            ),
+            allow_force: Some(false),
+            requests_per_second: Some(5_000.0),
+            tokens_per_minute: Some(100_000_000),
+            usd_per_day: Some(10_000.0),
+            usd_per_month: Some(100_000.0),
+            ..RawCaller::default()
+        },
+    );
+    raw.limits.redis_url = Some(redis_url);
+}
+
+fn start_router(
+    rt: &tokio::runtime::Runtime,
+    adjust: impl FnOnce(&mut RawConfig),
+) -> server::Running {
+    let mut raw = RawConfig::default();
+    raw.server.listen = "127.0.0.1:0".parse().unwrap();
+    raw.server.metrics_listen = "127.0.0.1:0".parse().unwrap();
+    adjust(&mut raw);
+    rt.block_on(server::start(
+        Config::try_from(raw).unwrap(),
+        Options {
+            simulate: true,
+            ..Options::default()
+        },
+    ))
+    .unwrap()
+}
+
+fn with_token(request: pb::ConverseRequest) -> tonic::Request<pb::ConverseRequest> {
+    let mut request = tonic::Request::new(request);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    request
+}
+
 fn round_trip(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    let mut raw = RawConfig::default();
-    raw.server.listen = "127.0.0.1:0".parse().unwrap();
-    raw.server.metrics_listen = "127.0.0.1:0".parse().unwrap();
-    let config = Config::try_from(raw).unwrap();
-    let running = rt
-        .block_on(server::start(
-            config,
-            Options {
-                simulate: true,
-                ..Options::default()
-            },
-        ))
+    let running = start_router(&rt, |_| {});
+    let redis = redis::RedisServer::start();
+    let guarded_router = start_router(&rt, |raw| guarded(raw, redis.url()));
+    let mut guarded_client = rt
+        .block_on(PromptRouterClient::connect(format!(
+            "http://{}",
+            guarded_router.grpc_addr
+        )))
         .unwrap();
     let endpoint = running.simulator.as_ref().unwrap().endpoint_url();
     let mut router = rt
@@ -119,6 +171,12 @@ fn round_trip(c: &mut Criterion) {
     group.bench_function("through_router", |b| {
         b.iter(|| rt.block_on(router.converse(request())).unwrap());
     });
+    group.bench_function("through_router_with_auth_and_limits", |b| {
+        b.iter(|| {
+            rt.block_on(guarded_client.converse(with_token(request())))
+                .unwrap()
+        });
+    });
     let sim_addr = running.simulator.as_ref().unwrap().addr();
     let mut bare = rt.block_on(BareHttp::connect(sim_addr, &decided.model_id));
     group.bench_function("bare_http", |b| {
@@ -127,6 +185,7 @@ fn round_trip(c: &mut Criterion) {
     group.finish();
     reported_split(&rt, &mut router);
     rt.block_on(running.shutdown()).unwrap();
+    rt.block_on(guarded_router.shutdown()).unwrap();
 }
 
 /// Medians of the split the router reports for the round trips above.
