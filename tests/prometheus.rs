@@ -343,10 +343,21 @@ async fn dashboard_and_rules_evaluate_on_a_real_prometheus() {
 
     // Duels on, and a floor no estimate reaches, so the quality panels have data and the
     // quality alert runs on it.
+    // Limits in a real Redis, and a day budget no load reaches, so the callers' panels (budget
+    // used, limit store up) have data.
+    let redis = common::redis::RedisServer::start();
     let router = common::start_with(|raw| {
         raw.quality.duel_rate = 0.5;
         raw.quality.recovered_floor = Some(1.0);
         raw.quality.min_duels = 1;
+        raw.limits.redis_url = Some(redis.url());
+        raw.callers.insert(
+            "default".to_owned(),
+            prompt_router_core::config::raw::RawCaller {
+                usd_per_day: Some(1_000.0),
+                ..Default::default()
+            },
+        );
     })
     .await;
     router.sim().set_latency(LatencyConfig {

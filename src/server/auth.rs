@@ -36,6 +36,24 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// Every kind, for the counters made at start.
+    pub const ALL: [Self; 5] = [
+        Self::Missing,
+        Self::Malformed,
+        Self::UnknownToken,
+        Self::Certificate,
+        Self::Mismatch,
+    ];
+
+    /// Makes every `router_auth_failures_total` series exist at zero, so rates and alerts work
+    /// from the first scrape.
+    pub fn register() {
+        for failure in Self::ALL {
+            metrics::counter!(telemetry::AUTH_FAILURES_TOTAL, "reason" => failure.reason())
+                .increment(0);
+        }
+    }
+
     /// The `router_auth_failures_total` label.
     pub fn reason(self) -> &'static str {
         match self {

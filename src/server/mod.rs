@@ -173,6 +173,7 @@ pub async fn build_state(
         decider.catalog.models().map(|m| &m.invoke_id),
         config.callers.labels(),
     );
+    auth::Failure::register();
     let resilience = Resilience::new(
         &config.resilience,
         &config.bedrock.regions(),
