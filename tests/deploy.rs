@@ -620,3 +620,34 @@ fn every_alert_has_a_runbook() {
     }
     assert!(alerts >= 6, "{alerts} alerts");
 }
+
+/// The README's production example is a config the router accepts, keys and values alike.
+#[test]
+fn the_readme_production_example_is_a_valid_config() {
+    let readme = read(&root().join("README.md"));
+    let section = readme
+        .split("## In production")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("the README's production section");
+    let toml_text = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("its router.toml");
+    // The token digest file is read at the check; the TLS files only when serving.
+    let dir = std::env::temp_dir().join(format!("router-readme-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("reports.sha256"), format!("{}\n", "ab".repeat(32))).unwrap();
+    let toml_text = toml_text.replace("/tmp/secure/", &format!("{}/", dir.display()));
+    let raw: prompt_router_core::config::RawConfig = toml::from_str(&toml_text).unwrap();
+    let config = Config::try_from(raw).unwrap_or_else(|e| panic!("{e}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(config.callers.required);
+    assert!(config.server.tls.is_some() && !config.server.reflection);
+    assert!(config.limit_store.redis_url.is_some());
+    assert_eq!(
+        config.callers.by_san("billing.internal").map(|n| &**n),
+        Some("billing")
+    );
+}
