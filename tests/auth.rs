@@ -326,9 +326,8 @@ async fn no_token_digest_or_key_appears_in_logs_metrics_or_messages() {
     let proc = Proc::spawn(
         process::serve_simulated(&["--config", config.to_str().unwrap()]).env("RUST_LOG", "debug"),
     );
-    let line = proc.wait_for_line("grpc_addr");
-    let grpc_addr = process::field(&line, "grpc_addr").unwrap().parse().unwrap();
-    let metrics_addr = process::field(&line, "metrics_addr").unwrap();
+    let serving = proc.wait_serving();
+    let (grpc_addr, metrics_addr) = (serving.grpc, serving.metrics.to_string());
 
     let identity = ca.issue(&["spiffe://test/mesh"], 2, Validity::Current);
     let client = Client::new(&ca, Some(&identity));

@@ -16,7 +16,7 @@ use std::{
 
 use common::{
     exposition::Scrape,
-    process::{BIN, Proc, field, serve_simulated},
+    process::{BIN, Proc, serve_simulated},
     redis::RedisServer,
 };
 use prompt_router::labels::{
@@ -260,17 +260,9 @@ async fn redis_down_the_router_serves_says_so_and_recovers() {
     let redis = RedisServer::start();
     let port = redis.port;
     let router = Proc::spawn(serve_simulated(&[]).env("ROUTER__QUALITY__STORE", redis.url()));
-    let serving = router.wait_for_line("grpc_addr");
-    let grpc = field(&serving, "grpc_addr").unwrap();
-    let metrics = format!(
-        "http://{}/metrics",
-        field(&serving, "metrics_addr").unwrap()
-    );
-    let mut client = prompt_router::pb::prompt_router_client::PromptRouterClient::connect(format!(
-        "http://{grpc}"
-    ))
-    .await
-    .unwrap();
+    let serving = router.wait_serving();
+    let metrics = serving.metrics_url();
+    let mut client = serving.client().await;
     let until_up = |want: f64| {
         let metrics = metrics.clone();
         async move {

@@ -215,15 +215,10 @@ fn route_prints_one_decision_per_prompt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_accepted_requests_refuses_new_ones_and_exits_0() {
     let router = Proc::spawn(serve_simulated(&[]).env("ROUTER__SERVER__DRAIN_TIMEOUT_MS", "10000"));
-    let started = router.wait_for_line("grpc_addr");
-    let endpoint = format!("http://{}", field(&started, "grpc_addr").unwrap());
-    let metrics = format!(
-        "http://{}/metrics",
-        field(&started, "metrics_addr").unwrap()
-    );
-    let client = PromptRouterClient::connect(endpoint.clone())
-        .await
-        .expect("connect");
+    let serving = router.wait_serving();
+    let endpoint = format!("http://{}", serving.grpc);
+    let metrics = serving.metrics_url();
+    let client = serving.client().await;
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..20 {
         let mut client = client.clone();
@@ -275,9 +270,8 @@ async fn health_reports_not_serving_as_soon_as_shutdown_starts() {
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
     let router = Proc::spawn(serve_simulated(&[]).env("ROUTER__SERVER__SHUTDOWN_DELAY_MS", "1500"));
-    let serving = router.wait_for_line("grpc_addr");
-    let grpc_addr = field(&serving, "grpc_addr").unwrap();
-    let metrics_addr = field(&serving, "metrics_addr").unwrap();
+    let serving = router.wait_serving();
+    let (grpc_addr, metrics_addr) = (serving.grpc, serving.metrics.to_string());
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}"))
         .unwrap()
         .connect()

@@ -9,12 +9,9 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use common::{
     exposition::Scrape,
-    process::{Proc, field, serve_simulated},
+    process::{Proc, serve_simulated},
 };
-use prompt_router::{
-    labels::{LabelStore, file::FileStore},
-    pb::prompt_router_client::PromptRouterClient,
-};
+use prompt_router::labels::{LabelStore, file::FileStore};
 use prompt_router_core::{
     classify::{Classifier, Weights},
     quality::label::LabelRow,
@@ -56,15 +53,9 @@ async fn sighup_switches_weights_with_requests_in_flight_and_refuses_a_bad_file(
     let (b, version_b) = weights(|w| w.bias += 0.25);
     replace(&path, &a);
     let router = Proc::spawn(serve_simulated(&[]).env("ROUTER__ROUTING__WEIGHTS_PATH", &path));
-    let serving = router.wait_for_line("grpc_addr");
-    let grpc = field(&serving, "grpc_addr").unwrap();
-    let metrics = format!(
-        "http://{}/metrics",
-        field(&serving, "metrics_addr").unwrap()
-    );
-    let client = PromptRouterClient::connect(format!("http://{grpc}"))
-        .await
-        .unwrap();
+    let serving = router.wait_serving();
+    let metrics = serving.metrics_url();
+    let client = serving.client().await;
 
     // Requests held 1.5 s upstream, so some are in flight when the weights change.
     let send = |text: String| {

@@ -305,8 +305,7 @@ async fn sighup_reloads_the_files_of_a_router_that_does_not_poll_them() {
         "--config",
         config.to_str().unwrap(),
     ]));
-    let line = proc.wait_for_line("grpc_addr");
-    let addr: SocketAddr = process::field(&line, "grpc_addr").unwrap().parse().unwrap();
+    let addr = proc.wait_serving().grpc;
     let client = Client::new(&ca, None);
     assert_eq!(client.h2(addr).await.1, first.der);
 

@@ -17,7 +17,7 @@ use common::{
     ask,
     exposition::Scrape,
     grpc_raw,
-    process::{BIN, Proc, field, serve_simulated},
+    process::{BIN, Proc, serve_simulated},
     start_with,
 };
 use prompt_router::pb;
@@ -79,9 +79,8 @@ fn running_out_of_descriptors_neither_spins_nor_floods_the_log() {
         "127.0.0.1:0",
     ]);
     let router = Proc::spawn(&mut command);
-    let started = router.wait_for_line("grpc_addr");
-    let grpc: SocketAddr = field(&started, "grpc_addr").unwrap().parse().unwrap();
-    let metrics: SocketAddr = field(&started, "metrics_addr").unwrap().parse().unwrap();
+    let serving = router.wait_serving();
+    let (grpc, metrics) = (serving.grpc, serving.metrics);
     let pid = router.child.id();
 
     // Far more idle connections than descriptors, on both ports: the kernel completes them

@@ -2,6 +2,7 @@
 
 use std::{
     io::{BufRead, BufReader},
+    net::SocketAddr,
     process::{Child, Command, ExitStatus, Stdio},
     sync::mpsc,
     time::Duration,
@@ -34,7 +35,49 @@ pub struct Proc {
     pub lines: mpsc::Receiver<String>,
 }
 
+/// Where a started router listens, from its "prompt-router serving" line.
+pub struct Serving {
+    /// The gRPC address.
+    pub grpc: SocketAddr,
+    /// The metrics address.
+    pub metrics: SocketAddr,
+}
+
+impl Serving {
+    /// Its `/metrics` URL.
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.metrics)
+    }
+
+    /// A plaintext client of its gRPC port.
+    pub async fn client(
+        &self,
+    ) -> prompt_router::pb::prompt_router_client::PromptRouterClient<tonic::transport::Channel>
+    {
+        prompt_router::pb::prompt_router_client::PromptRouterClient::connect(format!(
+            "http://{}",
+            self.grpc
+        ))
+        .await
+        .expect("connect")
+    }
+}
+
 impl Proc {
+    /// Waits for the router's serving line and returns its addresses.
+    pub fn wait_serving(&self) -> Serving {
+        let line = self.wait_for_line("grpc_addr");
+        let addr = |key| {
+            field(&line, key)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("no {key} in {line}"))
+        };
+        Serving {
+            grpc: addr("grpc_addr"),
+            metrics: addr("metrics_addr"),
+        }
+    }
+
     /// Spawns `command` with `RUST_LOG=info` unless it sets its own, stdin and stdout closed,
     /// stderr captured.
     pub fn spawn(command: &mut Command) -> Self {

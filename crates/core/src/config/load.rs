@@ -41,10 +41,7 @@ impl Overrides {
         key: &'static str,
         value: Option<T>,
     ) -> Self {
-        if let Some(value) = value {
-            let value = toml::Value::try_from(value).map_err(|e| e.to_string());
-            self.flags.push(Override { flag, key, value });
-        }
+        self.flags.extend(Override::new(flag, key, value));
         self
     }
 
@@ -56,11 +53,18 @@ impl Overrides {
         key: &'static str,
         value: Option<T>,
     ) -> Self {
-        if let Some(value) = value {
-            let value = toml::Value::try_from(value).map_err(|e| e.to_string());
-            self.fallbacks.push(Override { flag, key, value });
-        }
+        self.fallbacks.extend(Override::new(flag, key, value));
         self
+    }
+}
+
+impl Override {
+    fn new<T: Serialize>(flag: &'static str, key: &'static str, value: Option<T>) -> Option<Self> {
+        value.map(|value| Self {
+            flag,
+            key,
+            value: toml::Value::try_from(value).map_err(|e| e.to_string()),
+        })
     }
 }
 
