@@ -112,7 +112,7 @@ pub struct TlsConfig {
 }
 
 /// Where callers' rate limits and spend are kept (`limits.redis_url`, `limits.redis_timeout_ms`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct LimitStoreConfig {
     /// Redis shared by every replica; `None`: in this process.
     pub redis_url: Option<String>,
@@ -274,13 +274,34 @@ impl fmt::Display for StoreLocation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::File(path) => write!(f, "file:{}", path.display()),
-            Self::Redis(url) => match (url.find("://"), url.rfind('@')) {
-                (Some(scheme), Some(at)) if at > scheme => {
-                    write!(f, "{}://***{}", &url[..scheme], &url[at..])
-                }
-                _ => f.write_str(url),
-            },
+            Self::Redis(url) => write_url(f, url),
         }
+    }
+}
+
+/// Writes `url` with its password (if any) hidden.
+fn write_url(f: &mut fmt::Formatter<'_>, url: &str) -> fmt::Result {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            write!(f, "{}://***{}", &url[..scheme], &url[at..])
+        }
+        _ => f.write_str(url),
+    }
+}
+
+impl fmt::Debug for LimitStoreConfig {
+    /// The URL's password hidden, as in logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Url<'a>(&'a str);
+        impl fmt::Debug for Url<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write_url(f, self.0)
+            }
+        }
+        f.debug_struct("LimitStoreConfig")
+            .field("redis_url", &self.redis_url.as_deref().map(Url))
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 

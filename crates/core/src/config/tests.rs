@@ -746,6 +746,14 @@ redis_url = "redis://127.0.0.1:6379"
     );
     // The checked config's debug form names no digest.
     assert!(!format!("{config:?}").to_lowercase().contains("75c5c10f"));
+    let with_password = load_str(
+        "[limits]\nredis_url = \"redis://user:hunter2@cache:6379\"\n",
+        &[],
+    )
+    .expect("valid");
+    let shown = format!("{:?}", with_password.limit_store);
+    assert!(shown.contains("redis://***@cache:6379"), "{shown}");
+    assert!(!shown.contains("hunter2"), "{shown}");
 }
 
 #[test]
