@@ -180,7 +180,7 @@ async fn redis_killed_each_caller_gets_its_on_store_down() {
     let config = format!(
         "[callers.keep]\nrequests_per_second = 0.01\nburst = 3\non_store_down = \"open\"\n\
          [callers.strict]\nrequests_per_second = 100\non_store_down = \"closed\"\n\
-         [limits]\nredis_url = \"{}\"\n",
+         [limits]\nredis_url = \"{}\"\nlease_ms = 100\n",
         redis.url()
     );
     let (router, mut client, metrics) = spawn("down", &config).await;
@@ -208,7 +208,10 @@ async fn redis_killed_each_caller_gets_its_on_store_down() {
             .contains("callers.keep.requests_per_second"),
         "{status:?}"
     );
-    // Closed: UNAVAILABLE naming the setting, not the server.
+    // Closed: once the lease `strict` took from Redis with its first request has expired
+    // (spending it is fine: it is reserved there), UNAVAILABLE naming the setting, not the
+    // server.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let status = client.converse(request("strict")).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("limits.redis_url"), "{status:?}");
@@ -251,6 +254,8 @@ async fn the_redis_script_decides_as_the_in_process_store() {
             &LimitStoreConfig {
                 redis_url,
                 timeout: Duration::from_secs(2),
+                // Every ask in Redis, to compare the script with the in-process store.
+                lease: Duration::ZERO,
             },
             &Callers::default(),
         )
