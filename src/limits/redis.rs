@@ -367,25 +367,32 @@ impl RedisLimits {
         })
     }
 
-    /// What to ask Redis for beside a request (`ask`) of `base`'s caller: the lease it is
-    /// short of, and the tokens its lease owes (taken from the lease now; headroom above
-    /// what a lease is sized for goes back to Redis).
-    fn before_call(&self, base: &Entry, ask: &Ask) -> (LeaseWant, u64) {
+    /// What to ask Redis for beside a request (`own`) of `base`'s caller: the lease it is
+    /// short of, the tokens its lease owes (taken from the lease now; headroom above what a
+    /// lease is sized for goes back to Redis), and whether this call asks for the lease.
+    /// While one call asks for a lease the others ask only for their own requests, so
+    /// callers that find the lease empty at once do not take a lease each.
+    fn before_call(&self, base: &Entry, ask: &Ask, own: bool) -> (LeaseWant, u64, bool) {
         if self.lease.is_zero() {
-            return (LeaseWant::default(), 0);
+            return (LeaseWant::default(), 0, false);
         }
         let at = Instant::now();
         let mut leases = self.leases();
-        let Some(lease) = leases.get_mut(&*base.label) else {
-            return (ask.lease(self.lease, 0), 0);
-        };
-        let want = ask.lease(self.lease, lease.unit_tokens);
-        if !lease.holds(at, base) {
-            if let Some(old) = leases.remove(&*base.label) {
-                self.retire(&old);
-            }
-            return (want, 0);
+        if leases
+            .get(&*base.label)
+            .is_some_and(|lease| !lease.holds(at, base))
+            && let Some(old) = leases.remove(&*base.label)
+        {
+            self.retire(&old);
         }
+        let lease = leases
+            .entry(Arc::clone(&base.label))
+            .or_insert_with(|| self.empty_lease(base, ask, at));
+        if own && lease.refilling {
+            return (LeaseWant::default(), 0, false);
+        }
+        lease.refilling = true;
+        let want = ask.lease(self.lease, lease.unit_tokens);
         let debt = (-lease.tokens).max(0);
         lease.tokens += debt;
         if lease.headroom > want.spend.0 {
@@ -398,12 +405,37 @@ impl RedisLimits {
             tokens: want.tokens.saturating_sub(lease.tokens.unsigned_abs()),
             spend: Nanodollars(want.spend.0.saturating_sub(lease.headroom)),
         };
-        (short, debt.unsigned_abs())
+        (short, debt.unsigned_abs(), true)
     }
 
-    /// Adds what Redis granted to the caller's lease (a new one if it had none, or its
-    /// last has expired); the lease's generation.
-    fn after_call(&self, base: &Entry, ask: &Ask, granted: [u64; 3], day: u64, month: u64) -> u64 {
+    /// A lease holding nothing yet, expired until Redis grants it something.
+    fn empty_lease(&self, base: &Entry, ask: &Ask, at: Instant) -> Lease {
+        Lease {
+            generation: self.generation.fetch_add(1, Ordering::Relaxed),
+            entry: base.clone(),
+            expires: at,
+            ask: *ask,
+            credits: 0,
+            tokens: 0,
+            headroom: 0,
+            day: 0,
+            month: 0,
+            unit_tokens: ask.input_tokens,
+            refilling: false,
+        }
+    }
+
+    /// Adds what Redis granted to the caller's lease (a new one if its last has expired),
+    /// which lives a lease lifetime from this reply, whose totals degrade reads from now on;
+    /// the lease's generation.
+    fn after_call(
+        &self,
+        base: &Entry,
+        ask: &Ask,
+        asked: bool,
+        granted: [u64; 3],
+        totals: (u64, u64),
+    ) -> u64 {
         let at = Instant::now();
         let mut leases = self.leases();
         if leases
@@ -415,32 +447,28 @@ impl RedisLimits {
         }
         let lease = leases
             .entry(Arc::clone(&base.label))
-            .or_insert_with(|| Lease {
-                generation: self.generation.fetch_add(1, Ordering::Relaxed),
-                entry: base.clone(),
-                expires: at,
-                ask: *ask,
-                credits: 0,
-                tokens: 0,
-                headroom: 0,
-                day: 0,
-                month: 0,
-                unit_tokens: ask.input_tokens,
-                refilling: false,
-            });
+            .or_insert_with(|| self.empty_lease(base, ask, at));
         let [credits, tokens, headroom] = granted;
         lease.credits += credits;
         lease.tokens = lease
             .tokens
             .saturating_add(i64::try_from(tokens).unwrap_or(i64::MAX));
         lease.headroom += headroom;
-        if granted.iter().any(|&g| g > 0) {
-            lease.expires = at + self.lease;
-        }
-        lease.day = day.saturating_sub(lease.headroom);
-        lease.month = month.saturating_sub(lease.headroom);
+        lease.expires = at + self.lease;
+        lease.day = totals.0.saturating_sub(lease.headroom);
+        lease.month = totals.1.saturating_sub(lease.headroom);
         lease.ask = *ask;
+        if asked {
+            lease.refilling = false;
+        }
         lease.generation
+    }
+
+    /// A call that asked for a lease got none: another may ask.
+    fn unasked(&self, label: &str) {
+        if let Some(lease) = self.leases().get_mut(label) {
+            lease.refilling = false;
+        }
     }
 
     /// Gives an expired or replaced lease's headroom back to Redis and pays what it owes.
@@ -462,7 +490,7 @@ impl RedisLimits {
         now: Now,
         own: bool,
     ) -> Result<Outcome, ()> {
-        let (want, debt) = self.before_call(&base, ask);
+        let (want, debt, asked) = self.before_call(&base, ask, own);
         let [day_key, month_key] = spend_keys(&base);
         let opt = |n: Option<Nanodollars>| n.map_or(-1, |n| n.0 as i64);
         let mut invocation = self.admit.prepare_invoke();
@@ -498,13 +526,14 @@ impl RedisLimits {
         let owed = i64::try_from(debt).unwrap_or(i64::MAX);
         let reply = match called {
             Ok(Ok(reply)) => reply,
-            Ok(Err(error)) => {
-                self.mark(false, Some(&error.to_string()));
-                self.correct(base, 0, owed);
-                return Err(());
-            }
-            Err(_) => {
-                self.mark(false, None);
+            failed => {
+                match failed {
+                    Ok(Err(error)) => self.mark(false, Some(&error.to_string())),
+                    _ => self.mark(false, None),
+                }
+                if asked {
+                    self.unasked(&base.label);
+                }
                 self.correct(base, 0, owed);
                 return Err(());
             }
@@ -522,7 +551,7 @@ impl RedisLimits {
                     let granted = [6, 7, 8].map(|i| at(i).max(0) as u64);
                     Held::Lease(
                         Arc::clone(self),
-                        self.after_call(&base, ask, granted, day, month),
+                        self.after_call(&base, ask, asked, granted, (day, month)),
                     )
                 };
                 return Ok(Outcome::Admitted {
@@ -543,6 +572,9 @@ impl RedisLimits {
             _ => Outcome::Refused(Refused::Budget(Period::Month)),
         };
         // Refused before the script charged them: the lease's debt is still owed.
+        if asked {
+            self.unasked(&base.label);
+        }
         self.correct(base, 0, owed);
         Ok(outcome)
     }
@@ -613,9 +645,8 @@ async fn refill_lease(store: Arc<RedisLimits>, label: Arc<str>) {
         let base = entry(&label, &ask, now, Nanodollars(0));
         // A failure is already marked (store down): the lease runs out, then on_store_down.
         let _ = store.call(&ask, base, now, false).await;
-    }
-    if let Some(lease) = store.leases().get_mut(&*label) {
-        lease.refilling = false;
+    } else {
+        store.unasked(&label);
     }
 }
 
