@@ -8,6 +8,13 @@
 //! microseconds, expiring once the TAT has passed), `…:usd:day:YYYY-MM-DD` and
 //! `…:usd:month:YYYY-MM` (nano-dollars spent and reserved, expiring a day after their period).
 //!
+//! Leases (`limits.lease_ms`): the script call that admits a request also reserves, for this
+//! router, a chunk of the caller's request credits, tokens and spend headroom, counted in
+//! Redis as a request's needs are; later requests are admitted from that lease without
+//! a Redis call, and a background call refills it. Headroom is reserved before it is spent,
+//! so N routers never overspend a budget; settlements correct the lease, which gives unused
+//! headroom back when renewed or expired. Unused request credits lapse (erring on refusing).
+//!
 //! While Redis fails or is slower than `limits.redis_timeout_ms`, the store is down
 //! (`router_limit_store_up` 0, one log line): admissions follow each caller's `on_store_down`
 //! without trying Redis, and a background probe brings the store back when a `PING` answers.
