@@ -216,7 +216,15 @@ struct Lease {
 
 impl Lease {
     fn holds(&self, at: Instant, entry: &Entry) -> bool {
-        at < self.expires && self.entry.day == entry.day && self.entry.month == entry.month
+        at < self.expires && self.of_periods(entry)
+    }
+
+    /// Whether it was reserved in `entry`'s day and month: a lease of earlier periods is
+    /// replaced; one that has only expired is renewed in place (its credits taken at most
+    /// two lifetimes ago, before the expiry task retires it), so a refill that comes late on
+    /// a loaded machine does not lapse a lease's credits and take them again.
+    fn of_periods(&self, entry: &Entry) -> bool {
+        self.entry.day == entry.day && self.entry.month == entry.month
     }
 
     /// Whether to refill it now, off the caller's path: half its life or half of what a
@@ -375,8 +383,9 @@ impl RedisLimits {
     }
 
     /// What to ask Redis for beside a request (`own`) of `base`'s caller: the lease it is
-    /// short of, the tokens its lease owes (taken from the lease now; headroom above what a
-    /// lease is sized for goes back to Redis), and whether this call asks for the lease.
+    /// short of, the tokens its lease owes (taken from the lease now; headroom above twice
+    /// what a lease is sized for goes back to Redis), and whether this call asks for the
+    /// lease.
     /// While one call asks for a lease the others ask only for their own requests, so
     /// callers that find the lease empty at once do not take a lease each.
     fn before_call(&self, base: &Entry, ask: &Ask, own: bool) -> (LeaseWant, u64, bool) {
@@ -387,7 +396,7 @@ impl RedisLimits {
         let mut leases = self.leases();
         if leases
             .get(&*base.label)
-            .is_some_and(|lease| !lease.holds(at, base))
+            .is_some_and(|lease| !lease.of_periods(base))
             && let Some(old) = leases.remove(&*base.label)
         {
             self.retire(&old);
@@ -402,7 +411,7 @@ impl RedisLimits {
         let want = ask.lease(self.lease, lease.unit_tokens);
         let debt = (-lease.tokens).max(0);
         lease.tokens += debt;
-        if lease.headroom > want.spend.0 {
+        if lease.headroom > want.spend.0.saturating_mul(2) {
             let back = lease.headroom - want.spend.0;
             lease.headroom = want.spend.0;
             self.correct(lease.entry.clone(), -(back as i64), 0);
@@ -447,7 +456,7 @@ impl RedisLimits {
         let mut leases = self.leases();
         if leases
             .get(&*base.label)
-            .is_some_and(|lease| !lease.holds(at, base))
+            .is_some_and(|lease| !lease.of_periods(base))
             && let Some(old) = leases.remove(&*base.label)
         {
             self.retire(&old);

@@ -362,9 +362,11 @@ pub const LEASE_REQUESTS: u64 = 16;
 /// spend without asking again.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LeaseWant {
-    /// Request credits: `rate × lease` rounded down, at most the burst; 0 without a rate, or
-    /// for a rate too slow to lease a whole request (an unused credit is lost with its lease,
-    /// so leasing one would refuse a slow caller's next request for nothing).
+    /// Request credits: `rate × lease` rounded down, at most half the burst (a lease holding
+    /// the whole burst would refuse every request that misses it, this router's or
+    /// another's); 0 without a rate, or for a rate too slow to lease a whole request (an
+    /// unused credit is lost with its lease, so leasing one would refuse a slow caller's next
+    /// request for nothing).
     pub requests: u64,
     /// Tokens: the requests expected in a lease times the tokens one used, at most an eighth
     /// of a minute's tokens.
@@ -381,7 +383,7 @@ impl Ask {
         let requests = self.requests.map_or(0, |g| {
             let burst = (g.tolerance_us / g.interval_us).round() + 1.0;
             (lease.as_secs_f64() * 1e6 / g.interval_us)
-                .min(burst)
+                .min(burst / 2.0)
                 .floor() as u64
         });
         let expected = if self.requests.is_some() {
@@ -591,14 +593,14 @@ mod tests {
             tokens: Some(Gcra::tokens(60_000)),
             ..ask(1_000, false)
         };
-        // 200 rps × 100 ms = 20, capped by the burst of 10; tokens for 10 requests of 500;
-        // spend for 10 worst cases.
+        // 200 rps × 100 ms = 20, capped at half the burst of 10; tokens for 5 requests of
+        // 500; spend for 5 worst cases.
         assert_eq!(
             limited.lease(ms(100), 500),
             LeaseWant {
-                requests: 10,
-                tokens: 5_000,
-                spend: Nanodollars(1_000),
+                requests: 5,
+                tokens: 2_500,
+                spend: Nanodollars(500),
             }
         );
         // 200 rps × 20 ms = 4; tokens capped at an eighth of a minute's 60,000.
