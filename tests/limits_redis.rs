@@ -593,3 +593,80 @@ async fn a_lease_outlives_redis_then_on_store_down_applies() {
     assert_eq!(served, burst / 2);
     assert_eq!(refused.limit, Limit::StoreDown, "{refused}");
 }
+
+/// A request cancelled while it asks Redis for a lease (its call dropped mid-flight) does not
+/// keep the caller's later requests from taking one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_lease_request_does_not_stop_leasing() {
+    use prompt_router::limits::Limiter;
+    use prompt_router_core::{
+        caller::{CallerPolicy, Callers, StoreDown},
+        config::LimitStoreConfig,
+        cost::Nanodollars,
+        limits::{Ask, Gcra},
+    };
+    use std::sync::Arc;
+
+    let redis = RedisServer::start();
+    let limiter = Limiter::new(
+        &LimitStoreConfig {
+            redis_url: Some(redis.url()),
+            timeout: Duration::from_secs(2),
+            lease: Duration::from_secs(10),
+        },
+        &Callers::default(),
+    )
+    .unwrap();
+    let label: Arc<str> = Arc::from("other");
+    let policy = CallerPolicy {
+        on_store_down: StoreDown::Closed,
+        ..CallerPolicy::default()
+    };
+    let ask = Ask {
+        requests: Some(Gcra::requests(10.0, 10)),
+        tokens: None,
+        input_tokens: 0,
+        day_budget: None,
+        month_budget: None,
+        degrade_at: 1.0,
+        degradable: false,
+        chosen: Nanodollars(0),
+        wide: Nanodollars(0),
+        fast: Nanodollars(0),
+    };
+    // Connected (by another caller's request), then Redis paused: the first request asks
+    // Redis for a lease and is dropped waiting for the answer.
+    limiter
+        .admit(&Arc::from("warm"), "callers.default", &policy, &ask)
+        .await
+        .unwrap();
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1_000)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(100),
+        limiter.admit(&label, "callers.default", &policy, &ask),
+    )
+    .await;
+    assert!(cancelled.is_err(), "answered while Redis is paused");
+    // The pause ends: the next request asks Redis again.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    limiter
+        .admit(&label, "callers.default", &policy, &ask)
+        .await
+        .unwrap();
+    // That one took a lease: with Redis gone the next is served from it.
+    drop(redis);
+    limiter
+        .admit(&label, "callers.default", &policy, &ask)
+        .await
+        .expect("served from the lease");
+}

@@ -480,10 +480,14 @@ impl RedisLimits {
         lease.generation
     }
 
-    /// A call that asked for a lease got none: another may ask.
-    fn unasked(&self, label: &str) {
+    /// A call that asked for a lease got none (refused, failed, or dropped by a caller's
+    /// cancel): another may ask, and the lease still owes the `debt` the call carried.
+    fn unasked(&self, label: &str, debt: u64) {
         if let Some(lease) = self.leases().get_mut(label) {
             lease.refilling = false;
+            lease.tokens = lease
+                .tokens
+                .saturating_sub(i64::try_from(debt).unwrap_or(i64::MAX));
         }
     }
 
@@ -507,6 +511,12 @@ impl RedisLimits {
         own: bool,
     ) -> Result<Outcome, ()> {
         let (want, debt, asked) = self.before_call(&base, ask, own);
+        // However the call ends short of a grant, even dropped mid-call by a caller's cancel.
+        let mut asking = Asking {
+            store: self,
+            label: asked.then(|| Arc::clone(&base.label)),
+            debt,
+        };
         let [day_key, month_key] = spend_keys(&base);
         let opt = |n: Option<Nanodollars>| n.map_or(-1, |n| n.0 as i64);
         let mut invocation = self.admit.prepare_invoke();
@@ -539,20 +549,12 @@ impl RedisLimits {
         let called =
             tokio::time::timeout(self.timeout, invocation.invoke_async::<Vec<i64>>(&mut conn))
                 .await;
-        let owed = i64::try_from(debt).unwrap_or(i64::MAX);
-        let reply = match called {
-            Ok(Ok(reply)) => reply,
-            failed => {
-                match failed {
-                    Ok(Err(error)) => self.mark(false, Some(&error.to_string())),
-                    _ => self.mark(false, None),
-                }
-                if asked {
-                    self.unasked(&base.label);
-                }
-                self.correct(base, 0, owed);
-                return Err(());
+        let Ok(Ok(reply)) = called else {
+            match called {
+                Ok(Err(error)) => self.mark(false, Some(&error.to_string())),
+                _ => self.mark(false, None),
             }
+            return Err(());
         };
         self.mark(true, None);
         let at = |i: usize| reply.get(i).copied().unwrap_or(0);
@@ -561,6 +563,7 @@ impl RedisLimits {
             0 => {
                 let reserved = Nanodollars(at(3).max(0) as u64);
                 let (day, month) = (at(4).max(0) as u64, at(5).max(0) as u64);
+                asking.label = None;
                 let held = if self.lease.is_zero() {
                     Held::Redis(Arc::clone(self))
                 } else {
@@ -587,11 +590,7 @@ impl RedisLimits {
             3 => Outcome::Refused(Refused::Budget(Period::Day)),
             _ => Outcome::Refused(Refused::Budget(Period::Month)),
         };
-        // Refused before the script charged them: the lease's debt is still owed.
-        if asked {
-            self.unasked(&base.label);
-        }
-        self.correct(base, 0, owed);
+        // Refused before the script charged it, the lease's debt is still owed (`asking`).
         Ok(outcome)
     }
 
@@ -651,6 +650,22 @@ impl RedisLimits {
     }
 }
 
+/// A call asking for `label`'s lease, carrying `debt` tokens the lease owed: unless it got
+/// its grant (`label` taken), the lease may be asked for again and still owes the debt.
+struct Asking<'a> {
+    store: &'a RedisLimits,
+    label: Option<Arc<str>>,
+    debt: u64,
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        if let Some(label) = &self.label {
+            self.store.unasked(label, self.debt);
+        }
+    }
+}
+
 /// Refills `label`'s lease from Redis, off the caller's path.
 async fn refill_lease(store: Arc<RedisLimits>, label: Arc<str>) {
     let ask = store.leases().get(&*label).map(|lease| lease.ask);
@@ -662,7 +677,7 @@ async fn refill_lease(store: Arc<RedisLimits>, label: Arc<str>) {
         // A failure is already marked (store down): the lease runs out, then on_store_down.
         let _ = store.call(&ask, base, now, false).await;
     } else {
-        store.unasked(&label);
+        store.unasked(&label, 0);
     }
 }
 
