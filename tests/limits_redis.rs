@@ -180,7 +180,7 @@ async fn redis_killed_each_caller_gets_its_on_store_down() {
     let config = format!(
         "[callers.keep]\nrequests_per_second = 0.01\nburst = 3\non_store_down = \"open\"\n\
          [callers.strict]\nrequests_per_second = 100\non_store_down = \"closed\"\n\
-         [limits]\nredis_url = \"{}\"\n",
+         [limits]\nredis_url = \"{}\"\nlease_ms = 100\n",
         redis.url()
     );
     let (router, mut client, metrics) = spawn("down", &config).await;
@@ -208,7 +208,10 @@ async fn redis_killed_each_caller_gets_its_on_store_down() {
             .contains("callers.keep.requests_per_second"),
         "{status:?}"
     );
-    // Closed: UNAVAILABLE naming the setting, not the server.
+    // Closed: once the lease `strict` took from Redis with its first request has expired
+    // (spending it is fine: it is reserved there), UNAVAILABLE naming the setting, not the
+    // server.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let status = client.converse(request("strict")).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("limits.redis_url"), "{status:?}");
@@ -251,6 +254,8 @@ async fn the_redis_script_decides_as_the_in_process_store() {
             &LimitStoreConfig {
                 redis_url,
                 timeout: Duration::from_secs(2),
+                // Every ask in Redis, to compare the script with the in-process store.
+                lease: Duration::ZERO,
             },
             &Callers::default(),
         )
@@ -345,4 +350,323 @@ async fn the_redis_script_decides_as_the_in_process_store() {
         admitted > 50 && degraded > 5 && refused > 5,
         "{admitted} {degraded} {refused}"
     );
+}
+
+/// `calls` of `INFO commandstats`' `cmdstat_evalsha` (every script call: admissions,
+/// lease refills and settlements).
+async fn evalsha_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+fn today(period: Period) -> String {
+    period.key(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+}
+
+/// With leases, 1,000 requests of one caller are mostly admitted without a Redis call, and
+/// once the leases have expired Redis holds exactly what the replies cost. (Leases of a
+/// second, so that the count of refills, one per half lifetime of a busy lease, does not
+/// depend on how fast a loaded machine serves the requests.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_admit_without_redis_and_settle_to_the_exact_spend() {
+    let redis = RedisServer::start();
+    let config = format!(
+        "[callers.team]\nrequests_per_second = 5000\ntokens_per_minute = 100000000\n\
+         usd_per_day = 1000.0\nusd_per_month = 10000.0\n[limits]\nredis_url = \"{}\"\n\
+         lease_ms = 1000\n",
+        redis.url()
+    );
+    let raw: prompt_router_core::config::RawConfig = toml::from_str(&config).unwrap();
+    let router =
+        common::start_checked(prompt_router_core::config::Config::try_from(raw).unwrap()).await;
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let before = evalsha_calls(&mut conn).await;
+    let (requests, clients) = (1_000u64, 8u64);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let mut client = router.client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut spent = 0u64;
+            for _ in 0..requests / clients {
+                let reply = client.converse(request("team")).await.unwrap();
+                spent += nanos(reply.into_inner().cost_usd);
+            }
+            spent
+        }));
+    }
+    let mut spent = 0;
+    for task in tasks {
+        spent += task.await.unwrap();
+    }
+    let calls = evalsha_calls(&mut conn).await - before;
+    assert!(
+        calls < requests / 4,
+        "{calls} script calls for {requests} requests"
+    );
+    for (period, what) in [(Period::Day, "day"), (Period::Month, "month")] {
+        let key = format!("prompt-router:limits:{{team}}:usd:{what}:{}", today(period));
+        common::eventually("leases given back", || {
+            let mut conn = conn.clone();
+            let key = key.clone();
+            async move {
+                let stored: Option<u64> = redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                stored == Some(spent)
+            }
+        })
+        .await;
+    }
+}
+
+/// Two limiters (two routers) on one Redis share a caller's request rate: together they
+/// admit no more than the rate and burst allow plus one lease each, however they interleave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_limiters_share_one_request_rate_within_a_lease_each() {
+    use prompt_router::limits::Limiter;
+    use prompt_router_core::{
+        caller::{CallerPolicy, Callers},
+        config::LimitStoreConfig,
+        cost::Nanodollars,
+        limits::{Ask, Gcra},
+    };
+    use std::sync::Arc;
+
+    let redis = RedisServer::start();
+    let lease = Duration::from_millis(100);
+    let limiter = || {
+        Arc::new(
+            Limiter::new(
+                &LimitStoreConfig {
+                    redis_url: Some(redis.url()),
+                    timeout: Duration::from_secs(2),
+                    lease,
+                },
+                &Callers::default(),
+            )
+            .unwrap(),
+        )
+    };
+    let (rate, burst) = (200.0, 20u32);
+    let ask = Ask {
+        requests: Some(Gcra::requests(rate, burst)),
+        tokens: None,
+        input_tokens: 0,
+        day_budget: None,
+        month_budget: None,
+        degrade_at: 1.0,
+        degradable: false,
+        chosen: Nanodollars(0),
+        wide: Nanodollars(0),
+        fast: Nanodollars(0),
+    };
+    // A lease is rate × lifetime = 20 credits, capped at half the burst.
+    let per_lease = ask.lease(lease, 0).requests;
+    assert_eq!(per_lease, 10);
+    let started = std::time::Instant::now();
+    let run = Duration::from_millis(1_500);
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let limiter = limiter();
+        for _ in 0..2 {
+            let limiter = Arc::clone(&limiter);
+            tasks.push(tokio::spawn(async move {
+                let label: Arc<str> = Arc::from("other");
+                let policy = CallerPolicy::default();
+                let (mut admitted, mut refused) = (0u64, 0u64);
+                while started.elapsed() < run {
+                    match limiter
+                        .admit(&label, "callers.default", &policy, &ask)
+                        .await
+                    {
+                        Ok(_) => admitted += 1,
+                        Err(limited) => {
+                            assert!(
+                                limited.to_string().contains("requests_per_second"),
+                                "{limited}"
+                            );
+                            refused += 1;
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                }
+                (admitted, refused)
+            }));
+        }
+    }
+    let (mut admitted, mut refused) = (0, 0);
+    for task in tasks {
+        let (a, r) = task.await.unwrap();
+        admitted += a;
+        refused += r;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let most = f64::from(burst) + rate * elapsed + 2.0 * per_lease as f64;
+    assert!(
+        (admitted as f64) <= most,
+        "{admitted} admitted in {elapsed:.2} s, at most {most:.0}"
+    );
+    // Not refusing everything: more than the burst and both leases.
+    assert!(
+        admitted > u64::from(burst) + 2 * per_lease && refused > 0,
+        "{admitted} admitted, {refused} refused in {elapsed:.2} s"
+    );
+}
+
+/// A lease taken before Redis went down is still spent (it is reserved there), then the
+/// caller's `on_store_down` applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_outlives_redis_then_on_store_down_applies() {
+    use prompt_router::limits::{Limit, Limiter};
+    use prompt_router_core::{
+        caller::{CallerPolicy, Callers, StoreDown},
+        config::LimitStoreConfig,
+        cost::Nanodollars,
+        limits::{Ask, Gcra},
+    };
+    use std::sync::Arc;
+
+    let redis = RedisServer::start();
+    let limiter = Limiter::new(
+        &LimitStoreConfig {
+            redis_url: Some(redis.url()),
+            timeout: Duration::from_secs(2),
+            // Long enough to outlast the kill however loaded the machine.
+            lease: Duration::from_secs(10),
+        },
+        &Callers::default(),
+    )
+    .unwrap();
+    let label: Arc<str> = Arc::from("other");
+    let policy = CallerPolicy {
+        on_store_down: StoreDown::Closed,
+        ..CallerPolicy::default()
+    };
+    let burst = 10;
+    let ask = Ask {
+        requests: Some(Gcra::requests(10.0, burst)),
+        tokens: None,
+        input_tokens: 0,
+        day_budget: None,
+        month_budget: None,
+        degrade_at: 1.0,
+        degradable: false,
+        chosen: Nanodollars(0),
+        wide: Nanodollars(0),
+        fast: Nanodollars(0),
+    };
+    // The first asks Redis, and takes half the burst as its lease.
+    limiter
+        .admit(&label, "callers.default", &policy, &ask)
+        .await
+        .unwrap();
+    drop(redis);
+    let mut served = 0;
+    let refused = loop {
+        match limiter
+            .admit(&label, "callers.default", &policy, &ask)
+            .await
+        {
+            Ok(_) => served += 1,
+            Err(limited) => break limited,
+        }
+        assert!(served < 100, "never refused");
+    };
+    assert_eq!(served, burst / 2);
+    assert_eq!(refused.limit, Limit::StoreDown, "{refused}");
+}
+
+/// A request cancelled while it asks Redis for a lease (its call dropped mid-flight) does not
+/// keep the caller's later requests from taking one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_lease_request_does_not_stop_leasing() {
+    use prompt_router::limits::Limiter;
+    use prompt_router_core::{
+        caller::{CallerPolicy, Callers, StoreDown},
+        config::LimitStoreConfig,
+        cost::Nanodollars,
+        limits::{Ask, Gcra},
+    };
+    use std::sync::Arc;
+
+    let redis = RedisServer::start();
+    let limiter = Limiter::new(
+        &LimitStoreConfig {
+            redis_url: Some(redis.url()),
+            timeout: Duration::from_secs(2),
+            lease: Duration::from_secs(10),
+        },
+        &Callers::default(),
+    )
+    .unwrap();
+    let label: Arc<str> = Arc::from("other");
+    let policy = CallerPolicy {
+        on_store_down: StoreDown::Closed,
+        ..CallerPolicy::default()
+    };
+    let ask = Ask {
+        requests: Some(Gcra::requests(10.0, 10)),
+        tokens: None,
+        input_tokens: 0,
+        day_budget: None,
+        month_budget: None,
+        degrade_at: 1.0,
+        degradable: false,
+        chosen: Nanodollars(0),
+        wide: Nanodollars(0),
+        fast: Nanodollars(0),
+    };
+    // Connected (by another caller's request), then Redis paused: the first request asks
+    // Redis for a lease and is dropped waiting for the answer.
+    limiter
+        .admit(&Arc::from("warm"), "callers.default", &policy, &ask)
+        .await
+        .unwrap();
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1_000)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(100),
+        limiter.admit(&label, "callers.default", &policy, &ask),
+    )
+    .await;
+    assert!(cancelled.is_err(), "answered while Redis is paused");
+    // The pause ends: the next request asks Redis again.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    limiter
+        .admit(&label, "callers.default", &policy, &ask)
+        .await
+        .unwrap();
+    // That one took a lease: with Redis gone the next is served from it.
+    drop(redis);
+    limiter
+        .admit(&label, "callers.default", &policy, &ask)
+        .await
+        .expect("served from the lease");
 }

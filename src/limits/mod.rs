@@ -127,6 +127,8 @@ pub struct Admission {
 enum Held {
     Local(Arc<local::Local>),
     Redis(Arc<redis::RedisLimits>),
+    /// Under a lease of this generation.
+    Lease(Arc<redis::RedisLimits>, u64),
 }
 
 /// A request's reserved spend and charged tokens. Settled with [`Reservation::settle`];
@@ -187,6 +189,9 @@ impl Reservation {
         match held {
             Held::Local(local) => local.correct(&self.entry, spend, tokens),
             Held::Redis(redis) => redis.correct(self.entry.clone(), spend, tokens),
+            Held::Lease(redis, generation) => {
+                redis.settle(self.entry.clone(), generation, spend, tokens)
+            }
         }
     }
 }
@@ -250,7 +255,7 @@ impl Limiter {
             counter!(telemetry::DEGRADED_TOTAL, "caller" => label.to_owned()).increment(0);
         }
         let redis = match &config.redis_url {
-            Some(url) => Some(redis::RedisLimits::open(url, config.timeout)?),
+            Some(url) => Some(redis::RedisLimits::open(url, config.timeout, config.lease)?),
             None => None,
         };
         Ok(Self {
@@ -269,7 +274,7 @@ impl Limiter {
     ) -> Result<Admission, Limited> {
         let now = Now::get();
         let result = match &self.redis {
-            Some(redis) if redis.is_up() => match redis.admit(label, ask, now).await {
+            Some(redis) => match redis.admit(label, ask, now).await {
                 Ok(result) => {
                     if let Outcome::Admitted {
                         day, month, entry, ..
@@ -281,7 +286,6 @@ impl Limiter {
                 }
                 Err(()) => self.fallback(label, policy, ask, now),
             },
-            Some(_) => self.fallback(label, policy, ask, now),
             None => self.local.admit(label, ask, now),
         };
         let refusal = |limit: Limit, retry_after| {

@@ -355,6 +355,61 @@ impl Ask {
     }
 }
 
+/// Requests a lease is sized for when the caller has no request rate.
+pub const LEASE_REQUESTS: u64 = 16;
+
+/// What a router asks Redis for a caller's lease: rate credits, tokens and spend headroom to
+/// spend without asking again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaseWant {
+    /// Request credits: `rate × lease` rounded down, at most half the burst (a lease holding
+    /// the whole burst would refuse every request that misses it, this router's or
+    /// another's); 0 without a rate, or for a rate too slow to lease a whole request (an
+    /// unused credit is lost with its lease, so leasing one would refuse a slow caller's next
+    /// request for nothing).
+    pub requests: u64,
+    /// Tokens: the requests expected in a lease times the tokens one used, at most an eighth
+    /// of a minute's tokens.
+    pub tokens: u64,
+    /// Spend: the requests expected in a lease times this request's worst case (Redis grants
+    /// at most an eighth of what remains of a budget, never less than one worst case).
+    pub spend: Nanodollars,
+}
+
+impl Ask {
+    /// The lease to ask for alongside this request, for a lease lifetime `lease`, when a
+    /// request of the caller last used `unit_tokens` tokens.
+    pub fn lease(&self, lease: Duration, unit_tokens: u64) -> LeaseWant {
+        let requests = self.requests.map_or(0, |g| {
+            let burst = (g.tolerance_us / g.interval_us).round() + 1.0;
+            (lease.as_secs_f64() * 1e6 / g.interval_us)
+                .min(burst / 2.0)
+                .floor() as u64
+        });
+        let expected = if self.requests.is_some() {
+            requests.max(1)
+        } else {
+            LEASE_REQUESTS
+        };
+        let tokens = self.tokens.map_or(0, |g| {
+            let eighth = (g.tolerance_us / g.interval_us / 8.0).floor() as u64;
+            expected
+                .saturating_mul(unit_tokens.max(self.input_tokens))
+                .min(eighth)
+        });
+        let spend = if self.day_budget.is_some() || self.month_budget.is_some() {
+            Nanodollars(expected.saturating_mul(self.wide.0))
+        } else {
+            Nanodollars(0)
+        };
+        LeaseWant {
+            requests,
+            tokens,
+            spend,
+        }
+    }
+}
+
 /// What a request that fits its budgets reserves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Spend {
@@ -528,6 +583,66 @@ mod tests {
             ..ask(0, true)
         };
         assert_eq!(free.spend(n(u64::MAX / 2), zero), plain(0));
+    }
+
+    #[test]
+    fn lease_sizes() {
+        let ms = Duration::from_millis;
+        let limited = Ask {
+            requests: Some(Gcra::requests(200.0, 10)),
+            tokens: Some(Gcra::tokens(60_000)),
+            ..ask(1_000, false)
+        };
+        // 200 rps × 100 ms = 20, capped at half the burst of 10; tokens for 5 requests of
+        // 500; spend for 5 worst cases.
+        assert_eq!(
+            limited.lease(ms(100), 500),
+            LeaseWant {
+                requests: 5,
+                tokens: 2_500,
+                spend: Nanodollars(500),
+            }
+        );
+        // 200 rps × 20 ms = 4; tokens capped at an eighth of a minute's 60,000.
+        assert_eq!(
+            limited.lease(ms(20), 10_000),
+            LeaseWant {
+                requests: 4,
+                tokens: 7_500,
+                spend: Nanodollars(400),
+            }
+        );
+        // A rate slower than a request per lease leases no request credit, and sizes the
+        // rest for one request (tokens at least the input estimate).
+        let slow = Ask {
+            requests: Some(Gcra::requests(0.01, 3)),
+            ..limited
+        };
+        assert_eq!(
+            slow.lease(ms(100), 0),
+            LeaseWant {
+                requests: 0,
+                tokens: 10,
+                spend: Nanodollars(100),
+            }
+        );
+        // No rate: sized for LEASE_REQUESTS; no budget: no spend.
+        let free = Ask {
+            day_budget: None,
+            ..ask(0, false)
+        };
+        assert_eq!(
+            free.lease(ms(100), 7),
+            LeaseWant {
+                requests: 0,
+                tokens: 0,
+                spend: Nanodollars(0),
+            }
+        );
+        assert_eq!(
+            ask(1_000, false).lease(ms(100), 7).spend,
+            Nanodollars(100 * LEASE_REQUESTS)
+        );
     }
 
     proptest! {

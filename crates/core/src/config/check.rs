@@ -19,6 +19,9 @@ use crate::{
     request::{Limits, MAX_CALLER_LEN},
 };
 
+/// The longest `limits.lease_ms`: a lease's unused headroom is stranded until it expires.
+const MAX_LEASE_MS: u64 = 10_000;
+
 /// The problems found so far.
 #[derive(Debug, Default)]
 struct Found(Vec<Problem>);
@@ -518,6 +521,17 @@ impl RawLimits {
             );
         }
         let timeout = found.positive_duration("limits.redis_timeout_ms", self.redis_timeout_ms);
+        if self.lease_ms > MAX_LEASE_MS {
+            // Headroom stranded in an idle replica's lease goes back only when it expires.
+            found.add(
+                "limits.lease_ms",
+                format!(
+                    "{} is above {MAX_LEASE_MS}, the longest lease allowed",
+                    self.lease_ms
+                ),
+            );
+        }
+        let lease = Duration::from_millis(self.lease_ms.min(MAX_LEASE_MS));
         (
             Limits {
                 max_messages: self.max_messages,
@@ -528,6 +542,7 @@ impl RawLimits {
             LimitStoreConfig {
                 redis_url: self.redis_url,
                 timeout,
+                lease,
             },
         )
     }

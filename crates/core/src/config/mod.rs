@@ -111,13 +111,16 @@ pub struct TlsConfig {
     pub reload_interval: Option<Duration>,
 }
 
-/// Where callers' rate limits and spend are kept (`limits.redis_url`, `limits.redis_timeout_ms`).
+/// Where callers' rate limits and spend are kept (`limits.redis_url`, `limits.redis_timeout_ms`,
+/// `limits.lease_ms`).
 #[derive(Clone, PartialEq)]
 pub struct LimitStoreConfig {
     /// Redis shared by every replica; `None`: in this process.
     pub redis_url: Option<String>,
     /// Longest a check waits on Redis before the store counts as unreachable.
     pub timeout: Duration,
+    /// Lifetime of a caller's lease from Redis; zero: no leases, every request asks Redis.
+    pub lease: Duration,
 }
 
 /// Where and how Bedrock is called (`bedrock.*`).
@@ -301,6 +304,7 @@ impl fmt::Debug for LimitStoreConfig {
         f.debug_struct("LimitStoreConfig")
             .field("redis_url", &self.redis_url.as_deref().map(Url))
             .field("timeout", &self.timeout)
+            .field("lease", &self.lease)
             .finish()
     }
 }

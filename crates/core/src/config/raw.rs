@@ -155,6 +155,9 @@ pub struct RawLimits {
     /// Longest a limit check may wait on Redis before the store counts as unreachable, in
     /// milliseconds.
     pub redis_timeout_ms: u64,
+    /// Lifetime of a lease (a chunk of each caller's rates and spend headroom reserved in
+    /// Redis, spent without asking it again), in milliseconds; 0: every request asks Redis.
+    pub lease_ms: u64,
 }
 
 impl Default for RawLimits {
@@ -167,6 +170,7 @@ impl Default for RawLimits {
             max_tools: sizes.max_tools,
             redis_url: None,
             redis_timeout_ms: 250,
+            lease_ms: 100,
         }
     }
 }

@@ -744,6 +744,7 @@ redis_url = "redis://127.0.0.1:6379"
         config.limit_store.redis_url.as_deref(),
         Some("redis://127.0.0.1:6379")
     );
+    assert_eq!(config.limit_store.lease, Duration::from_millis(100));
     // The checked config's debug form names no digest.
     assert!(!format!("{config:?}").to_lowercase().contains("75c5c10f"));
     let with_password = load_str(
@@ -785,6 +786,7 @@ max_quality_bias = 2.0
 [callers.other]
 [limits]
 redis_url = "rediss://secret@cache:6380"
+lease_ms = 60000
 "#
         ),
         &[],
@@ -803,6 +805,7 @@ redis_url = "rediss://secret@cache:6380"
         "callers.f.max_quality_bias",
         "callers.other",
         "limits.redis_url",
+        "limits.lease_ms",
     ] {
         assert!(keys.contains(&key), "{key} not in {found:#?}");
     }
