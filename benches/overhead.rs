@@ -184,8 +184,61 @@ fn round_trip(c: &mut Criterion) {
     });
     group.finish();
     reported_split(&rt, &mut router);
+    let [plain, guarded] = alternating(
+        &rt,
+        40,
+        [&mut || tonic::Request::new(request()), &mut || {
+            with_token(request())
+        }],
+        [&mut router, &mut guarded_client],
+    );
+    println!(
+        "converse_round_trip: over 4,000 requests each in alternating blocks, p50/p99: round trip \
+         through_router {:.1}/{:.1} µs, with_auth_and_limits {:.1}/{:.1} µs; routerUs {:.1}/{:.1} \
+         µs and {:.1}/{:.1} µs",
+        plain[0].0,
+        plain[0].1,
+        guarded[0].0,
+        guarded[0].1,
+        plain[1].0,
+        plain[1].1,
+        guarded[1].0,
+        guarded[1].1
+    );
     rt.block_on(running.shutdown()).unwrap();
     rt.block_on(guarded_router.shutdown()).unwrap();
+}
+
+/// The client's round trip and the router's own time (`routerUs`) of `calls[0]` and
+/// `calls[1]`, in alternating blocks of 200 requests (`blocks` blocks in all) so drift on a
+/// shared machine falls on both alike: per call, p50 and p99 of each, in µs.
+fn alternating(
+    rt: &tokio::runtime::Runtime,
+    blocks: usize,
+    calls: [&mut dyn FnMut() -> tonic::Request<pb::ConverseRequest>; 2],
+    clients: [&mut PromptRouterClient<tonic::transport::Channel>; 2],
+) -> [[(f64, f64); 2]; 2] {
+    let mut times: [[Vec<f64>; 2]; 2] = Default::default();
+    let [make_a, make_b] = calls;
+    let [client_a, client_b] = clients;
+    let mut sides = [(make_a, client_a), (make_b, client_b)];
+    for block in 0..blocks {
+        let (make, client) = &mut sides[block % 2];
+        let out = &mut times[block % 2];
+        for _ in 0..200 {
+            let sent = std::time::Instant::now();
+            let reply = rt.block_on(client.converse(make())).unwrap().into_inner();
+            out[0].push(sent.elapsed().as_secs_f64() * 1e6);
+            out[1].push(reply.latency.unwrap().router_us);
+        }
+    }
+    times.map(|series| {
+        series.map(|mut values| {
+            values.sort_by(f64::total_cmp);
+            let at = |q: f64| values[((values.len() - 1) as f64 * q) as usize];
+            (at(0.5), at(0.99))
+        })
+    })
 }
 
 /// Medians of the split the router reports for the round trips above.
@@ -399,30 +452,14 @@ fn duel_overhead(c: &mut Criterion) {
     group.finish();
 
     // Per router: the client's round trips, and the router's own time as its replies report it.
-    let mut times: [[Vec<f64>; 2]; 2] = Default::default();
-    for block in 0..40 {
-        let (client, out) = if block % 2 == 0 {
-            (&mut off_client, &mut times[0])
-        } else {
-            (&mut on_client, &mut times[1])
-        };
-        for _ in 0..200 {
-            let sent = std::time::Instant::now();
-            let reply = rt
-                .block_on(client.converse(request()))
-                .unwrap()
-                .into_inner();
-            out[0].push(sent.elapsed().as_secs_f64() * 1e6);
-            out[1].push(reply.latency.unwrap().router_us);
-        }
-    }
-    let [off_us, on_us] = times.map(|series| {
-        series.map(|mut values| {
-            values.sort_by(f64::total_cmp);
-            let at = |q: f64| values[((values.len() - 1) as f64 * q) as usize];
-            (at(0.5), at(0.99))
-        })
-    });
+    let [off_us, on_us] = alternating(
+        &rt,
+        40,
+        [&mut || tonic::Request::new(request()), &mut || {
+            tonic::Request::new(request())
+        }],
+        [&mut off_client, &mut on_client],
+    );
     let duels: Vec<String> = prompt_router::telemetry::install()
         .unwrap()
         .render()
