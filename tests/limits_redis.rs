@@ -6,15 +6,23 @@
 
 mod common;
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use common::{
     exposition::Scrape,
     process::{Proc, field, serve_simulated},
     redis::RedisServer,
 };
-use prompt_router::pb::{self, prompt_router_client::PromptRouterClient};
-use prompt_router_core::limits::Period;
+use prompt_router::{
+    limits::{Limit, Limiter},
+    pb::{self, prompt_router_client::PromptRouterClient},
+};
+use prompt_router_core::{
+    caller::{CallerPolicy, Callers, StoreDown},
+    config::LimitStoreConfig,
+    cost::Nanodollars,
+    limits::{Ask, Gcra, Period},
+};
 use tonic::{Code, transport::Channel};
 
 /// A router process with `config` (TOML) as its config file: its client and metrics URL.
@@ -54,6 +62,36 @@ fn request(caller: &str) -> pb::ConverseRequest {
 
 fn nanos(usd: f64) -> u64 {
     (usd * 1e9).round() as u64
+}
+
+/// A limiter of the default callers, in Redis at `redis_url` (in process when `None`), with
+/// leases of `lease` (zero: every ask in Redis).
+fn limiter(redis_url: Option<String>, lease: Duration) -> Limiter {
+    Limiter::new(
+        &LimitStoreConfig {
+            redis_url,
+            timeout: Duration::from_secs(2),
+            lease,
+        },
+        &Callers::default(),
+    )
+    .unwrap()
+}
+
+/// An ask that only a request rate of `rate` per second, `burst` at once, limits.
+fn rate_only(rate: f64, burst: u32) -> Ask {
+    Ask {
+        requests: Some(Gcra::requests(rate, burst)),
+        tokens: None,
+        input_tokens: 0,
+        day_budget: None,
+        month_budget: None,
+        degrade_at: 1.0,
+        degradable: false,
+        chosen: Nanodollars(0),
+        wide: Nanodollars(0),
+        fast: Nanodollars(0),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,29 +277,12 @@ async fn redis_killed_each_caller_gets_its_on_store_down() {
 /// settled the same way, get the same degrade, narrowing, reservation and refusals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_script_decides_as_the_in_process_store() {
-    use prompt_router::limits::Limiter;
-    use prompt_router_core::{
-        caller::{CallerPolicy, Callers},
-        config::LimitStoreConfig,
-        cost::Nanodollars,
-        limits::Ask,
-    };
-    use std::sync::Arc;
-
     let redis = RedisServer::start();
-    let store = |redis_url| {
-        Limiter::new(
-            &LimitStoreConfig {
-                redis_url,
-                timeout: Duration::from_secs(2),
-                // Every ask in Redis, to compare the script with the in-process store.
-                lease: Duration::ZERO,
-            },
-            &Callers::default(),
-        )
-        .unwrap()
-    };
-    let (local, shared) = (store(None), store(Some(redis.url())));
+    // Every ask in Redis, to compare the script with the in-process store.
+    let (local, shared) = (
+        limiter(None, Duration::ZERO),
+        limiter(Some(redis.url()), Duration::ZERO),
+    );
     let label: Arc<str> = Arc::from("other");
     let policy = CallerPolicy::default();
     let mut rng = fastrand::Rng::with_seed(14);
@@ -441,43 +462,11 @@ async fn leases_admit_without_redis_and_settle_to_the_exact_spend() {
 /// admit no more than the rate and burst allow plus one lease each, however they interleave.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_limiters_share_one_request_rate_within_a_lease_each() {
-    use prompt_router::limits::Limiter;
-    use prompt_router_core::{
-        caller::{CallerPolicy, Callers},
-        config::LimitStoreConfig,
-        cost::Nanodollars,
-        limits::{Ask, Gcra},
-    };
-    use std::sync::Arc;
-
     let redis = RedisServer::start();
     let lease = Duration::from_millis(100);
-    let limiter = || {
-        Arc::new(
-            Limiter::new(
-                &LimitStoreConfig {
-                    redis_url: Some(redis.url()),
-                    timeout: Duration::from_secs(2),
-                    lease,
-                },
-                &Callers::default(),
-            )
-            .unwrap(),
-        )
-    };
+    let shared = || Arc::new(limiter(Some(redis.url()), lease));
     let (rate, burst) = (200.0, 20u32);
-    let ask = Ask {
-        requests: Some(Gcra::requests(rate, burst)),
-        tokens: None,
-        input_tokens: 0,
-        day_budget: None,
-        month_budget: None,
-        degrade_at: 1.0,
-        degradable: false,
-        chosen: Nanodollars(0),
-        wide: Nanodollars(0),
-        fast: Nanodollars(0),
-    };
+    let ask = rate_only(rate, burst);
     // A lease is rate × lifetime = 20 credits, capped at half the burst.
     let per_lease = ask.lease(lease, 0).requests;
     assert_eq!(per_lease, 10);
@@ -485,7 +474,7 @@ async fn two_limiters_share_one_request_rate_within_a_lease_each() {
     let run = Duration::from_millis(1_500);
     let mut tasks = Vec::new();
     for _ in 0..2 {
-        let limiter = limiter();
+        let limiter = shared();
         for _ in 0..2 {
             let limiter = Arc::clone(&limiter);
             tasks.push(tokio::spawn(async move {
@@ -535,44 +524,16 @@ async fn two_limiters_share_one_request_rate_within_a_lease_each() {
 /// caller's `on_store_down` applies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_outlives_redis_then_on_store_down_applies() {
-    use prompt_router::limits::{Limit, Limiter};
-    use prompt_router_core::{
-        caller::{CallerPolicy, Callers, StoreDown},
-        config::LimitStoreConfig,
-        cost::Nanodollars,
-        limits::{Ask, Gcra},
-    };
-    use std::sync::Arc;
-
     let redis = RedisServer::start();
-    let limiter = Limiter::new(
-        &LimitStoreConfig {
-            redis_url: Some(redis.url()),
-            timeout: Duration::from_secs(2),
-            // Long enough to outlast the kill however loaded the machine.
-            lease: Duration::from_secs(10),
-        },
-        &Callers::default(),
-    )
-    .unwrap();
+    // Leases long enough to outlast the kill however loaded the machine.
+    let limiter = limiter(Some(redis.url()), Duration::from_secs(10));
     let label: Arc<str> = Arc::from("other");
     let policy = CallerPolicy {
         on_store_down: StoreDown::Closed,
         ..CallerPolicy::default()
     };
     let burst = 10;
-    let ask = Ask {
-        requests: Some(Gcra::requests(10.0, burst)),
-        tokens: None,
-        input_tokens: 0,
-        day_budget: None,
-        month_budget: None,
-        degrade_at: 1.0,
-        degradable: false,
-        chosen: Nanodollars(0),
-        wide: Nanodollars(0),
-        fast: Nanodollars(0),
-    };
+    let ask = rate_only(10.0, burst);
     // The first asks Redis, and takes half the burst as its lease.
     limiter
         .admit(&label, "callers.default", &policy, &ask)
@@ -598,42 +559,14 @@ async fn a_lease_outlives_redis_then_on_store_down_applies() {
 /// keep the caller's later requests from taking one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_lease_request_does_not_stop_leasing() {
-    use prompt_router::limits::Limiter;
-    use prompt_router_core::{
-        caller::{CallerPolicy, Callers, StoreDown},
-        config::LimitStoreConfig,
-        cost::Nanodollars,
-        limits::{Ask, Gcra},
-    };
-    use std::sync::Arc;
-
     let redis = RedisServer::start();
-    let limiter = Limiter::new(
-        &LimitStoreConfig {
-            redis_url: Some(redis.url()),
-            timeout: Duration::from_secs(2),
-            lease: Duration::from_secs(10),
-        },
-        &Callers::default(),
-    )
-    .unwrap();
+    let limiter = limiter(Some(redis.url()), Duration::from_secs(10));
     let label: Arc<str> = Arc::from("other");
     let policy = CallerPolicy {
         on_store_down: StoreDown::Closed,
         ..CallerPolicy::default()
     };
-    let ask = Ask {
-        requests: Some(Gcra::requests(10.0, 10)),
-        tokens: None,
-        input_tokens: 0,
-        day_budget: None,
-        month_budget: None,
-        degrade_at: 1.0,
-        degradable: false,
-        chosen: Nanodollars(0),
-        wide: Nanodollars(0),
-        fast: Nanodollars(0),
-    };
+    let ask = rate_only(10.0, 10);
     // Connected (by another caller's request), then Redis paused: the first request asks
     // Redis for a lease and is dropped waiting for the answer.
     limiter

@@ -394,16 +394,7 @@ impl RedisLimits {
         }
         let at = Instant::now();
         let mut leases = self.leases();
-        if leases
-            .get(&*base.label)
-            .is_some_and(|lease| !lease.of_periods(base))
-            && let Some(old) = leases.remove(&*base.label)
-        {
-            self.retire(&old);
-        }
-        let lease = leases
-            .entry(Arc::clone(&base.label))
-            .or_insert_with(|| self.empty_lease(base, ask, at));
+        let lease = self.lease_of(&mut leases, base, ask, at);
         if own && lease.refilling {
             return (LeaseWant::default(), 0, false);
         }
@@ -425,6 +416,27 @@ impl RedisLimits {
     }
 
     /// A lease holding nothing yet, expired until Redis grants it something.
+    /// The caller's lease in `leases` for `base`'s periods: one of earlier periods is retired
+    /// (its headroom given back) and an empty one takes its place.
+    fn lease_of<'a>(
+        &self,
+        leases: &'a mut HashMap<Arc<str>, Lease>,
+        base: &Entry,
+        ask: &Ask,
+        at: Instant,
+    ) -> &'a mut Lease {
+        if leases
+            .get(&*base.label)
+            .is_some_and(|lease| !lease.of_periods(base))
+            && let Some(old) = leases.remove(&*base.label)
+        {
+            self.retire(&old);
+        }
+        leases
+            .entry(Arc::clone(&base.label))
+            .or_insert_with(|| self.empty_lease(base, ask, at))
+    }
+
     fn empty_lease(&self, base: &Entry, ask: &Ask, at: Instant) -> Lease {
         Lease {
             generation: self.generation.fetch_add(1, Ordering::Relaxed),
@@ -454,16 +466,7 @@ impl RedisLimits {
     ) -> u64 {
         let at = Instant::now();
         let mut leases = self.leases();
-        if leases
-            .get(&*base.label)
-            .is_some_and(|lease| !lease.of_periods(base))
-            && let Some(old) = leases.remove(&*base.label)
-        {
-            self.retire(&old);
-        }
-        let lease = leases
-            .entry(Arc::clone(&base.label))
-            .or_insert_with(|| self.empty_lease(base, ask, at));
+        let lease = self.lease_of(&mut leases, base, ask, at);
         let [credits, tokens, headroom] = granted;
         lease.credits += credits;
         lease.tokens = lease
