@@ -146,30 +146,17 @@ async fn two_routers_share_one_budget_through_one_redis() {
         "spent {spent} n$ of {budget_nanos}"
     );
     // Every reservation is settled to the real cost in Redis: its day key is the replies' sum.
-    let key = format!(
-        "prompt-router:limits:{{team}}:usd:day:{}",
-        Period::Day.key(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs()
-        )
-    );
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let mut stored = 0;
-    for _ in 0..100 {
-        stored = redis::cmd("GET")
-            .arg(&key)
-            .query_async::<u64>(&mut conn)
-            .await
-            .unwrap();
-        if stored == spent {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(stored, spent, "{key}");
+    let key = spend_key("team", Period::Day);
+    let conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let (conn, key) = (&conn, &key);
+    common::eventually("the day key settled to the replies' sum", || async move {
+        stored(conn, key).await == Some(spent)
+    })
+    .await;
     for (_, _, metrics) in &routers {
         let scrape = Scrape::parse(&common::http_get(metrics).await);
         assert_eq!(scrape.value("router_limit_store_up"), 1.0);
@@ -287,15 +274,7 @@ async fn the_redis_script_decides_as_the_in_process_store() {
     let policy = CallerPolicy::default();
     let mut rng = fastrand::Rng::with_seed(14);
     let (mut admitted, mut degraded, mut refused) = (0, 0, 0);
-    let key = format!(
-        "prompt-router:limits:{{other}}:usd:day:{}",
-        Period::Day.key(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs()
-        )
-    );
+    let key = spend_key("other", Period::Day);
     let conn = redis::Client::open(redis.url())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -353,17 +332,9 @@ async fn the_redis_script_decides_as_the_in_process_store() {
             (a, b) => panic!("in process {a:?}, Redis {b:?} for {ask:?}"),
         }
         // Redis settles from a queue: wait for it before the next ask.
-        common::eventually("Redis settled", || {
-            let mut conn = conn.clone();
-            let key = key.clone();
-            async move {
-                let stored: Option<u64> = redis::cmd("GET")
-                    .arg(&key)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                stored.unwrap_or(0) == spent
-            }
+        let (conn, key) = (&conn, &key);
+        common::eventually("Redis settled", || async move {
+            stored(conn, key).await.unwrap_or(0) == spent
         })
         .await;
     }
@@ -394,6 +365,24 @@ fn today(period: Period) -> String {
             .unwrap()
             .as_secs(),
     )
+}
+
+/// The Redis key of `caller`'s spend in the current `period`.
+fn spend_key(caller: &str, period: Period) -> String {
+    format!(
+        "prompt-router:limits:{{{caller}}}:usd:{}:{}",
+        period.as_str(),
+        today(period)
+    )
+}
+
+/// The nano-dollars Redis holds under `key`; `None` when there is no such key.
+async fn stored(conn: &redis::aio::MultiplexedConnection, key: &str) -> Option<u64> {
+    redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut conn.clone())
+        .await
+        .unwrap()
 }
 
 /// With leases, 1,000 requests of one caller are mostly admitted without a Redis call, and
@@ -440,19 +429,11 @@ async fn leases_admit_without_redis_and_settle_to_the_exact_spend() {
         calls < requests / 4,
         "{calls} script calls for {requests} requests"
     );
-    for (period, what) in [(Period::Day, "day"), (Period::Month, "month")] {
-        let key = format!("prompt-router:limits:{{team}}:usd:{what}:{}", today(period));
-        common::eventually("leases given back", || {
-            let mut conn = conn.clone();
-            let key = key.clone();
-            async move {
-                let stored: Option<u64> = redis::cmd("GET")
-                    .arg(&key)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                stored == Some(spent)
-            }
+    for period in [Period::Day, Period::Month] {
+        let key = spend_key("team", period);
+        let (conn, key) = (&conn, &key);
+        common::eventually("leases given back", || async move {
+            stored(conn, key).await == Some(spent)
         })
         .await;
     }
